@@ -1,0 +1,8 @@
+"""The math of featup_plugin: autograd functions over C++/CUDA kernels, with pure-PyTorch references."""
+from ._backend import backend_name
+from .adaptive_conv import (adaptive_conv, adaptive_conv_reference, local_correlation,
+                            local_correlation_reference)
+from .reference import adaptive_conv_taps, local_correlation_taps
+
+__all__ = ['adaptive_conv', 'local_correlation', 'adaptive_conv_reference', 'local_correlation_reference',
+           'adaptive_conv_taps', 'local_correlation_taps', 'backend_name']

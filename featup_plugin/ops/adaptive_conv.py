@@ -1,0 +1,198 @@
+"""The JBU primitive: a per-pixel ``k x k`` filter shared by all channels ("adaptive convolution").
+
+``adaptive_conv(input, filters)``: ``input [B, C, H+k-1, W+k-1]`` (already padded), ``filters [B, H, W, k, k]``
+(odd ``k``) -> ``[B, C, H, W]`` with ``out[b,c,h,w] = sum_{i,j} filters[b,h,w,i,j] * input[b,c,h+i,w+j]``.
+
+``local_correlation(center, padded)``: ``center [B, C, H, W]``, ``padded [B, C, H+k-1, W+k-1]`` ->
+``[B, k*k, H, W]`` with ``out[b,i*k+j,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]``. It is the
+filter gradient of ``adaptive_conv`` and, in the JBU upsampler, the range-kernel logits (the dot products of
+each pixel's key with its neighbours') without unfolding the keys.
+
+The two are each other's gradients, so the backward passes reuse the same two kernels, and the backward
+functions are themselves differentiable (double backward works).
+
+Errors: wrong ndim, non-square or even windows, inconsistent sizes and empty tensors raise ``ValueError``;
+non-floating or mismatched dtypes raise ``TypeError``; tensors on different devices raise ``ValueError``.
+Non-contiguous and channels_last inputs are accepted (the output follows the input's memory format).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from . import _backend
+from .reference import (adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps,
+                        local_correlation_unfold)
+
+__all__ = ['adaptive_conv', 'local_correlation', 'adaptive_conv_reference', 'local_correlation_reference']
+
+adaptive_conv_reference = adaptive_conv_unfold
+local_correlation_reference = local_correlation_unfold
+
+_warned_no_cuda = False
+
+
+def _check_tensors(name: str, a: torch.Tensor, an: str, b: torch.Tensor, bn: str) -> None:
+    for t, n in ((a, an), (b, bn)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'{name}: {n} must be a torch.Tensor, got {type(t).__name__}')
+        if not t.is_floating_point():
+            raise TypeError(f'{name}: {n} must be a floating point tensor, got {t.dtype}')
+    if a.dtype != b.dtype:
+        raise TypeError(f'{name}: {an} and {bn} must have the same dtype, got {a.dtype} and {b.dtype}')
+    if a.device != b.device:
+        raise ValueError(f'{name}: {an} and {bn} must be on the same device, got {a.device} and {b.device}')
+
+
+def _check_adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> int:
+    _check_tensors('adaptive_conv', input, 'input', filters, 'filters')
+    if input.dim() != 4:
+        raise ValueError(f'adaptive_conv: input must be 4-D [B, C, H+k-1, W+k-1], got shape {tuple(input.shape)}')
+    if filters.dim() != 5:
+        raise ValueError(f'adaptive_conv: filters must be 5-D [B, H, W, k, k], got shape {tuple(filters.shape)}')
+    b, h, w, k, k2 = filters.shape
+    if k != k2:
+        raise ValueError(f'adaptive_conv: filters must be square k x k windows, got {k} x {k2}')
+    if k % 2 == 0:
+        raise ValueError(f'adaptive_conv: the window size k must be odd, got k={k}')
+    if input.numel() == 0 or filters.numel() == 0:
+        raise ValueError(f'adaptive_conv: empty tensors are not supported, got input {tuple(input.shape)} '
+                         f'and filters {tuple(filters.shape)}')
+    if input.shape[0] != b:
+        raise ValueError(f'adaptive_conv: input and filters must have the same batch size, got {input.shape[0]} '
+                         f'and {b}')
+    if input.shape[2] != h + k - 1 or input.shape[3] != w + k - 1:
+        raise ValueError(f'adaptive_conv: input spatial size must be (H+k-1, W+k-1) = ({h + k - 1}, {w + k - 1}) '
+                         f'for filters {tuple(filters.shape)}, got {tuple(input.shape[2:])}')
+    return k
+
+
+def _check_local_correlation(center: torch.Tensor, padded: torch.Tensor) -> int:
+    _check_tensors('local_correlation', center, 'center', padded, 'padded')
+    if center.dim() != 4 or padded.dim() != 4:
+        raise ValueError('local_correlation: center and padded must be 4-D, got shapes '
+                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+    if center.numel() == 0 or padded.numel() == 0:
+        raise ValueError('local_correlation: empty tensors are not supported, got shapes '
+                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+    if center.shape[:2] != padded.shape[:2]:
+        raise ValueError('local_correlation: center and padded must have the same batch and channel sizes, got '
+                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+    k = padded.shape[2] - center.shape[2] + 1
+    if k < 1 or padded.shape[3] - center.shape[3] + 1 != k or k % 2 == 0:
+        raise ValueError('local_correlation: padded must be center padded by the same odd window k on both axes '
+                         f'(H+k-1, W+k-1), got {tuple(center.shape)} and {tuple(padded.shape)}')
+    return k
+
+
+def flip_taps(kernel: torch.Tensor, k: int) -> torch.Tensor:
+    """Re-indexes a tap-major kernel ``[B, k*k, H, W]`` for the transposed op.
+
+    Returns ``K'`` of shape ``[B, k*k, H+k-1, W+k-1]`` with
+    ``K'[b, i*k+j, y, x] = K[b, (k-1-i)*k + (k-1-j), y+i-(k-1), x+j-(k-1)]`` (zero outside), so that
+    ``sum_{i,j} K[b, i*k+j, y-i, x-j] * G[b, c, y-i, x-j] = adaptive_conv(pad(G, k-1), K')``.
+    Costs ``O(k*k*H*W)`` memory, independent of the channel count.
+    """
+    b, t, h, w = kernel.shape
+    p = k - 1
+    kf = F.pad(kernel, [p, p, p, p]).flip(1).contiguous()
+    hq, wq = h + 2 * p, w + 2 * p
+    hp, wp = h + p, w + p
+    view = kf.view(b, k, k, hq, wq).as_strided(
+        (b, k, k, hp, wp), (t * hq * wq, k * hq * wq + wq, hq * wq + 1, wq, 1), kf.storage_offset())
+    return view.reshape(b, t, hp, wp)
+
+
+def _transpose(grad: torch.Tensor, kernel: torch.Tensor, k: int) -> torch.Tensor:
+    """``dX[b,c,y,x] = sum_{i,j} K[b,i*k+j,y-i,x-j] * grad[b,c,y-i,x-j]``: the input gradient of the op."""
+    p = k - 1
+    return _AdaptiveConv.apply(F.pad(grad, [p, p, p, p]), flip_taps(kernel, k))
+
+
+class _AdaptiveConv(Function):
+    """``input [B,C,H+k-1,W+k-1]``, ``kernel [B,k*k,H,W]`` (tap-major) -> ``[B,C,H,W]``."""
+
+    @staticmethod
+    def forward(ctx, input, kernel):
+        ctx.save_for_backward(input, kernel)
+        return _backend.get_ext().adaptive_conv_forward(input, kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, kernel = ctx.saved_tensors
+        k = input.shape[-1] - kernel.shape[-1] + 1
+        grad_input = grad_kernel = None
+        if ctx.needs_input_grad[0]:
+            grad_input = _transpose(grad, kernel, k)
+        if ctx.needs_input_grad[1]:
+            grad_kernel = _LocalCorrelation.apply(grad, input)
+        return grad_input, grad_kernel
+
+
+class _LocalCorrelation(Function):
+    """``center [B,C,H,W]``, ``padded [B,C,H+k-1,W+k-1]`` -> ``[B,k*k,H,W]``."""
+
+    @staticmethod
+    def forward(ctx, center, padded):
+        ctx.save_for_backward(center, padded)
+        return _backend.get_ext().local_correlation_forward(center, padded)
+
+    @staticmethod
+    def backward(ctx, grad):
+        center, padded = ctx.saved_tensors
+        k = padded.shape[-1] - center.shape[-1] + 1
+        grad_center = grad_padded = None
+        if ctx.needs_input_grad[0]:
+            grad_center = _AdaptiveConv.apply(padded, grad)
+        if ctx.needs_input_grad[1]:
+            grad_padded = _transpose(center, grad, k)
+        return grad_center, grad_padded
+
+
+def _use_compiled(x: torch.Tensor) -> bool:
+    """Whether the compiled op serves tensors on x's device (else the tap-loop reference runs)."""
+    global _warned_no_cuda
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return False
+    ext = _backend.get_ext()
+    if ext is None:
+        return False
+    if x.is_cuda and not ext.with_cuda():
+        if not _warned_no_cuda:
+            _warned_no_cuda = True
+            warnings.warn('featup_plugin: the compiled op has no CUDA kernels (built without a CUDA toolkit); '
+                          'CUDA tensors use the pure-PyTorch reference. Rebuild with FORCE_CUDA=1.',
+                          RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``k x k`` filtering of an already padded ``input`` with ``filters [B, H, W, k, k]``.
+
+    See the module docstring for the formula, shapes and errors.
+    """
+    k = _check_adaptive_conv(input, filters)
+    if not _use_compiled(input):
+        return adaptive_conv_taps(input, filters)
+    b, h, w = filters.shape[:3]
+    # A view (no copy) when filters is a permuted [B, k*k, H, W] tensor, as the JBU upsampler makes it.
+    kernel = filters.permute(0, 3, 4, 1, 2).reshape(b, k * k, h, w)
+    return _like_input(_AdaptiveConv.apply(input, kernel), input)
+
+
+def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+    """Dot products of each pixel of ``center`` with its ``k x k`` neighbours in ``padded``: ``[B, k*k, H, W]``."""
+    _check_local_correlation(center, padded)
+    if not _use_compiled(center):
+        return local_correlation_taps(center, padded)
+    return _LocalCorrelation.apply(center, padded)

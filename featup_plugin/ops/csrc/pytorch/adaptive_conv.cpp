@@ -1,0 +1,88 @@
+// Device dispatch and argument checks for the adaptive convolution primitives.
+//
+//   adaptive_conv_forward(input, kernel):
+//     out[b, c, h, w] = sum_{i, j < k} kernel[b, i * k + j, h, w] * input[b, c, h + i, w + j]
+//   local_correlation_forward(center, padded):
+//     out[b, i * k + j, h, w] = sum_c center[b, c, h, w] * padded[b, c, h + i, w + j]
+//
+// Each is (up to a re-indexing) the gradient of the other; the Python autograd Functions build the
+// backward passes from these two kernels.
+#include "pytorch_cpp_helper.hpp"
+
+#include <cmath>
+
+namespace featup {
+
+at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& kernel, int64_t k);
+at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Tensor& padded, int64_t k);
+#ifdef WITH_CUDA
+at::Tensor adaptive_conv_forward_cuda(const at::Tensor& input, const at::Tensor& kernel, int64_t k);
+at::Tensor local_correlation_forward_cuda(const at::Tensor& center, const at::Tensor& padded, int64_t k);
+#endif
+
+namespace {
+
+void check_common(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK(a.dim() == 4, an, " must be 4-D, got ", a.dim(), "-D");
+  TORCH_CHECK(b.dim() == 4, bn, " must be 4-D, got ", b.dim(), "-D");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ",
+              a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(at::isFloatingType(a.scalar_type()), an, " must be a floating point tensor, got ",
+              a.scalar_type());
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
+              " and ", b.device());
+  TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0),
+              " and ", b.size(0));
+  TORCH_CHECK(a.numel() > 0 && b.numel() > 0, an, " and ", bn, " must not be empty");
+}
+
+}  // namespace
+
+at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel) {
+  check_common(input, "input", kernel, "kernel");
+  const int64_t taps = kernel.size(1);
+  const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
+  TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
+  TORCH_CHECK(input.size(2) == kernel.size(2) + k - 1 && input.size(3) == kernel.size(3) + k - 1,
+              "input spatial size must be kernel size + k - 1: input ", input.sizes(), ", kernel ",
+              kernel.sizes());
+  auto x = input.contiguous();
+  auto kt = kernel.contiguous();
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    return adaptive_conv_forward_cuda(x, kt, k);
+#else
+    TORCH_CHECK(false, "featup_plugin was built without CUDA support");
+#endif
+  }
+  return adaptive_conv_forward_cpu(x, kt, k);
+}
+
+at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor& padded) {
+  check_common(center, "center", padded, "padded");
+  const int64_t k = padded.size(2) - center.size(2) + 1;
+  TORCH_CHECK(k >= 1 && k % 2 == 1 && padded.size(3) - center.size(3) + 1 == k,
+              "padded must be center padded by the same odd window on both axes: center ",
+              center.sizes(), ", padded ", padded.sizes());
+  TORCH_CHECK(center.size(1) == padded.size(1), "center and padded must have the same channels");
+  auto g = center.contiguous();
+  auto x = padded.contiguous();
+  if (g.is_cuda()) {
+#ifdef WITH_CUDA
+    return local_correlation_forward_cuda(g, x, k);
+#else
+    TORCH_CHECK(false, "featup_plugin was built without CUDA support");
+#endif
+  }
+  return local_correlation_forward_cpu(g, x, k);
+}
+
+bool with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace featup

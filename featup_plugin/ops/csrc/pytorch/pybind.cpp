@@ -1,0 +1,16 @@
+#include "pytorch_cpp_helper.hpp"
+
+namespace featup {
+at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel);
+at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor& padded);
+bool with_cuda();
+}  // namespace featup
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("adaptive_conv_forward", &featup::adaptive_conv_forward,
+        "out[b,c,h,w] = sum_t kernel[b,t,h,w] * input[b,c,h+i,w+j] (kernel tap-major [B,k*k,H,W])",
+        py::arg("input"), py::arg("kernel"));
+  m.def("local_correlation_forward", &featup::local_correlation_forward,
+        "out[b,t,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]", py::arg("center"), py::arg("padded"));
+  m.def("with_cuda", &featup::with_cuda, "whether the extension was compiled with CUDA kernels");
+}

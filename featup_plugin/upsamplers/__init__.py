@@ -1,0 +1,5 @@
+"""Framework-free upsampler modules (plain ``torch.nn``)."""
+from .jbu import JBULearnedRange, JBUStack, plan_stage_sizes, resize_guidance
+from .layers import ChannelNorm
+
+__all__ = ['JBULearnedRange', 'JBUStack', 'ChannelNorm', 'plan_stage_sizes', 'resize_guidance']

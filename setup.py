@@ -1,0 +1,81 @@
+"""Builds featup_plugin and its C++/CUDA extension ``featup_plugin._ext``.
+
+Install (needs torch already installed, hence no build isolation):
+    pip install --no-build-isolation -e .
+
+Environment:
+    FORCE_CUDA=1       build the CUDA kernels even when no GPU is visible (needs nvcc and a CUDA build of torch)
+    FEATUP_NO_CUDA=1   build the CPU kernels only
+    FEATUP_NO_EXT=1    install the pure-Python package only (the op then JIT-builds or falls back at run time)
+    TORCH_CUDA_ARCH_LIST  GPU architectures (default: the visible GPU's, else "7.5;8.0;8.6;9.0+PTX")
+    MAX_JOBS           parallel compile jobs (ninja)
+The CUDA kernels are built by default whenever a CUDA toolkit (nvcc) and a CUDA build of torch are present.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join('featup_plugin', 'ops', 'csrc')
+
+
+def version():
+    scope = {}
+    with open(os.path.join(HERE, 'featup_plugin', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def flag(name):
+    return os.environ.get(name, '0').lower() in ('1', 'true', 'yes', 'on')
+
+
+def extensions():
+    if flag('FEATUP_NO_EXT'):
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    cuda_torch = torch.version.cuda is not None
+    if flag('FORCE_CUDA') and not (cuda_torch and CUDA_HOME):
+        raise RuntimeError('FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit (nvcc); found torch '
+                           f'{torch.__version__} (CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}')
+    with_cuda = not flag('FEATUP_NO_CUDA') and (flag('FORCE_CUDA') or (cuda_torch and CUDA_HOME is not None))
+
+    sources = sorted(glob.glob(os.path.join(CSRC, 'pytorch', '*.cpp')))
+    sources += sorted(glob.glob(os.path.join(CSRC, 'pytorch', 'cpu', '*.cpp')))
+    include_dirs = [os.path.join(HERE, CSRC, 'common'), os.path.join(HERE, CSRC, 'common', 'cuda')]
+    cxx = ['-O3', '-fopenmp']
+    kwargs = dict(include_dirs=include_dirs, extra_link_args=['-fopenmp'])
+    if with_cuda:
+        if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
+            os.environ['TORCH_CUDA_ARCH_LIST'] = '7.5;8.0;8.6;9.0+PTX'
+        sources += sorted(glob.glob(os.path.join(CSRC, 'pytorch', 'cuda', '*.cu')))
+        ext = CUDAExtension('featup_plugin._ext', sources, define_macros=[('WITH_CUDA', None)],
+                            extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']}, **kwargs)
+    else:
+        ext = CppExtension('featup_plugin._ext', sources, extra_compile_args={'cxx': cxx}, **kwargs)
+    return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    name='featup_plugin',
+    version=version(),
+    description='FeatUp (features at any resolution) for MMSegmentation and Detectron2',
+    long_description=open(os.path.join(HERE, 'README.md')).read() if os.path.exists(os.path.join(HERE, 'README.md')) else '',
+    long_description_content_type='text/markdown',
+    license='MIT',
+    python_requires='>=3.8',
+    packages=find_packages(exclude=('tests', 'tests.*', 'tools', 'configs')),
+    package_data={'featup_plugin.ops': ['csrc/**/*.cpp', 'csrc/**/*.cu', 'csrc/**/*.cuh', 'csrc/**/*.hpp', 'csrc/**/*.h']},
+    include_package_data=True,
+    install_requires=['torch>=2.0', 'numpy'],
+    extras_require={'mmseg': ['mmengine', 'mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.0', 'ftfy', 'regex'],
+                    'timm': ['timm'], 'tests': ['pytest', 'timm']},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
