@@ -97,6 +97,26 @@ def test_plan_stage_sizes():
         plan_stage_sizes((2, 2), (64, 64), max_stages=4)
 
 
+@pytest.mark.parametrize('train', [False, True])
+def test_fused_fixup_equals_literal_fixup(train):
+    stack = randomise(JBUStack(6).double()).train(train)
+    src = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    img = torch.rand(2, 3, 40, 50, dtype=torch.float64)
+    outs, grads = [], []
+    for fuse in (True, False):
+        stack.fuse_fixup = fuse
+        torch.manual_seed(3)  # same dropout masks: both orders draw the same random numbers
+        out = stack(src, img, output_size=(37, 45))
+        out.backward(torch.ones_like(out))
+        outs.append(out.detach())
+        grads.append([src.grad.clone()] + [p.grad.clone() for p in stack.parameters()])
+        src.grad = None
+        stack.zero_grad()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_fewer_stages_use_the_first_ones():
     stack = randomise(JBUStack(4).double().eval())
     src, img = torch.randn(1, 4, 5, 5, dtype=torch.float64), torch.rand(1, 3, 20, 20, dtype=torch.float64)

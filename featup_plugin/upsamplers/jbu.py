@@ -117,7 +117,9 @@ class JBULearnedRange(nn.Module):
         kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
         return kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
 
-    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor, premix=None) -> torch.Tensor:
+        """``premix`` (internal, used by :class:`JBUStack`): a per-pixel linear map applied to ``source`` after
+        the kernel is computed; it commutes with the resize, padding and filtering below."""
         if source.dim() != 4 or guidance.dim() != 4:
             raise ValueError(f'JBULearnedRange expects 4-D source and guidance, got {tuple(source.shape)} and '
                              f'{tuple(guidance.shape)}')
@@ -127,6 +129,8 @@ class JBULearnedRange(nn.Module):
             raise ValueError(f'source and guidance batch sizes differ: {source.shape[0]} vs {guidance.shape[0]}')
         b, _, gh, gw = guidance.shape
         kernel = self.get_kernel(guidance)
+        if premix is not None:
+            source = premix(source)
         hr = F.interpolate(source, (gh, gw), mode='bicubic', align_corners=False)
         kernel = kernel.to(hr.dtype).permute(0, 2, 3, 1).reshape(b, gh, gw, self.diameter, self.diameter)
         return adaptive_conv(_pad(hr, self.radius), kernel)
@@ -146,11 +150,18 @@ class JBUStack(nn.Module):
 
     With the defaults (4 stages, radius 3, key_dim 32, 3-channel guidance) the parameters and the forward pass
     are those of FeatUp's ``JBUStack(feat_dim)``.
+
+    ``fuse_fixup`` (default True) evaluates the final ``out + 0.1 * conv1x1(dropout2d(out))`` on the last
+    stage's *input* instead of its output. Bicubic resizing, padding and the adaptive convolution act on each
+    channel alike and linearly, so they commute with a 1x1 channel mix and with a per-channel dropout mask: the
+    result is the same (up to float rounding, tested) at a quarter of the cost for a x2 last stage, the largest
+    saving in the stack at high resolution.
     """
 
     def __init__(self, feat_dim: int, num_stages: int = 4, radius: int = 3, key_dim: int = 32,
-                 guidance_dim: int = 3, dropout: float = 0.1, final_dropout: float = 0.2):
+                 guidance_dim: int = 3, dropout: float = 0.1, final_dropout: float = 0.2, fuse_fixup: bool = True):
         super().__init__()
+        self.fuse_fixup = fuse_fixup
         if num_stages < 1:
             raise ValueError(f'num_stages must be >= 1, got {num_stages}')
         self.feat_dim = feat_dim
@@ -199,7 +210,18 @@ class JBUStack(nn.Module):
         if source.shape[0] != guidance.shape[0]:
             raise ValueError(f'source and guidance batch sizes differ: {source.shape[0]} vs {guidance.shape[0]}')
         size = self.output_size_for(source.shape[-2:], guidance.shape[-2:], output_size, scale_factor)
+        sizes = plan_stage_sizes(source.shape[-2:], size, self.num_stages)
         feats = source
-        for stage, stage_size in zip(self.stages, plan_stage_sizes(source.shape[-2:], size, self.num_stages)):
-            feats = stage(feats, resize_guidance(guidance, stage_size))
+        for n, (stage, stage_size) in enumerate(zip(self.stages, sizes)):
+            last = n == len(sizes) - 1
+            premix = self._premix if last and self.fuse_fixup else None
+            feats = stage(feats, resize_guidance(guidance, stage_size), premix=premix)
+        if self.fuse_fixup:
+            bias = self.fixup_proj[1].bias
+            return feats if bias is None else feats + 0.1 * bias.view(1, -1, 1, 1).to(feats.dtype)
         return feats + 0.1 * self.fixup_proj(feats)
+
+    def _premix(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + 0.1 * W @ dropout2d(x)`` (the final fixup without its bias), applied before the last stage."""
+        dropout, conv = self.fixup_proj[0], self.fixup_proj[1]
+        return x + 0.1 * F.conv2d(dropout(x), conv.weight)
