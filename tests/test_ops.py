@@ -121,6 +121,34 @@ def test_tap_loop_reference_equals_unfold_reference():
     torch.testing.assert_close(local_correlation_taps(g, x), local_correlation_unfold(g, x))
 
 
+@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
+def test_every_cpu_code_path(isa):
+    ext = _backend.get_ext()
+    if ext is None or not hasattr(ext, 'set_cpu_isa'):
+        pytest.skip('reference backend in use')
+    before = ext.cpu_isa()
+    try:
+        ext.set_cpu_isa(isa)
+    except RuntimeError as exc:
+        assert 'does not support' in str(exc)
+        pytest.skip(f'this CPU has no {isa} path')
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            for (b, c, h, w, k) in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
+                x, f = make(b, c, h, w, k, dtype=torch.float64)
+                ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double())
+                tol = 1e-10 if dtype == torch.float64 else 1e-3 if dtype == torch.float32 else 0.5
+                torch.testing.assert_close(adaptive_conv(x.to(dtype), f.to(dtype)).double(), ref, rtol=tol, atol=tol)
+                g = torch.randn(b, c, h, w, dtype=torch.float64)
+                refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
+                torch.testing.assert_close(local_correlation(g.to(dtype), x.to(dtype)).double(), refc,
+                                           rtol=tol, atol=tol * c)
+    finally:
+        ext.set_cpu_isa(before)
+    with pytest.raises(RuntimeError, match='unknown CPU code path'):
+        ext.set_cpu_isa('sse9')
+
+
 def test_bfloat16_cpu_close_to_float32():
     x, f = make(1, 8, 9, 10, 3, dtype=torch.float32)
     out = adaptive_conv(x.bfloat16(), f.bfloat16())

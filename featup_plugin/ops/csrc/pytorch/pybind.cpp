@@ -4,6 +4,8 @@ namespace featup {
 at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel);
 at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor& padded);
 bool with_cuda();
+std::string cpu_isa();
+void set_cpu_isa(const std::string& name);
 }  // namespace featup
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -13,4 +15,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("local_correlation_forward", &featup::local_correlation_forward,
         "out[b,t,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]", py::arg("center"), py::arg("padded"));
   m.def("with_cuda", &featup::with_cuda, "whether the extension was compiled with CUDA kernels");
+  m.def("cpu_isa", &featup::cpu_isa, "the CPU code path in use: avx512, avx2 or baseline");
+  m.def("set_cpu_isa", &featup::set_cpu_isa, "force a CPU code path (tests, benchmarks)", py::arg("name"));
 }

@@ -2,23 +2,29 @@
 //
 // Layout: NCHW input, tap-major kernel [B, k*k, H, W]. Work is split over (batch, output row) with
 // at::parallel_for (ATen's OpenMP backend, so torch.set_num_threads applies). Inside a row the loops are
-// register-blocked: a block of kCB channels x kWB columns of accumulators stays in vector registers while
+// register-blocked: a block of kCB channels x WB columns of accumulators stays in vector registers while
 // all k*k taps are applied, so each loaded kernel value is reused across kCB channels and each loaded
 // input vector feeds one FMA per accumulator. Accumulation is in at::opmath_type (float for half/bf16).
 //
-// The row functions are compiled for several instruction sets (GCC target_clones: x86-64-v4 = AVX-512,
-// x86-64-v3 = AVX2+FMA, baseline) and the best one is picked at load time, so one binary runs anywhere.
+// The row functions are compiled for several instruction sets (AVX-512, AVX2+FMA, baseline), each with block
+// sizes that keep 8 vector accumulators in registers, and the best one the CPU supports is picked at run time.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <type_traits>
 
 #include "pytorch_cpp_helper.hpp"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FEATUP_NO_TARGET_CLONES)
-#define FEATUP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FEATUP_NO_ISA_DISPATCH)
+#define FEATUP_X86_DISPATCH 1
+#define FEATUP_TARGET(arch) __attribute__((target(arch)))
 #else
-#define FEATUP_CLONES
+#define FEATUP_X86_DISPATCH 0
+#define FEATUP_TARGET(arch)
 #endif
 
 #if defined(__GNUC__)
@@ -32,22 +38,53 @@
 namespace featup {
 namespace {
 
-constexpr int kCB = 4;   // channels per register block (forward)
-constexpr int kWB = 32;  // columns per register block
-constexpr int kJB = 4;   // taps of one kernel row per register block (correlation)
+constexpr int kCB = 4;  // channels per register block (forward)
+constexpr int kJB = 4;  // taps of one kernel row per register block (correlation)
+// Columns per register block: two vectors, so kCB (or kJB) x 2 = 8 vector accumulators.
+template <typename scalar_t, int VBYTES>
+constexpr int block_width() {
+  return 2 * VBYTES / static_cast<int>(sizeof(at::opmath_type<scalar_t>));
+}
+
+// A SIMD vector of the accumulation type (GCC/Clang vector extension): VBYTES = 64 maps to one zmm register
+// under AVX-512, 32 to a ymm under AVX2, 16 to an xmm on the baseline. Arrays of these with compile-time
+// indices stay in registers, which plain float arrays did not reliably do.
+template <typename scalar_t, int VBYTES>
+struct Simd {
+  using acc_t = at::opmath_type<scalar_t>;
+  typedef acc_t vec __attribute__((vector_size(VBYTES)));
+  static constexpr int lanes = VBYTES / static_cast<int>(sizeof(acc_t));
+
+  static FEATUP_INLINE vec load(const scalar_t* p) {
+    vec v;
+    if constexpr (std::is_same<scalar_t, acc_t>::value) {
+      std::memcpy(&v, p, sizeof(v));
+    } else {
+      for (int l = 0; l < lanes; ++l) v[l] = static_cast<acc_t>(p[l]);
+    }
+    return v;
+  }
+  static FEATUP_INLINE void store(scalar_t* p, vec v) {
+    if constexpr (std::is_same<scalar_t, acc_t>::value) {
+      std::memcpy(p, &v, sizeof(v));
+    } else {
+      for (int l = 0; l < lanes; ++l) p[l] = static_cast<scalar_t>(v[l]);
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // adaptive conv forward: out[c, h, w] = sum_{i,j} kt[i*k+j, h, w] * x[c, h+i, w+j]
 // ---------------------------------------------------------------------------------------------
-template <typename scalar_t, int CB, bool FULL>
+template <typename scalar_t, int WB, int CB, bool FULL>
 FEATUP_INLINE void fwd_block(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
                              const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
                              int64_t o_cs, int k, int n) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int nw = FULL ? kWB : n;
-  acc_t acc[CB][kWB];
+  const int nw = FULL ? WB : n;
+  acc_t acc[CB][WB];
   for (int cb = 0; cb < CB; ++cb)
-    for (int w = 0; w < kWB; ++w) acc[cb][w] = acc_t(0);
+    for (int w = 0; w < WB; ++w) acc[cb][w] = acc_t(0);
   for (int i = 0; i < k; ++i) {
     for (int j = 0; j < k; ++j) {
       const scalar_t* FEATUP_RESTRICT kr = kt + (i * k + j) * k_ts;
@@ -55,7 +92,7 @@ FEATUP_INLINE void fwd_block(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, in
       for (int cb = 0; cb < CB; ++cb) {
         const scalar_t* FEATUP_RESTRICT xc = xr + cb * x_cs;
         if (FULL) {
-          for (int w = 0; w < kWB; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
+          for (int w = 0; w < WB; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
         } else {
           for (int w = 0; w < nw; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
         }
@@ -66,42 +103,76 @@ FEATUP_INLINE void fwd_block(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, in
     for (int w = 0; w < nw; ++w) out[cb * o_cs + w] = static_cast<scalar_t>(acc[cb][w]);
 }
 
-template <typename scalar_t, int CB>
-FEATUP_INLINE void fwd_channels(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t W, int64_t x_cs,
-                                int64_t x_rs, int64_t hw, int k) {
-  int64_t w = 0;
-  for (; w + kWB <= W; w += kWB) fwd_block<scalar_t, CB, true>(x + w, x_cs, x_rs, kt + w, hw, out + w, hw, k, kWB);
-  if (w < W) fwd_block<scalar_t, CB, false>(x + w, x_cs, x_rs, kt + w, hw, out + w, hw, k, static_cast<int>(W - w));
+// The same block for a full column block, in SIMD vectors: kernel vectors loaded once per tap and reused by
+// the CB channels; CB x 2 vector accumulators.
+template <typename scalar_t, int VBYTES, int CB>
+FEATUP_INLINE void fwd_block_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
+                                  const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
+                                  int64_t o_cs, int k) {
+  using S = Simd<scalar_t, VBYTES>;
+  using vec = typename S::vec;
+  constexpr int L = S::lanes;
+  vec acc[CB][2];
+  for (int cb = 0; cb < CB; ++cb) acc[cb][0] = acc[cb][1] = vec{};
+  for (int i = 0; i < k; ++i) {
+    for (int j = 0; j < k; ++j) {
+      const scalar_t* kr = kt + (i * k + j) * k_ts;
+      const vec k0 = S::load(kr), k1 = S::load(kr + L);
+      const scalar_t* xr = x + i * x_rs + j;
+      for (int cb = 0; cb < CB; ++cb) {
+        acc[cb][0] += k0 * S::load(xr + cb * x_cs);
+        acc[cb][1] += k1 * S::load(xr + cb * x_cs + L);
+      }
+    }
+  }
+  for (int cb = 0; cb < CB; ++cb) {
+    S::store(out + cb * o_cs, acc[cb][0]);
+    S::store(out + cb * o_cs + L, acc[cb][1]);
+  }
 }
 
-// One output row (fixed b, h) for C channels. Pointers are at (b, c0, h, 0).
-template <typename scalar_t>
+// One output row (fixed b, h) for C channels. Pointers are at (b, c0, h, 0). Column blocks are the outer loop so
+// the block's k*k kernel vectors stay in L1 while every channel of the tile passes through.
+template <typename scalar_t, int VBYTES>
 FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t C, int64_t H,
                                 int64_t W, int64_t Hp, int64_t Wp, int k) {
+  constexpr int WB = block_width<scalar_t, VBYTES>();
   const int64_t x_cs = Hp * Wp, hw = H * W;
-  int64_t c = 0;
-  for (; c + kCB <= C; c += kCB) fwd_channels<scalar_t, kCB>(x + c * x_cs, kt, out + c * hw, W, x_cs, Wp, hw, k);
-  for (; c < C; ++c) fwd_channels<scalar_t, 1>(x + c * x_cs, kt, out + c * hw, W, x_cs, Wp, hw, k);
+  for (int64_t w = 0; w < W; w += WB) {
+    const int n = static_cast<int>(std::min<int64_t>(WB, W - w));
+    int64_t c = 0;
+    if (n == WB) {
+      for (; c + kCB <= C; c += kCB)
+        fwd_block_simd<scalar_t, VBYTES, kCB>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k);
+      for (; c < C; ++c)
+        fwd_block_simd<scalar_t, VBYTES, 1>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k);
+    } else {
+      for (; c + kCB <= C; c += kCB)
+        fwd_block<scalar_t, WB, kCB, false>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+      for (; c < C; ++c)
+        fwd_block<scalar_t, WB, 1, false>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // local correlation: out[i*k+j, h, w] = sum_c g[c, h, w] * x[c, h+i, w+j]
 // ---------------------------------------------------------------------------------------------
-template <typename scalar_t, int JB, bool FULL>
+template <typename scalar_t, int WB, int JB, bool FULL>
 FEATUP_INLINE void corr_block(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, const scalar_t* FEATUP_RESTRICT x,
                               int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C, int n,
                               bool accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int nw = FULL ? kWB : n;
-  acc_t acc[JB][kWB];
+  const int nw = FULL ? WB : n;
+  acc_t acc[JB][WB];
   for (int jj = 0; jj < JB; ++jj)
-    for (int w = 0; w < kWB; ++w) acc[jj][w] = acc_t(0);
+    for (int w = 0; w < WB; ++w) acc[jj][w] = acc_t(0);
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* FEATUP_RESTRICT gc = g + c * g_cs;
     const scalar_t* FEATUP_RESTRICT xc = x + c * x_cs;
     for (int jj = 0; jj < JB; ++jj) {
       if (FULL) {
-        for (int w = 0; w < kWB; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
+        for (int w = 0; w < WB; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
       } else {
         for (int w = 0; w < nw; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
       }
@@ -117,81 +188,158 @@ FEATUP_INLINE void corr_block(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, c
   }
 }
 
-template <typename scalar_t, int JB>
+template <typename scalar_t, int VBYTES, int JB>
+FEATUP_INLINE void corr_block_simd(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, const scalar_t* FEATUP_RESTRICT x,
+                                   int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C, bool accumulate) {
+  using S = Simd<scalar_t, VBYTES>;
+  using vec = typename S::vec;
+  constexpr int L = S::lanes;
+  vec acc[JB][2];
+  for (int jj = 0; jj < JB; ++jj) acc[jj][0] = acc[jj][1] = vec{};
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* gc = g + c * g_cs;
+    const scalar_t* xc = x + c * x_cs;
+    const vec g0 = S::load(gc), g1 = S::load(gc + L);
+    for (int jj = 0; jj < JB; ++jj) {
+      acc[jj][0] += g0 * S::load(xc + jj);
+      acc[jj][1] += g1 * S::load(xc + jj + L);
+    }
+  }
+  for (int jj = 0; jj < JB; ++jj) {
+    scalar_t* o = out + jj * o_ts;
+    if (accumulate) {
+      acc[jj][0] += S::load(o);
+      acc[jj][1] += S::load(o + L);
+    }
+    S::store(o, acc[jj][0]);
+    S::store(o + L, acc[jj][1]);
+  }
+}
+
+template <typename scalar_t, int VBYTES, int JB>
 FEATUP_INLINE void corr_taps(const scalar_t* g, int64_t g_cs, const scalar_t* x, int64_t x_cs, scalar_t* out,
-                             int64_t o_ts, int64_t C, int64_t W, bool acc) {
-  int64_t w = 0;
-  for (; w + kWB <= W; w += kWB) corr_block<scalar_t, JB, true>(g + w, g_cs, x + w, x_cs, out + w, o_ts, C, kWB, acc);
-  if (w < W)
-    corr_block<scalar_t, JB, false>(g + w, g_cs, x + w, x_cs, out + w, o_ts, C, static_cast<int>(W - w), acc);
+                             int64_t o_ts, int64_t C, int n, bool acc) {
+  constexpr int WB = block_width<scalar_t, VBYTES>();
+  if (n == WB)
+    corr_block_simd<scalar_t, VBYTES, JB>(g, g_cs, x, x_cs, out, o_ts, C, acc);
+  else
+    corr_block<scalar_t, WB, JB, false>(g, g_cs, x, x_cs, out, o_ts, C, n, acc);
 }
 
 // One row (fixed b, h) of all k*k correlation maps summed over C channels (added to out if acc).
-// g at (b, c0, h, 0), x at (b, c0, 0, 0), out at (b, 0, h, 0).
-template <typename scalar_t>
+// g at (b, c0, h, 0), x at (b, c0, 0, 0), out at (b, 0, h, 0). Column blocks are the outer loop: the tile's
+// center vectors and its k input rows for one block stay in L1 across all k*k taps.
+template <typename scalar_t, int VBYTES>
 FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t* out, int64_t C, int64_t H,
                                  int64_t W, int64_t Hp, int64_t Wp, int64_t h, int k, bool acc) {
+  constexpr int WB = block_width<scalar_t, VBYTES>();
   const int64_t hw = H * W, x_cs = Hp * Wp;
-  for (int i = 0; i < k; ++i) {
-    const scalar_t* xr = x + (h + i) * Wp;
-    for (int j0 = 0; j0 < k; j0 += kJB) {
-      const int nj = std::min(kJB, k - j0);
-      scalar_t* o = out + (i * k + j0) * hw;
-      const scalar_t* xs = xr + j0;
-      switch (nj) {
-        case 4: corr_taps<scalar_t, 4>(g, hw, xs, x_cs, o, hw, C, W, acc); break;
-        case 3: corr_taps<scalar_t, 3>(g, hw, xs, x_cs, o, hw, C, W, acc); break;
-        case 2: corr_taps<scalar_t, 2>(g, hw, xs, x_cs, o, hw, C, W, acc); break;
-        default: corr_taps<scalar_t, 1>(g, hw, xs, x_cs, o, hw, C, W, acc); break;
+  for (int64_t w = 0; w < W; w += WB) {
+    const int n = static_cast<int>(std::min<int64_t>(WB, W - w));
+    for (int i = 0; i < k; ++i) {
+      const scalar_t* xr = x + (h + i) * Wp + w;
+      for (int j0 = 0; j0 < k; j0 += kJB) {
+        scalar_t* o = out + (i * k + j0) * hw + w;
+        const scalar_t* xs = xr + j0;
+        switch (std::min(kJB, k - j0)) {
+          case 4: corr_taps<scalar_t, VBYTES, 4>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
+          case 3: corr_taps<scalar_t, VBYTES, 3>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
+          case 2: corr_taps<scalar_t, VBYTES, 2>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
+          default: corr_taps<scalar_t, VBYTES, 1>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
+        }
       }
     }
   }
 }
 
-// Non-template entry points, one per dtype, each compiled for several ISAs (see FEATUP_CLONES).
-#define FEATUP_DEFINE_ROWS(T, SUFFIX)                                                                        \
-  FEATUP_CLONES void fwd_row_##SUFFIX(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W,     \
-                                      int64_t Hp, int64_t Wp, int k) {                                       \
-    fwd_row_impl<T>(x, kt, out, C, H, W, Hp, Wp, k);                                                         \
+// ISA entry points: the same templates compiled for each instruction set with its own block width.
+#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES)                                                                    \
+  template <typename T>                                                                                      \
+  ATTR void fwd_row_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,    \
+                           int64_t Wp, int k) {                                                              \
+    fwd_row_impl<T, VBYTES>(x, kt, out, C, H, W, Hp, Wp, k);                               \
   }                                                                                                          \
-  FEATUP_CLONES void corr_row_##SUFFIX(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W,     \
-                                       int64_t Hp, int64_t Wp, int64_t h, int k, bool acc) {                 \
-    corr_row_impl<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                 \
-  }                                                                                                          \
-  inline void fwd_row(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,         \
-                      int64_t Wp, int k) {                                                                   \
-    fwd_row_##SUFFIX(x, kt, out, C, H, W, Hp, Wp, k);                                                        \
-  }                                                                                                          \
-  inline void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,         \
-                       int64_t Wp, int64_t h, int k, bool acc) {                                             \
-    corr_row_##SUFFIX(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                \
+  template <typename T>                                                                                      \
+  ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,    \
+                            int64_t Wp, int64_t h, int k, bool acc) {                                        \
+    corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                       \
   }
 
-FEATUP_DEFINE_ROWS(float, f32)
-FEATUP_DEFINE_ROWS(double, f64)
-FEATUP_DEFINE_ROWS(at::BFloat16, bf16)
-FEATUP_DEFINE_ROWS(at::Half, f16)
-#undef FEATUP_DEFINE_ROWS
+FEATUP_DEFINE_ISA(base, , 16)
+#if FEATUP_X86_DISPATCH
+FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32)
+FEATUP_DEFINE_ISA(avx512, FEATUP_TARGET("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,tune=skylake-avx512,prefer-vector-width=512"), 64)
+#endif
+#undef FEATUP_DEFINE_ISA
 
-// Cache tiling. A task covers a tile of channels x output rows sized so that its input rows
-// (channels x (rows + k - 1) x Wp) and kernel rows (k*k x rows x W) stay in a ~1 MiB L2 together.
+enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int best_isa() {
+#if FEATUP_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kBase;
+}
+
+std::atomic<int>& isa_in_use() {
+  static std::atomic<int> isa{best_isa()};
+  return isa;
+}
+
+template <typename T>
+void fwd_row(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int k) {
+  switch (isa_in_use().load(std::memory_order_relaxed)) {
+#if FEATUP_X86_DISPATCH
+    case kAvx512: return fwd_row_avx512<T>(x, kt, out, C, H, W, Hp, Wp, k);
+    case kAvx2: return fwd_row_avx2<T>(x, kt, out, C, H, W, Hp, Wp, k);
+#endif
+    default: return fwd_row_base<T>(x, kt, out, C, H, W, Hp, Wp, k);
+  }
+}
+
+template <typename T>
+void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t h,
+              int k, bool acc) {
+  switch (isa_in_use().load(std::memory_order_relaxed)) {
+#if FEATUP_X86_DISPATCH
+    case kAvx512: return corr_row_avx512<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+    case kAvx2: return corr_row_avx2<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+#endif
+    default: return corr_row_base<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+  }
+}
+
+// Cache tiling: a task covers up to kTileC channels x kTileH output rows. Within it, a column block's data
+// (kTileC x k input rows x one block, plus k*k kernel vectors) fits in L1/L2, and the input rows of the tile are
+// reused by its kTileH output rows.
+constexpr int64_t kTileC = 64;
+constexpr int64_t kTileH = 4;
 struct Tiles {
-  int64_t ct, ht;  // channels and rows per tile
+  int64_t ct, ht;
 };
 
-Tiles choose_tiles(int64_t C, int64_t H, int64_t W, int64_t Wp, int k, int64_t elem) {
-  const int64_t budget = 640 * 1024;  // bytes, leaves room for outputs and the other hyperthread
-  int64_t ht = std::max<int64_t>(1, std::min<int64_t>(H, 8));
-  int64_t ct = std::min<int64_t>(C, 64);
-  auto bytes = [&](int64_t c, int64_t h) { return elem * (c * (h + k - 1) * Wp + k * k * h * W + c * h * W); };
-  while (ct > kCB && bytes(ct, ht) > budget) ct = std::max<int64_t>(kCB, ct / 2);
-  while (ht > 1 && bytes(ct, ht) > budget) ht = std::max<int64_t>(1, ht / 2);
-  return {ct, ht};
-}
+Tiles choose_tiles(int64_t C, int64_t H) { return {std::min(C, kTileC), std::min(H, kTileH)}; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
+
+std::string cpu_isa() {
+  static const char* names[] = {"baseline", "avx2", "avx512"};
+  return names[isa_in_use().load()];
+}
+
+// For tests and benchmarks: force a code path ("avx512", "avx2", "baseline"); refuses one the CPU lacks.
+void set_cpu_isa(const std::string& name) {
+  int want = name == "avx512" ? kAvx512 : name == "avx2" ? kAvx2 : name == "baseline" ? kBase : -1;
+  TORCH_CHECK(want >= 0, "unknown CPU code path '", name, "' (expected avx512, avx2 or baseline)");
+  TORCH_CHECK(want <= best_isa(), "this CPU (or build) does not support the '", name, "' code path");
+  isa_in_use().store(want);
+}
 
 at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& kernel, int64_t k) {
   FEATUP_CHECK_CPU_INPUT(input);
@@ -199,7 +347,7 @@ at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& 
   const int64_t B = input.size(0), C = input.size(1), Hp = input.size(2), Wp = input.size(3);
   const int64_t H = kernel.size(2), W = kernel.size(3);
   auto out = at::empty({B, C, H, W}, input.options());
-  const Tiles t = choose_tiles(C, H, W, Wp, static_cast<int>(k), input.element_size());
+  const Tiles t = choose_tiles(C, H);
   const int64_t nct = ceil_div(C, t.ct), nht = ceil_div(H, t.ht);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "adaptive_conv_forward_cpu", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
@@ -226,7 +374,7 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
   const int64_t B = center.size(0), C = center.size(1), H = center.size(2), W = center.size(3);
   const int64_t Hp = padded.size(2), Wp = padded.size(3);
   auto out = at::empty({B, k * k, H, W}, center.options());
-  const Tiles t = choose_tiles(C, H, W, Wp, static_cast<int>(k), center.element_size());
+  const Tiles t = choose_tiles(C, H);
   const int64_t nht = ceil_div(H, t.ht);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, center.scalar_type(), "local_correlation_forward_cpu", [&] {
     const scalar_t* g = center.const_data_ptr<scalar_t>();
