@@ -246,6 +246,13 @@ def test_fallback_warns_once_and_is_correct(monkeypatch):
         _backend._reset_for_tests()
 
 
+def test_build_error_message_names_the_compiler_error():
+    log = ("Error building extension 'x': [1/2] c++ -c a.cpp\nFAILED: a.o\n"
+           "a.cpp:3:1: error: 'foo' was not declared in this scope\nninja: build stopped: subcommand failed.")
+    assert _backend._first_error_line(log) == "a.cpp:3:1: error: 'foo' was not declared in this scope"
+    assert _backend._first_error_line('') == 'unknown error'
+
+
 def test_jit_build_path(tmp_path):
     # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds).
     code = ('import torch, featup_plugin.ops as o\n'

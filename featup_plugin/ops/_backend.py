@@ -55,6 +55,15 @@ def _jit_build(with_cuda: bool) -> ModuleType:
                 extra_ldflags=['-fopenmp'], with_cuda=with_cuda, verbose=False)
 
 
+def _first_error_line(message: str) -> str:
+    """The compiler's first error from a build log (torch puts the ninja output in the exception)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in lines:
+        if 'error' in ln.lower() and 'build stopped' not in ln and not ln.startswith('Error building extension'):
+            return ln[-400:]
+    return lines[-1][-400:] if lines else 'unknown error'
+
+
 def _want_cuda() -> bool:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
@@ -83,7 +92,7 @@ def _load() -> tuple:
         mod = _jit_build(with_cuda)
         return mod, 'jit' + (' (cpu+cuda)' if with_cuda else ' (cpu)')
     except Exception as exc:  # noqa: BLE001 - any build failure falls back, once, loudly
-        errors.append(f'JIT build: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ""}')
+        errors.append(f'JIT build: {type(exc).__name__}: {_first_error_line(str(exc))}')
     warnings.warn('featup_plugin: no compiled JBU op could be loaded, using the slower pure-PyTorch reference. '
                   'Reasons: ' + '; '.join(errors) + '. Build it with `pip install -e . --no-build-isolation` '
                   '(or set FEATUP_OPS=reference to silence this).', RuntimeWarning, stacklevel=3)
