@@ -194,3 +194,16 @@ def test_stack_float32_close_to_float64():
     out64 = stack.double()(src.double(), img.double())
     torch.testing.assert_close(out32.double(), out64, rtol=1e-4, atol=1e-4)
     assert math.isfinite(out32.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (none visible)')
+def test_stack_cuda_matches_cpu_and_runs_under_autocast():
+    stack = randomise(JBUStack(32)).eval()
+    src, img = torch.randn(2, 32, 7, 9), torch.rand(2, 3, 112, 144)
+    cpu = stack(src, img, output_size=(100, 130))
+    gpu = stack.cuda()(src.cuda(), img.cuda(), output_size=(100, 130))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    with torch.autocast('cuda', dtype=torch.float16):
+        half = stack(src.cuda(), img.cuda(), output_size=(100, 130))
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float().cpu(), cpu, rtol=5e-2, atol=5e-2)

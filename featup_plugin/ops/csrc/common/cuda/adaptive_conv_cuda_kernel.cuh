@@ -1,31 +1,34 @@
 // CUDA kernels for the adaptive convolution primitives (host launchers: pytorch/cuda/adaptive_conv_cuda.cu).
 //
-//   adaptive conv      out[b, c, h, w]   = sum_{i,j<k} kernel[b, i*k+j, h, w] * input[b, c, h+i, w+j]
-//   local correlation  out[b, i*k+j, h, w] = sum_c   center[b, c, h, w]     * padded[b, c, h+i, w+j]
+//   adaptive conv      out[b, c, h, w]     = sum_{i,j<k} kernel[b, i*k+j, h, w] * input[b, c, h+i, w+j]
+//   local correlation  out[b, i*k+j, h, w] = sum_c       center[b, c, h, w]     * padded[b, c, h+i, w+j]
 //
-// Tiling scheme (both ops). A block of kThreadsX x kThreadsY = 32 x 8 threads covers a 32 (W) x 8 (H)
-// tile of output pixels, one pixel per thread; threadIdx.x runs along W, so every global load and store
-// of a warp touches one contiguous row segment. Channels are processed in chunks of CS: the block
-// cooperatively stages the (8 + k - 1) x (32 + k - 1) input window (tile plus halo) of CS channels in
-// shared memory (converted to the accumulation type), synchronises, and every thread then reads its
-// k x k neighbourhood from shared memory, so each global input value is loaded once per block instead of
-// k*k times. Shared reads of a warp are 32 consecutive words: no bank conflicts.
+// Tiling scheme (both ops). A block of kThreadsX x kThreadsY = 32 x 8 threads covers a 32 (W) x 8*ROWS (H)
+// tile of output pixels; a thread owns ROWS (1 or 2) vertically adjacent pixels of one column, and
+// threadIdx.x runs along W, so every global load and store of a warp touches one contiguous row segment.
+// Channels are processed in chunks of CS: the block cooperatively stages the (8*ROWS + k - 1) x (32 + k - 1)
+// input window (tile plus halo) of CS channels in shared memory (converted to the accumulation type),
+// synchronises, and every thread then reads its neighbourhood from shared memory, so each global input
+// value is loaded once per block instead of k*k times. Shared reads of a warp are 32 consecutive words (no
+// bank conflicts). With ROWS = 2 the two pixels of a thread share k - 1 of their k + 1 window rows: one
+// shared read feeds up to two FMAs, which matters because the k*k shared reads per pixel and channel,
+// not DRAM, bound the k = 7 kernels.
 //
-//  * adaptive conv: a thread keeps the k*k weights of its pixel in registers (fast paths K = 3, 5, 7 as a
-//    template parameter), loaded once per block and reused for every channel of the block's channel
-//    group. The generic kernel (any odd k) keeps CS per-channel accumulators in registers instead and
-//    reads each weight once per channel chunk from global memory (L1-resident).
-//  * local correlation: a thread keeps k*k accumulators in registers (fast paths K = 3, 5, 7) and loops
-//    over the channels; its center value is one coalesced load per channel, prefetched before the
-//    chunk's barrier. The generic kernel gives each block a group of kTapGroup taps (a grid dimension).
+//  * adaptive conv: a thread keeps the k*k weights of each of its pixels in registers (fast paths
+//    K = 3, 5, 7 as a template parameter), loaded once per block and reused for every channel of the
+//    block's channel group. The generic kernel (any odd k) keeps CS per-channel accumulators in registers
+//    instead and reads each weight once per channel chunk from global memory (L1-resident).
+//  * local correlation: a thread keeps k*k accumulators per pixel in registers (fast paths K = 3, 5, 7)
+//    and loops over the channels; its center values are one coalesced load per channel, prefetched before
+//    the chunk's barrier. The generic kernel gives each block a group of kTapGroup taps.
 //
 // Grid: one-dimensional, block id = ((b * tiles_y + tile_y) * tiles_x + tile_x) * splits + split, so
 // there is no gridDim.y/z limit and blocks sharing a tile are adjacent in launch order (the channel groups
-// of one tile then read the same weights / write neighbouring partial sums while they are in L2). When
-// B * tiles is small the channels are split over `splits` groups to fill the GPU: adaptive conv groups
-// write disjoint output channels; correlation groups write opmath partial sums to a workspace
-// [splits, B, k*k, H, W] that the host reduces (no atomics). 64-bit offsets everywhere a tensor index
-// can exceed 2^31. Windows too large for 48 KiB of shared memory use the direct (non-tiled) kernels.
+// of one tile then read the same weights while they are in L2). When B * tiles is small the channels are
+// split over `splits` groups to fill the GPU: adaptive conv groups write disjoint output channels;
+// correlation groups write opmath partial sums to a workspace [splits, B, k*k, H, W] that the host reduces
+// (no atomics). 64-bit offsets wherever a tensor index can exceed 2^31. Windows too large for 48 KiB of
+// shared memory use the direct (non-tiled) kernels.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -50,8 +53,8 @@ struct TileCoord {
 };
 
 // The grid has fewer than 2^31 blocks, so 32-bit unsigned division suffices (64-bit division is a
-// subroutine call on the GPU).
-__device__ __forceinline__ TileCoord decode_block(int tiles_x, int tiles_y, int splits) {
+// subroutine call on the GPU). tile_h: output rows per block.
+__device__ __forceinline__ TileCoord decode_block(int tiles_x, int tiles_y, int splits, int tile_h) {
   unsigned id = blockIdx.x;
   TileCoord t;
   unsigned q = id / static_cast<unsigned>(splits);
@@ -61,7 +64,7 @@ __device__ __forceinline__ TileCoord decode_block(int tiles_x, int tiles_y, int 
   t.w0 = static_cast<int>(id - q * static_cast<unsigned>(tiles_x)) * kThreadsX;
   id = q;
   q = id / static_cast<unsigned>(tiles_y);
-  t.h0 = static_cast<int>(id - q * static_cast<unsigned>(tiles_y)) * kThreadsY;
+  t.h0 = static_cast<int>(id - q * static_cast<unsigned>(tiles_y)) * tile_h;
   t.b = static_cast<int>(q);
   return t;
 }
@@ -89,41 +92,47 @@ __device__ __forceinline__ void stage_window(acc_t* __restrict__ dst, const scal
 }
 
 // -------------------------------------------------------------------------------------------------
-// adaptive conv, K in {3, 5, 7}: weights in registers, CS channels per shared-memory chunk.
+// adaptive conv, K in {3, 5, 7}: weights in registers, CS channels per shared-memory chunk. A thread owns
+// ROWS vertically adjacent output pixels (tile height 8 * ROWS); with ROWS = 2 the two pixels share
+// K - 1 of their K + 1 window rows, so one shared-memory read feeds up to two FMAs.
 // Block split = channel group [split * group_size, min(C, (split + 1) * group_size)).
 // -------------------------------------------------------------------------------------------------
-template <typename scalar_t, int K, int CS>
-__global__ void __launch_bounds__(kThreads)
+template <typename scalar_t, int K, int CS, int ROWS>
+__global__ void __launch_bounds__(kThreads, sizeof(at::opmath_type<scalar_t>) == 4 ? 2 : 1)
     adaptive_conv_forward_cuda_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ kernel,
                                       scalar_t* __restrict__ output, int C, int H, int W, int tiles_x,
                                       int tiles_y, int groups, int group_size) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int KK = K * K;
-  constexpr int SH = kThreadsY + K - 1;
+  constexpr int TH = kThreadsY * ROWS;
+  constexpr int SH = TH + K - 1;
   constexpr int SW = kThreadsX + K - 1;
   __shared__ acc_t window[CS * SH * SW];
 
-  const TileCoord tc = decode_block(tiles_x, tiles_y, groups);
+  const TileCoord tc = decode_block(tiles_x, tiles_y, groups, TH);
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
-  const int h = tc.h0 + threadIdx.y, w = tc.w0 + threadIdx.x;
+  const int h = tc.h0 + threadIdx.y * ROWS, w = tc.w0 + threadIdx.x;  // first of the thread's rows
   const bool active = h < H && w < W;
   const int Hp = H + K - 1, Wp = W + K - 1;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t plane = static_cast<int64_t>(Hp) * Wp;
   const int64_t pix = static_cast<int64_t>(h) * W + w;
 
-  acc_t wt[KK];
-  {
-    const scalar_t* kp = kernel + static_cast<int64_t>(tc.b) * KK * HW + pix;
+  bool row_ok[ROWS];
+  acc_t wt[ROWS][KK];
 #pragma unroll
-    for (int t = 0; t < KK; ++t) wt[t] = active ? static_cast<acc_t>(kp[t * HW]) : acc_t(0);
+  for (int r = 0; r < ROWS; ++r) {
+    row_ok[r] = active && h + r < H;
+    const scalar_t* kp = kernel + static_cast<int64_t>(tc.b) * KK * HW + pix + r * W;
+#pragma unroll
+    for (int t = 0; t < KK; ++t) wt[r][t] = row_ok[r] ? static_cast<acc_t>(kp[t * HW]) : acc_t(0);
   }
 
   const int c_begin = tc.split * group_size;
   const int c_end = min(C, c_begin + group_size);
   const scalar_t* in_b = input + static_cast<int64_t>(tc.b) * C * plane;
   scalar_t* out_p = output + static_cast<int64_t>(tc.b) * C * HW + pix;
-  const acc_t* win = window + threadIdx.y * SW + threadIdx.x;
+  const acc_t* win = window + threadIdx.y * ROWS * SW + threadIdx.x;
 
   for (int c0 = c_begin; c0 < c_end; c0 += CS) {
     const int nch = min(CS, c_end - c0);
@@ -134,12 +143,23 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < CS; ++c) {
         if (c < nch) {
           const acc_t* s = win + c * (SH * SW);
-          acc_t acc = acc_t(0);
+          acc_t acc[ROWS];
 #pragma unroll
-          for (int i = 0; i < K; ++i)
+          for (int r = 0; r < ROWS; ++r) acc[r] = acc_t(0);
+          // Window row rr is kernel row rr - r of the thread's pixel r.
 #pragma unroll
-            for (int j = 0; j < K; ++j) acc += wt[i * K + j] * s[i * SW + j];
-          out_p[(c0 + c) * HW] = static_cast<scalar_t>(acc);
+          for (int rr = 0; rr < K + ROWS - 1; ++rr) {
+#pragma unroll
+            for (int j = 0; j < K; ++j) {
+              const acc_t v = s[rr * SW + j];
+#pragma unroll
+              for (int r = 0; r < ROWS; ++r)
+                if (rr - r >= 0 && rr - r < K) acc[r] += wt[r][(rr - r) * K + j] * v;
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r)
+            if (row_ok[r]) out_p[(c0 + c) * HW + r * W] = static_cast<scalar_t>(acc[r]);
         }
       }
     }
@@ -162,7 +182,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* window = reinterpret_cast<acc_t*>(featup_dyn_smem);
 
   const int SH = kThreadsY + k - 1, SW = kThreadsX + k - 1, per = SH * SW;
-  const TileCoord tc = decode_block(tiles_x, tiles_y, groups);
+  const TileCoord tc = decode_block(tiles_x, tiles_y, groups, kThreadsY);
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
   const int h = tc.h0 + threadIdx.y, w = tc.w0 + threadIdx.x;
   const bool active = h < H && w < W;
@@ -205,45 +225,55 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // -------------------------------------------------------------------------------------------------
-// local correlation, K in {3, 5, 7}: k*k accumulators in registers. Block split = channel split s;
-// output (out_t = scalar_t when splits == 1, else acc_t partial sums) is [splits, B, K*K, H, W].
+// local correlation, K in {3, 5, 7}: k*k accumulators per pixel in registers, ROWS vertically adjacent
+// pixels per thread as in the adaptive conv. Block split = channel split s; the output (out_t = scalar_t
+// when splits == 1, else acc_t partial sums) is [splits, B, K*K, H, W].
 // -------------------------------------------------------------------------------------------------
-template <typename scalar_t, typename out_t, int K, int CS>
-__global__ void __launch_bounds__(kThreads)
+template <typename scalar_t, typename out_t, int K, int CS, int ROWS>
+__global__ void __launch_bounds__(kThreads, sizeof(at::opmath_type<scalar_t>) == 4 ? 2 : 1)
     local_correlation_forward_cuda_kernel(const scalar_t* __restrict__ center, const scalar_t* __restrict__ padded,
                                           out_t* __restrict__ output, int B, int C, int H, int W, int tiles_x,
                                           int tiles_y, int splits, int split_size) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int KK = K * K;
-  constexpr int SH = kThreadsY + K - 1;
+  constexpr int TH = kThreadsY * ROWS;
+  constexpr int SH = TH + K - 1;
   constexpr int SW = kThreadsX + K - 1;
   __shared__ acc_t window[CS * SH * SW];
 
-  const TileCoord tc = decode_block(tiles_x, tiles_y, splits);
+  const TileCoord tc = decode_block(tiles_x, tiles_y, splits, TH);
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
-  const int h = tc.h0 + threadIdx.y, w = tc.w0 + threadIdx.x;
+  const int h = tc.h0 + threadIdx.y * ROWS, w = tc.w0 + threadIdx.x;  // first of the thread's rows
   const bool active = h < H && w < W;
   const int Hp = H + K - 1, Wp = W + K - 1;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t plane = static_cast<int64_t>(Hp) * Wp;
   const int64_t pix = static_cast<int64_t>(h) * W + w;
 
-  acc_t acc[KK];
+  bool row_ok[ROWS];
+  acc_t acc[ROWS][KK];
 #pragma unroll
-  for (int t = 0; t < KK; ++t) acc[t] = acc_t(0);
+  for (int r = 0; r < ROWS; ++r) {
+    row_ok[r] = active && h + r < H;
+#pragma unroll
+    for (int t = 0; t < KK; ++t) acc[r][t] = acc_t(0);
+  }
 
   const int c_begin = tc.split * split_size;
   const int c_end = min(C, c_begin + split_size);
   const scalar_t* pad_b = padded + static_cast<int64_t>(tc.b) * C * plane;
   const scalar_t* ctr_p = center + static_cast<int64_t>(tc.b) * C * HW + pix;
-  const acc_t* win = window + threadIdx.y * SW + threadIdx.x;
+  const acc_t* win = window + threadIdx.y * ROWS * SW + threadIdx.x;
 
   for (int c0 = c_begin; c0 < c_end; c0 += CS) {
     const int nch = min(CS, c_end - c0);
     // Issue the center loads first so their latency overlaps the staging and the barrier.
-    acc_t g[CS];
+    acc_t g[CS][ROWS];
 #pragma unroll
-    for (int c = 0; c < CS; ++c) g[c] = (active && c < nch) ? static_cast<acc_t>(ctr_p[(c0 + c) * HW]) : acc_t(0);
+    for (int c = 0; c < CS; ++c)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r)
+        g[c][r] = (row_ok[r] && c < nch) ? static_cast<acc_t>(ctr_p[(c0 + c) * HW + r * W]) : acc_t(0);
     stage_window(window, pad_b + c0 * plane, plane, nch, SH, SW, Hp, Wp, tc.h0, tc.w0, tid);
     __syncthreads();
     if (active) {
@@ -251,22 +281,30 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < CS; ++c) {
         if (c < nch) {
           const acc_t* s = win + c * (SH * SW);
-          const acc_t gv = g[c];
+          // Window row rr is tap row rr - r of the thread's pixel r.
 #pragma unroll
-          for (int i = 0; i < K; ++i)
+          for (int rr = 0; rr < K + ROWS - 1; ++rr) {
 #pragma unroll
-            for (int j = 0; j < K; ++j) acc[i * K + j] += gv * s[i * SW + j];
+            for (int j = 0; j < K; ++j) {
+              const acc_t v = s[rr * SW + j];
+#pragma unroll
+              for (int r = 0; r < ROWS; ++r)
+                if (rr - r >= 0 && rr - r < K) acc[r][(rr - r) * K + j] += g[c][r] * v;
+            }
+          }
         }
       }
     }
     __syncthreads();
   }
 
-  if (active) {
-    out_t* op = output + (static_cast<int64_t>(tc.split) * B + tc.b) * KK * HW + pix;
+  out_t* op = output + (static_cast<int64_t>(tc.split) * B + tc.b) * KK * HW + pix;
 #pragma unroll
-    for (int t = 0; t < KK; ++t) op[t * HW] = static_cast<out_t>(acc[t]);
-  }
+  for (int r = 0; r < ROWS; ++r)
+    if (row_ok[r]) {
+#pragma unroll
+      for (int t = 0; t < KK; ++t) op[t * HW + r * W] = static_cast<out_t>(acc[r][t]);
+    }
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -285,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int KK = k * k;
   const int SH = kThreadsY + k - 1, SW = kThreadsX + k - 1, per = SH * SW;
-  const TileCoord tc = decode_block(tiles_x, tiles_y, splits * tap_groups);
+  const TileCoord tc = decode_block(tiles_x, tiles_y, splits * tap_groups, kThreadsY);
   const int split = tc.split / tap_groups;
   const int t0 = (tc.split - split * tap_groups) * kTapGroup;
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;

@@ -43,14 +43,31 @@ int64_t sm_count() {
 }
 
 struct Geometry {
-  int64_t B, C, H, W, k, tiles_x, tiles_y;
-  int64_t tiles() const { return B * tiles_x * tiles_y; }
+  int64_t B, C, H, W, k;
+  int64_t tiles_x() const { return ceil_div(W, kThreadsX); }
+  int64_t tiles_y(int rows) const { return ceil_div(H, kThreadsY * rows); }
+  int64_t tiles(int rows) const { return B * tiles_x() * tiles_y(rows); }
 };
 
 Geometry make_geometry(int64_t B, int64_t C, int64_t H, int64_t W, int64_t k) {
   TORCH_CHECK(B <= kIntMax && C <= kIntMax && H + k - 1 <= kIntMax && W + k - 1 <= kIntMax,
               "featup CUDA adaptive conv: a dimension exceeds INT_MAX");
-  return {B, C, H, W, k, ceil_div(W, kThreadsX), ceil_div(H, kThreadsY)};
+  return {B, C, H, W, k};
+}
+
+// Output rows per thread of the K = 3, 5, 7 kernels: 2 (fewer shared-memory reads per FMA) where the
+// doubled weights / accumulators fit in the 128 registers that 2 resident blocks of 256 threads per SM
+// allow (checked with -Xptxas -v for sm_80 / sm_90: no spills, except 32 bytes for the float K = 7
+// adaptive conv on sm_80), else 1.
+template <typename scalar_t, int K>
+constexpr int conv_rows() {
+  if (std::is_same_v<scalar_t, double>) return 1;
+  return K == 7 && !std::is_same_v<scalar_t, float> ? 1 : 2;
+}
+
+template <typename scalar_t, int K>
+constexpr int corr_rows() {
+  return std::is_same_v<at::opmath_type<scalar_t>, double> || K == 7 ? 1 : 2;
 }
 
 // Channel split: `count` groups of `size` channels (a multiple of `chunk`), enough to give the GPU about
@@ -93,12 +110,13 @@ int64_t window_bytes(int64_t k, int64_t channels) {
 template <typename scalar_t, int K>
 void launch_adaptive_conv_fast(const scalar_t* x, const scalar_t* kt, scalar_t* out, const Geometry& g,
                                cudaStream_t stream) {
-  const Split s = split_channels(g.tiles(), g.C, kChunkFast);
+  constexpr int rows = conv_rows<scalar_t, K>();
+  const Split s = split_channels(g.tiles(rows), g.C, kChunkFast);
   const dim3 block(kThreadsX, kThreadsY);
-  const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles() * s.count)));
-  adaptive_conv_forward_cuda_kernel<scalar_t, K, kChunkFast><<<grid, block, 0, stream>>>(
+  const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(rows) * s.count)));
+  adaptive_conv_forward_cuda_kernel<scalar_t, K, kChunkFast, rows><<<grid, block, 0, stream>>>(
       x, kt, out, static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
-      static_cast<int>(g.tiles_x), static_cast<int>(g.tiles_y), static_cast<int>(s.count),
+      static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(rows)), static_cast<int>(s.count),
       static_cast<int>(s.size));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -108,12 +126,12 @@ void launch_adaptive_conv_other(const scalar_t* x, const scalar_t* kt, scalar_t*
                                 cudaStream_t stream) {
   const int64_t smem = window_bytes<scalar_t>(g.k, kChunkGeneric);
   if (smem <= kStaticSmemLimit) {
-    const Split s = split_channels(g.tiles(), g.C, kChunkGeneric);
+    const Split s = split_channels(g.tiles(1), g.C, kChunkGeneric);
     const dim3 block(kThreadsX, kThreadsY);
-    const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles() * s.count)));
+    const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * s.count)));
     adaptive_conv_forward_generic_cuda_kernel<scalar_t, kChunkGeneric><<<grid, block, smem, stream>>>(
         x, kt, out, static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.k),
-        static_cast<int>(g.tiles_x), static_cast<int>(g.tiles_y), static_cast<int>(s.count),
+        static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)), static_cast<int>(s.count),
         static_cast<int>(s.size));
   } else {
     const int64_t total = g.B * g.C * g.H * g.W;
@@ -148,14 +166,15 @@ at::Tensor run_correlation_splits(const at::Tensor& like, const Geometry& g, con
 template <typename scalar_t, int K>
 at::Tensor launch_local_correlation_fast(const at::Tensor& center, const scalar_t* gc, const scalar_t* xp,
                                          const Geometry& g, cudaStream_t stream) {
-  const Split s = split_channels(g.tiles(), g.C, kChunkFast);
+  constexpr int rows = corr_rows<scalar_t, K>();
+  const Split s = split_channels(g.tiles(rows), g.C, kChunkFast);
   const dim3 block(kThreadsX, kThreadsY);
-  const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles() * s.count)));
+  const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(rows) * s.count)));
   return run_correlation_splits<scalar_t>(center, g, s, [&](auto* out, const Split& sp) {
     using out_t = std::remove_pointer_t<decltype(out)>;
-    local_correlation_forward_cuda_kernel<scalar_t, out_t, K, kChunkFast><<<grid, block, 0, stream>>>(
+    local_correlation_forward_cuda_kernel<scalar_t, out_t, K, kChunkFast, rows><<<grid, block, 0, stream>>>(
         gc, xp, out, static_cast<int>(g.B), static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
-        static_cast<int>(g.tiles_x), static_cast<int>(g.tiles_y), static_cast<int>(sp.count),
+        static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(rows)), static_cast<int>(sp.count),
         static_cast<int>(sp.size));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -167,14 +186,14 @@ at::Tensor launch_local_correlation_other(const at::Tensor& center, const scalar
   const int64_t smem = window_bytes<scalar_t>(g.k, kChunkGeneric);
   if (smem <= kStaticSmemLimit) {
     const int64_t tap_groups = ceil_div(g.k * g.k, kTapGroup);
-    const Split s = split_channels(g.tiles() * tap_groups, g.C, kChunkGeneric);
+    const Split s = split_channels(g.tiles(1) * tap_groups, g.C, kChunkGeneric);
     const dim3 block(kThreadsX, kThreadsY);
-    const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles() * tap_groups * s.count)));
+    const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * tap_groups * s.count)));
     return run_correlation_splits<scalar_t>(center, g, s, [&](auto* out, const Split& sp) {
       using out_t = std::remove_pointer_t<decltype(out)>;
       local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric><<<grid, block, smem, stream>>>(
           gc, xp, out, static_cast<int>(g.B), static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
-          static_cast<int>(g.k), static_cast<int>(g.tiles_x), static_cast<int>(g.tiles_y),
+          static_cast<int>(g.k), static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)),
           static_cast<int>(sp.count), static_cast<int>(sp.size), static_cast<int>(tap_groups));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
