@@ -7,7 +7,7 @@ Environment:
     FORCE_CUDA=1       build the CUDA kernels even when no GPU is visible (needs nvcc and a CUDA build of torch)
     FEATUP_NO_CUDA=1   build the CPU kernels only
     FEATUP_NO_EXT=1    install the pure-Python package only (the op then JIT-builds or falls back at run time)
-    TORCH_CUDA_ARCH_LIST  GPU architectures (default: the visible GPU's, else "7.5;8.0;8.6;9.0+PTX")
+    TORCH_CUDA_ARCH_LIST  GPU architectures (default: the visible GPU's, else "7.5;8.0;9.0+PTX")
     MAX_JOBS           parallel compile jobs (ninja)
 The CUDA kernels are built by default whenever a CUDA toolkit (nvcc) and a CUDA build of torch are present.
 """
@@ -31,9 +31,19 @@ def flag(name):
     return os.environ.get(name, '0').lower() in ('1', 'true', 'yes', 'on')
 
 
+def export_cuda_home():
+    """See featup_plugin/ops/_cuda_home.py (loaded by path: the package itself is not importable yet)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_cuda_home', os.path.join(HERE, 'featup_plugin', 'ops', '_cuda_home.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.export_cuda_home()
+
+
 def extensions():
     if flag('FEATUP_NO_EXT'):
         return [], {}
+    export_cuda_home()  # before torch.utils.cpp_extension reads CUDA_HOME
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
@@ -50,7 +60,7 @@ def extensions():
     kwargs = dict(include_dirs=include_dirs, extra_link_args=['-fopenmp'])
     if with_cuda:
         if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
-            os.environ['TORCH_CUDA_ARCH_LIST'] = '7.5;8.0;8.6;9.0+PTX'
+            os.environ['TORCH_CUDA_ARCH_LIST'] = '7.5;8.0;9.0+PTX'  # sm_80 code also runs on sm_86/89
         sources += sorted(glob.glob(os.path.join(CSRC, 'pytorch', 'cuda', '*.cu')))
         ext = CUDAExtension('featup_plugin._ext', sources, define_macros=[('WITH_CUDA', None)],
                             extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']}, **kwargs)

@@ -224,7 +224,9 @@ def test_invalid_env_var_is_an_error():
 
 def test_fallback_warns_once_and_is_correct(monkeypatch):
     # Hide the prebuilt extension and make the JIT build fail: the reference must run, with ONE warning.
+    import featup_plugin
     monkeypatch.setitem(sys.modules, 'featup_plugin._ext', None)
+    monkeypatch.delattr(featup_plugin, '_ext', raising=False)
     monkeypatch.setattr(_backend, '_jit_build', lambda with_cuda: (_ for _ in ()).throw(OSError('no compiler')))
     monkeypatch.setenv('FEATUP_OPS', 'auto')
     _backend._reset_for_tests()

@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='C=64 at 112^2 and a 64-channel stack only')
     ap.add_argument('--no-reference', action='store_true', help='time ours only')
+    ap.add_argument('--only', choices=['op', 'stack'], help='run one of the two tables')
     ap.add_argument('--worker', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -128,8 +129,11 @@ def main() -> None:
           f'device {args.device}' + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else
                                      f', {torch.get_num_threads()} threads'))
     sizes = [(64, 112)] if args.quick else [(64, 112), (64, 224), (384, 112), (384, 224)]
-    print('\n| C | out | k | pass | ours | unfold ref | speed-up | ours peak extra | ref peak extra | mem ratio |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    if args.only == 'stack':
+        sizes = []
+    if sizes:
+        print('\n| C | out | k | pass | ours | unfold ref | speed-up | ours peak extra | ref peak extra | mem ratio |')
+        print('|---|---|---|---|---|---|---|---|---|---|')
     backend = None
     for c, s in sizes:
         for mode in ('fwd', 'fwd+bwd'):
@@ -145,6 +149,9 @@ def main() -> None:
                   f"{ref['seconds'] / ours['seconds']:.1f}× | {ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB | "
                   f"{ref['peak_mib'] / max(ours['peak_mib'], 1):.1f}× |", flush=True)
     c = 64 if args.quick else 384
+    if args.only == 'op':
+        print(f'\nop backend: {backend}')
+        return
     print(f'\nJBUStack({c}), 14x14 features -> 224x224 (DINO ViT-S/16 at 224), eval mode:\n')
     print('| pass | ours | FeatUp-style unfold | speed-up | ours peak extra | unfold peak extra |')
     print('|---|---|---|---|---|---|')
@@ -153,7 +160,9 @@ def main() -> None:
         ours = run_case(dict(base, impl='ours', repeats=args.repeats))
         if args.no_reference:
             print(f"| {mode} | {fmt_t(ours['seconds'])} | - | - | {ours['peak_mib']:.0f} MiB | - |")
+            backend = ours['backend']
             continue
+        backend = ours['backend']
         ref = run_case(dict(base, impl='unfold', repeats=1 if args.device == 'cpu' else args.repeats))
         print(f"| {mode} | {fmt_t(ours['seconds'])} | {fmt_t(ref['seconds'])} | {ref['seconds'] / ours['seconds']:.1f}× | "
               f"{ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB |", flush=True)

@@ -47,6 +47,8 @@ def include_dirs() -> list:
 
 
 def _jit_build(with_cuda: bool) -> ModuleType:
+    from ._cuda_home import export_cuda_home
+    export_cuda_home()
     from torch.utils.cpp_extension import load
     name = 'featup_plugin_jit_ext' + ('_cuda' if with_cuda else '_cpu')
     return load(name=name, sources=sources(with_cuda), extra_include_paths=include_dirs(),
@@ -66,8 +68,8 @@ def _first_error_line(message: str) -> str:
 
 def _want_cuda() -> bool:
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME
-    return torch.cuda.is_available() and CUDA_HOME is not None
+    from ._cuda_home import find_cuda_home
+    return torch.cuda.is_available() and find_cuda_home() is not None
 
 
 def _load() -> tuple:
