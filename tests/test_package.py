@@ -1,0 +1,42 @@
+"""Package-level contracts."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BLOCKER = '''
+import sys, importlib.abc
+BLOCKED = ("mmseg", "mmcv", "mmengine", "mmdet", "detectron2", "timm")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked for this test")
+sys.meta_path.insert(0, Block())
+'''
+
+
+def test_core_imports_and_runs_without_any_framework():
+    code = BLOCKER + '''
+import torch, featup_plugin
+from featup_plugin.upsamplers import JBUStack
+out = JBUStack(4)(torch.randn(1, 4, 3, 3), torch.rand(1, 3, 24, 24))
+assert out.shape == (1, 4, 48, 48)
+try:
+    import mmseg
+except ImportError:
+    print("ok")
+'''
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith('ok')
+    imported = [m for m in ('mmseg', 'mmcv', 'mmengine', 'detectron2') if f"'{m}'" in res.stderr]
+    assert not imported
+
+
+def test_version_and_public_api():
+    import featup_plugin
+    assert featup_plugin.__version__.count('.') == 2
+    assert {'adaptive_conv', 'local_correlation', 'backend_name'} <= set(featup_plugin.ops.__all__)
+    assert {'JBUStack', 'JBULearnedRange', 'ChannelNorm'} <= set(featup_plugin.upsamplers.__all__)
