@@ -3,7 +3,24 @@
 The core (``featup_plugin.ops``, ``featup_plugin.upsamplers``) needs only PyTorch. The framework adapters
 register themselves when their framework is importable.
 """
+import importlib.util
+
 from .version import __version__
 from . import ops, upsamplers
 
 __all__ = ['__version__', 'ops', 'upsamplers']
+
+# MMSegmentation adapters: registered when mmseg is importable (custom_imports=dict(imports=['featup_plugin'])).
+def _mmseg_available() -> bool:
+    try:
+        if importlib.util.find_spec('mmseg') is None:
+            return False
+        import mmseg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if _mmseg_available():
+    from . import necks, segmentors  # noqa: F401
+    __all__ += ['necks', 'segmentors']

@@ -1,0 +1,3 @@
+from .featup_jbu import FeatUpJBU
+
+__all__ = ['FeatUpJBU']

@@ -1,0 +1,172 @@
+"""``neck=dict(type='FeatUpJBU', ...)``: FeatUp's JBU stack as an MMSegmentation neck."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+
+from ..upsamplers import ChannelNorm, JBUStack
+
+# What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MISSING_GUIDANCE = (
+    "FeatUpJBU needs the input image as guidance, but the segmentor called the neck without it. "
+    "Use the guided segmentor by adding this line to your config:\n"
+    "    model = dict(type='GuidedEncoderDecoder')\n"
+    "(with custom_imports = dict(imports=['featup_plugin']) so that it is registered).")
+
+
+@MODELS.register_module()
+class FeatUpJBU(BaseModule):
+    """Upsamples backbone feature map(s) with FeatUp's JBU stack, guided by the input image.
+
+    Args:
+        in_channels: channels of the backbone outputs (an int, or a list matching the backbone's tuple).
+        in_index: which backbone output(s) to upsample (int or list). Other levels pass through unchanged.
+        out_size: target of the upsampled level(s): ``'image'`` (the input/crop size, default), or None to
+            use ``scale_factor`` / ``output_stride``.
+        scale_factor: upsampling factor relative to the feature map (e.g. 4, 16).
+        output_stride: target stride relative to the image (e.g. 4 -> image size / 4).
+        feature_strides: strides of the backbone outputs (list like ``in_channels``, or one int for the chosen
+            level(s)), e.g. ``[4, 8, 16, 32]`` for ResNet, 16 for ViT-S/16. Used to build exactly the ×2 stages
+            needed: unused stages would hold parameters that never get gradients (and stop DDP).
+        num_stages: ×2 JBU stages per upsampled level, overriding the derivation (default: from
+            ``scale_factor``, else from ``feature_strides`` and the target, else 4 as in FeatUp). See
+            ``featup_plugin.upsamplers.plan_stage_sizes`` for how stages are used.
+        radius, key_dim: JBU window radius and range-key width (FeatUp: 3, 32).
+        channel_norm: LayerNorm over channels before upsampling (FeatUp does this on backbone features).
+        freeze_upsampler: keep the upsampler (and the channel norm) in eval mode without gradients.
+        mode: ``'replace'`` returns the input tuple with each chosen level replaced by its upsampled version;
+            ``'append'`` appends the upsampled maps after the inputs.
+        data_mean, data_std, data_bgr: the data preprocessor's normalisation, filled in by
+            ``GuidedEncoderDecoder``. The neck undoes it and feeds the range MLP ImageNet-normalised RGB,
+            which is what FeatUp's trained upsamplers expect.
+        init_cfg: e.g. ``dict(type='Pretrained', checkpoint='jbu.pth', prefix='upsampler.')`` to load
+            upsampler weights trained by this project (keys of ``JBUStack``).
+    """
+
+    def __init__(self, in_channels: Union[int, Sequence[int]], in_index: Union[int, Sequence[int]] = -1,
+                 out_size: Optional[str] = 'image', scale_factor: Optional[float] = None,
+                 output_stride: Optional[int] = None, feature_strides: Union[None, int, Sequence[int]] = None,
+                 num_stages: Optional[int] = None, radius: int = 3,
+                 key_dim: int = 32, channel_norm: bool = True, freeze_upsampler: bool = False,
+                 mode: str = 'replace', init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
+        chans = in_channels if isinstance(in_channels, (list, tuple)) else None
+        if chans is None:
+            self.channels = [int(in_channels)] * len(self.in_index)
+        else:
+            try:
+                self.channels = [int(chans[i]) for i in self.in_index]
+            except IndexError:
+                raise ValueError(f'in_index {self.in_index} is out of range for in_channels {list(chans)}')
+        given = sum(x is not None for x in (out_size, scale_factor, output_stride))
+        if given != 1:
+            raise ValueError('give exactly one of out_size, scale_factor, output_stride '
+                             f'(got out_size={out_size!r}, scale_factor={scale_factor!r}, '
+                             f'output_stride={output_stride!r}); set out_size=None to use the others')
+        if out_size is not None and out_size != 'image':
+            raise ValueError(f"out_size must be 'image' or None, got {out_size!r}")
+        if mode not in ('replace', 'append'):
+            raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
+        self.out_size, self.scale_factor, self.output_stride = out_size, scale_factor, output_stride
+        self.mode = mode
+        self.freeze_upsampler = freeze_upsampler
+        self.num_stages = [num_stages] * len(self.in_index) if num_stages else \
+            self._derive_stages(chans, feature_strides)
+        self.upsamplers = nn.ModuleList(
+            JBUStack(c, num_stages=n, radius=radius, key_dim=key_dim) for c, n in zip(self.channels, self.num_stages))
+        self.norms = nn.ModuleList(ChannelNorm(c) if channel_norm else nn.Identity() for c in self.channels)
+        self.data_mean: Optional[Tuple[float, ...]] = None
+        self.data_std: Optional[Tuple[float, ...]] = None
+        self.data_bgr = False
+        if freeze_upsampler:
+            self._freeze()
+
+    def _derive_stages(self, chans, feature_strides) -> List[int]:
+        def stages(factor: float) -> int:
+            return max(1, math.ceil(math.log2(factor) - 1e-9)) if factor > 1 else 1
+        if self.scale_factor is not None:
+            return [stages(self.scale_factor)] * len(self.in_index)
+        if feature_strides is None:
+            return [4] * len(self.in_index)
+        if isinstance(feature_strides, (list, tuple)):
+            if chans is None or len(feature_strides) != len(chans):
+                raise ValueError('feature_strides must be a list as long as in_channels, or one int')
+            strides = [feature_strides[i] for i in self.in_index]
+        else:
+            strides = [feature_strides] * len(self.in_index)
+        target = self.output_stride or 1
+        return [stages(s / target) for s in strides]
+
+    # -- guidance -----------------------------------------------------------------------------------------
+    def set_data_normalization(self, mean: Sequence[float], std: Sequence[float], bgr: bool) -> None:
+        """How the image reaching the segmentor was normalised (``(x - mean) / std``, 0-255 scale)."""
+        self.data_mean, self.data_std, self.data_bgr = tuple(map(float, mean)), tuple(map(float, std)), bool(bgr)
+
+    def guidance_from_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised RGB from the preprocessed batch."""
+        if inputs.dim() != 4 or inputs.shape[1] != 3:
+            raise ValueError(f'FeatUpJBU guidance must be a [B, 3, H, W] image batch, got {tuple(inputs.shape)}')
+        if self.data_mean is None:
+            rgb = inputs  # assume already ImageNet-normalised RGB
+        else:
+            mean = inputs.new_tensor(self.data_mean).view(1, 3, 1, 1)
+            std = inputs.new_tensor(self.data_std).view(1, 3, 1, 1)
+            img = (inputs * std + mean) / 255.0
+            if self.data_bgr:  # the batch is in BGR order: flip to RGB
+                img = img.flip(1)
+            rgb = (img - inputs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / inputs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return rgb
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _target(self, feat: torch.Tensor, image: torch.Tensor):
+        if self.out_size == 'image':
+            return dict(output_size='guidance')
+        if self.scale_factor is not None:
+            return dict(scale_factor=self.scale_factor)
+        h, w = image.shape[-2:]
+        return dict(output_size=(max(1, -(-h // self.output_stride)), max(1, -(-w // self.output_stride))))
+
+    def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:
+        if guidance is None:
+            raise RuntimeError(MISSING_GUIDANCE)
+        inputs = list(inputs)
+        image = self.guidance_from_inputs(guidance)
+        outs: List[torch.Tensor] = []
+        for idx, norm, up in zip(self.in_index, self.norms, self.upsamplers):
+            try:
+                feat = inputs[idx]
+            except IndexError:
+                raise ValueError(f'FeatUpJBU: in_index {idx} is out of range for {len(inputs)} backbone outputs')
+            if feat.shape[1] != up.feat_dim:
+                raise ValueError(f'FeatUpJBU: backbone output {idx} has {feat.shape[1]} channels, '
+                                 f'in_channels says {up.feat_dim}')
+            if image.shape[0] != feat.shape[0]:
+                raise ValueError('FeatUpJBU: guidance and features have different batch sizes')
+            outs.append(up(norm(feat), image.to(feat.dtype), **self._target(feat, image)))
+        if self.mode == 'append':
+            return tuple(inputs) + tuple(outs)
+        for idx, out in zip(self.in_index, outs):
+            inputs[idx] = out
+        return tuple(inputs)
+
+    # -- freezing -----------------------------------------------------------------------------------------
+    def _freeze(self) -> None:
+        for module in (self.upsamplers, self.norms):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_upsampler:
+            self._freeze()
+        return self

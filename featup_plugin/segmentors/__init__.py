@@ -1,0 +1,3 @@
+from .guided_encoder_decoder import GuidedEncoderDecoder
+
+__all__ = ['GuidedEncoderDecoder']
