@@ -76,12 +76,12 @@ struct Simd {
 // ---------------------------------------------------------------------------------------------
 // adaptive conv forward: out[c, h, w] = sum_{i,j} kt[i*k+j, h, w] * x[c, h+i, w+j]
 // ---------------------------------------------------------------------------------------------
-template <typename scalar_t, int WB, int CB, bool FULL>
-FEATUP_INLINE void fwd_block(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
-                             const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
-                             int64_t o_cs, int k, int n) {
+// Scalar loops for the last, partial column block (n < WB columns); full blocks use fwd_block_simd below.
+template <typename scalar_t, int WB, int CB>
+FEATUP_INLINE void fwd_block_tail(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
+                                  const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
+                                  int64_t o_cs, int k, int n) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int nw = FULL ? WB : n;
   acc_t acc[CB][WB];
   for (int cb = 0; cb < CB; ++cb)
     for (int w = 0; w < WB; ++w) acc[cb][w] = acc_t(0);
@@ -91,16 +91,12 @@ FEATUP_INLINE void fwd_block(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, in
       const scalar_t* FEATUP_RESTRICT xr = x + i * x_rs + j;
       for (int cb = 0; cb < CB; ++cb) {
         const scalar_t* FEATUP_RESTRICT xc = xr + cb * x_cs;
-        if (FULL) {
-          for (int w = 0; w < WB; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
-        } else {
-          for (int w = 0; w < nw; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
-        }
+        for (int w = 0; w < n; ++w) acc[cb][w] += static_cast<acc_t>(kr[w]) * static_cast<acc_t>(xc[w]);
       }
     }
   }
   for (int cb = 0; cb < CB; ++cb)
-    for (int w = 0; w < nw; ++w) out[cb * o_cs + w] = static_cast<scalar_t>(acc[cb][w]);
+    for (int w = 0; w < n; ++w) out[cb * o_cs + w] = static_cast<scalar_t>(acc[cb][w]);
 }
 
 // The same block for a full column block, in SIMD vectors: kernel vectors loaded once per tap and reused by
@@ -148,9 +144,9 @@ FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t*
         fwd_block_simd<scalar_t, VBYTES, 1>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k);
     } else {
       for (; c + kCB <= C; c += kCB)
-        fwd_block<scalar_t, WB, kCB, false>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+        fwd_block_tail<scalar_t, WB, kCB>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
       for (; c < C; ++c)
-        fwd_block<scalar_t, WB, 1, false>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+        fwd_block_tail<scalar_t, WB, 1>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
     }
   }
 }
@@ -158,25 +154,21 @@ FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t*
 // ---------------------------------------------------------------------------------------------
 // local correlation: out[i*k+j, h, w] = sum_c g[c, h, w] * x[c, h+i, w+j]
 // ---------------------------------------------------------------------------------------------
-template <typename scalar_t, int WB, int JB, bool FULL>
-FEATUP_INLINE void corr_block(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, const scalar_t* FEATUP_RESTRICT x,
-                              int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C, int n,
-                              bool accumulate) {
+// Scalar loops for the last, partial column block (n < WB columns); full blocks use corr_block_simd below.
+template <typename scalar_t, int WB, int JB>
+FEATUP_INLINE void corr_block_tail(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, const scalar_t* FEATUP_RESTRICT x,
+                                   int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C, int n,
+                                   bool accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int nw = FULL ? WB : n;
+  const int nw = n;
   acc_t acc[JB][WB];
   for (int jj = 0; jj < JB; ++jj)
     for (int w = 0; w < WB; ++w) acc[jj][w] = acc_t(0);
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* FEATUP_RESTRICT gc = g + c * g_cs;
     const scalar_t* FEATUP_RESTRICT xc = x + c * x_cs;
-    for (int jj = 0; jj < JB; ++jj) {
-      if (FULL) {
-        for (int w = 0; w < WB; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
-      } else {
-        for (int w = 0; w < nw; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
-      }
-    }
+    for (int jj = 0; jj < JB; ++jj)
+      for (int w = 0; w < nw; ++w) acc[jj][w] += static_cast<acc_t>(gc[w]) * static_cast<acc_t>(xc[jj + w]);
   }
   if (accumulate) {
     for (int jj = 0; jj < JB; ++jj)
@@ -223,7 +215,7 @@ FEATUP_INLINE void corr_taps(const scalar_t* g, int64_t g_cs, const scalar_t* x,
   if (n == WB)
     corr_block_simd<scalar_t, VBYTES, JB>(g, g_cs, x, x_cs, out, o_ts, C, acc);
   else
-    corr_block<scalar_t, WB, JB, false>(g, g_cs, x, x_cs, out, o_ts, C, n, acc);
+    corr_block_tail<scalar_t, WB, JB>(g, g_cs, x, x_cs, out, o_ts, C, n, acc);
 }
 
 // One row (fixed b, h) of all k*k correlation maps summed over C channels (added to out if acc).
