@@ -21,6 +21,8 @@ def _mmseg_available() -> bool:
     return True
 
 
+# Framework-free helpers that the adapters build on (generated dataset, boundary metric) live in
+# featup_plugin.datasets / featup_plugin.evaluation; their mmseg registrations load with the adapters.
 if _mmseg_available():
-    from . import necks, segmentors  # noqa: F401
-    __all__ += ['necks', 'segmentors']
+    from . import backbones, datasets, evaluation, heads, necks, segmentors  # noqa: F401
+    __all__ += ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors']

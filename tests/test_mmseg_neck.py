@@ -171,3 +171,49 @@ def test_init_cfg_loads_upsampler_weights(tmp_path):
     dst.init_weights()
     for (n, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         torch.testing.assert_close(a, b, msg=n)
+
+
+def _randomised(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+    return module
+
+
+def test_init_cfg_accepts_a_bare_stack_and_a_segmentor_checkpoint(tmp_path):
+    from featup_plugin.upsamplers import JBUStack
+    stack = _randomised(JBUStack(8, num_stages=2))
+    path = tmp_path / 'stack.pth'
+    torch.save(stack.state_dict(), path)  # what tools/convert_featup_checkpoint.py writes without --prefix
+    neck = FeatUpJBU(8, scale_factor=4, out_size=None, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    neck.init_weights()
+    for k, v in stack.state_dict().items():
+        torch.testing.assert_close(neck.upsamplers[0].state_dict()[k], v, msg=k)
+
+    src = _randomised(FeatUpJBU([4, 8], in_index=[0, 1], scale_factor=4, out_size=None))
+    path = tmp_path / 'segmentor.pth'
+    torch.save(dict(meta={}, state_dict={'neck.' + k: v for k, v in src.state_dict().items()}), path)
+    dst = FeatUpJBU([4, 8], in_index=[0, 1], scale_factor=4, out_size=None,
+                    init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    dst.init_weights()
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v, msg=k)
+
+
+def test_init_cfg_refuses_partial_or_mismatched_weights(tmp_path):
+    from featup_plugin.upsamplers import JBUStack
+    path = tmp_path / 'stack.pth'
+    torch.save(JBUStack(8, num_stages=2).state_dict(), path)
+    neck = FeatUpJBU(8, scale_factor=16, out_size=None, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(KeyError, match=r'missing .*upsamplers\.0\.up3'):
+        neck.init_weights()  # 4 stages wanted, the file has 2
+    neck = FeatUpJBU(16, scale_factor=4, out_size=None, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ValueError, match='has shape'):
+        neck.init_weights()  # 16 channels wanted, the file has 8
+    torch.save(dict(state_dict={'backbone.conv.weight': torch.zeros(1)}), path)
+    neck = FeatUpJBU(8, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(KeyError, match='holds no upsampler weights'):
+        neck.init_weights()
+    two = FeatUpJBU([4, 8], in_index=[0, 1], scale_factor=4, out_size=None)
+    with pytest.raises(ValueError, match='one bare JBUStack'):
+        two.load_upsampler_weights(JBUStack(4, num_stages=2).state_dict())

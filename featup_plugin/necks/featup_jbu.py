@@ -10,6 +10,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..upsamplers import ChannelNorm, JBUStack
+from ._target import check_target, target_size
 
 # What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,8 +48,9 @@ class FeatUpJBU(BaseModule):
         data_mean, data_std, data_bgr: the data preprocessor's normalisation, filled in by
             ``GuidedEncoderDecoder``. The neck undoes it and feeds the range MLP ImageNet-normalised RGB,
             which is what FeatUp's trained upsamplers expect.
-        init_cfg: e.g. ``dict(type='Pretrained', checkpoint='jbu.pth', prefix='upsampler.')`` to load
-            upsampler weights trained by this project (keys of ``JBUStack``).
+        init_cfg: ``dict(type='Pretrained', checkpoint='jbu.pth')`` loads upsampler weights (see
+            ``load_upsampler_weights`` for the accepted files). Unlike mmengine's generic loader, a file that
+            lacks some upsampler weight or has a wrong shape is an error, not a silent partial load.
     """
 
     def __init__(self, in_channels: Union[int, Sequence[int]], in_index: Union[int, Sequence[int]] = -1,
@@ -67,13 +69,7 @@ class FeatUpJBU(BaseModule):
                 self.channels = [int(chans[i]) for i in self.in_index]
             except IndexError:
                 raise ValueError(f'in_index {self.in_index} is out of range for in_channels {list(chans)}')
-        given = sum(x is not None for x in (out_size, scale_factor, output_stride))
-        if given != 1:
-            raise ValueError('give exactly one of out_size, scale_factor, output_stride '
-                             f'(got out_size={out_size!r}, scale_factor={scale_factor!r}, '
-                             f'output_stride={output_stride!r}); set out_size=None to use the others')
-        if out_size is not None and out_size != 'image':
-            raise ValueError(f"out_size must be 'image' or None, got {out_size!r}")
+        check_target(out_size, scale_factor, output_stride)
         if mode not in ('replace', 'append'):
             raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
         self.out_size, self.scale_factor, self.output_stride = out_size, scale_factor, output_stride
@@ -106,6 +102,64 @@ class FeatUpJBU(BaseModule):
         target = self.output_stride or 1
         return [stages(s / target) for s in strides]
 
+    # -- weights ------------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            self.load_upsampler_weights(cfg['checkpoint'], prefix=cfg.get('prefix'))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def load_upsampler_weights(self, checkpoint, prefix: Optional[str] = None) -> None:
+        """Load the upsampler (and channel-norm) weights from ``checkpoint`` (a path, or a state dict).
+
+        Accepted: this neck's own keys (``upsamplers.<i>.*``, ``norms.<i>.*``), a segmentor checkpoint
+        (``neck.upsamplers.<i>.*``), or, for a neck with one upsampled level, a bare ``JBUStack`` state dict
+        (``up1.*``, ``fixup_proj.*``: what ``tools/convert_featup_checkpoint.py`` writes without ``--prefix``).
+        ``prefix`` first selects and strips keys that start with it. Channel-norm weights are optional (FeatUp
+        never trains them); every upsampler weight must be present with the right shape.
+        """
+        if isinstance(checkpoint, str):
+            from mmengine.runner.checkpoint import CheckpointLoader
+            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+            where = checkpoint
+        else:
+            state, where = checkpoint, 'the given state dict'
+        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+            state = state['state_dict']
+        if not isinstance(state, dict):
+            raise TypeError(f'FeatUpJBU: {where} does not hold a state dict')
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise KeyError(f"FeatUpJBU: no key of {where} starts with prefix {prefix!r}")
+        if not any(k.startswith('upsamplers.') for k in state):
+            if any(k.startswith('neck.upsamplers.') for k in state):
+                state = {k[len('neck.'):]: v for k, v in state.items() if k.startswith('neck.')}
+            elif any(k.startswith('up1.') for k in state):
+                if len(self.upsamplers) != 1:
+                    raise ValueError(f'FeatUpJBU: {where} holds one bare JBUStack but this neck upsamples '
+                                     f'{len(self.upsamplers)} levels; save it with keys upsamplers.<i>.*')
+                state = {'upsamplers.0.' + k: v for k, v in state.items()}
+            else:
+                raise KeyError(f'FeatUpJBU: {where} holds no upsampler weights (expected keys upsamplers.<i>.*, '
+                               f'neck.upsamplers.<i>.* or a bare JBUStack\'s up1.*); first keys: '
+                               f'{list(state)[:5]}')
+        own = self.state_dict()
+        wanted = {k: v for k, v in state.items() if k.startswith(('upsamplers.', 'norms.'))}
+        missing = [k for k in own if k.startswith('upsamplers.') and k not in wanted]
+        unexpected = [k for k in wanted if k not in own]
+        if missing or unexpected:
+            raise KeyError(f'FeatUpJBU: {where} does not match this neck (radius, key_dim, number of stages, '
+                           f'channels?): missing {missing[:6]}{"..." if len(missing) > 6 else ""}, unexpected '
+                           f'{unexpected[:6]}{"..." if len(unexpected) > 6 else ""}')
+        for k, v in wanted.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise ValueError(f'FeatUpJBU: {where}: {k} has shape {tuple(v.shape)}, the neck expects '
+                                 f'{tuple(own[k].shape)}')
+        self.load_state_dict(wanted, strict=False)
+
     # -- guidance -----------------------------------------------------------------------------------------
     def set_data_normalization(self, mean: Sequence[float], std: Sequence[float], bgr: bool) -> None:
         """How the image reaching the segmentor was normalised (``(x - mean) / std``, 0-255 scale)."""
@@ -127,14 +181,6 @@ class FeatUpJBU(BaseModule):
         return rgb
 
     # -- forward ------------------------------------------------------------------------------------------
-    def _target(self, feat: torch.Tensor, image: torch.Tensor):
-        if self.out_size == 'image':
-            return dict(output_size='guidance')
-        if self.scale_factor is not None:
-            return dict(scale_factor=self.scale_factor)
-        h, w = image.shape[-2:]
-        return dict(output_size=(max(1, -(-h // self.output_stride)), max(1, -(-w // self.output_stride))))
-
     def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:
         if guidance is None:
             raise RuntimeError(MISSING_GUIDANCE)
@@ -151,7 +197,8 @@ class FeatUpJBU(BaseModule):
                                  f'in_channels says {up.feat_dim}')
             if image.shape[0] != feat.shape[0]:
                 raise ValueError('FeatUpJBU: guidance and features have different batch sizes')
-            outs.append(up(norm(feat), image.to(feat.dtype), **self._target(feat, image)))
+            size = target_size(feat.shape[-2:], image.shape[-2:], self.out_size, self.scale_factor, self.output_stride)
+            outs.append(up(norm(feat), image.to(feat.dtype), output_size=size))
         if self.mode == 'append':
             return tuple(inputs) + tuple(outs)
         for idx, out in zip(self.in_index, outs):

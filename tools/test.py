@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Evaluate a trained segmentor (mmseg 1.x config + checkpoint) with featup_plugin registered.
+
+    python3 tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR] [--tta]
+    torchrun --nproc_per_node=N tools/test.py CONFIG CHECKPOINT --launcher pytorch
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Test a segmentor (mmseg config) with featup_plugin registered')
+    p.add_argument('config', help='config file path')
+    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('--work-dir', help='where the evaluation log goes')
+    p.add_argument('--out', help='save the predicted label maps (PNG) into this folder')
+    p.add_argument('--show-dir', help='save drawn predictions into this folder')
+    p.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                   help='override config entries, e.g. test_dataloader.dataset.data_root=...')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = p.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    from mmengine.config import Config
+
+    from featup_plugin.engine import use_gloo_without_cuda
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    use_gloo_without_cuda(cfg)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise ValueError('--show-dir needs default_hooks.visualization (SegVisualizationHook) in the config')
+        hook.draw = True
+        hook.interval = 1
+        cfg.visualizer.save_dir = args.show_dir
+    if args.out is not None:
+        cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+        for ev in cfg.test_evaluator:
+            if ev.get('type') == 'IoUMetric':
+                ev['output_dir'] = args.out
+                ev['keep_results'] = True
+    if args.tta:
+        if 'tta_pipeline' not in cfg or 'tta_model' not in cfg:
+            raise ValueError('--tta needs tta_pipeline and tta_model in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import featup_plugin  # noqa: F401
+    from mmengine.runner import Runner
+    from mmseg.utils import register_all_modules
+
+    from featup_plugin.datasets.prepare import prepare_generated_datasets
+    from featup_plugin.engine import use_mmengine_checkpoint_loader
+
+    register_all_modules(init_default_scope=False)
+    use_mmengine_checkpoint_loader()  # torch >= 2.6 refuses mmengine's checkpoints by default
+    cfg = build_cfg(args)
+    prepare_generated_datasets(cfg)
+    runner = Runner.from_cfg(cfg)
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
