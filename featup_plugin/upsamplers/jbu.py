@@ -40,14 +40,15 @@ def _pad(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def resize_guidance(image: torch.Tensor, size: Size) -> torch.Tensor:
-    """The guidance for a stage of output ``size``: area-averaged when shrinking (FeatUp's
-    ``adaptive_avg_pool2d``), bilinear when a side must grow."""
+    """The guidance for a stage of output ``size``: ``adaptive_avg_pool2d`` of the image, as FeatUp does.
+
+    When a side must grow (an output larger than the image, e.g. DINOv2's 224 px input -> 16 x 16 patches
+    -> 256 px), adaptive average pooling repeats pixels; FeatUp's trained upsamplers saw exactly that, so it is
+    kept for all sizes (official checkpoints then give FeatUp's outputs)."""
     size = (int(size[0]), int(size[1]))
     if tuple(image.shape[-2:]) == size:
         return image
-    if size[0] <= image.shape[-2] and size[1] <= image.shape[-1]:
-        return F.adaptive_avg_pool2d(image, size)
-    return F.interpolate(image, size, mode='bilinear', align_corners=False)
+    return F.adaptive_avg_pool2d(image, size)
 
 
 def plan_stage_sizes(in_size: Sequence[int], out_size: Sequence[int], max_stages: Optional[int] = None) -> List[Size]:
