@@ -4,6 +4,7 @@
 # Installs into the active Python (use a virtualenv if you want isolation; PYTHON=... picks the interpreter).
 # Steps: the torch/torchvision pair, build tools, mmcv 2.1.0 built from source (no wheel exists for this torch;
 # ~10 min on 2 cores, cached by pip afterwards), MMSegmentation and its import-time extras, timm, test tools,
+# detectron2's Python package (tools/install_detectron2.sh),
 # then featup_plugin itself in editable mode with its C++ extension (CUDA kernels too when nvcc is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ $PIP --no-build-isolation "mmcv==2.1.0"
 
 step "mmsegmentation + timm + test tools"
 $PIP "mmsegmentation==1.2.2" ftfy regex "timm>=1.0" pytest
+
+step "detectron2 (its Python package; see tools/install_detectron2.sh)"
+PYTHON="$PY" bash tools/install_detectron2.sh
 
 step "featup_plugin (editable, builds featup_plugin._ext)"
 $PIP --no-build-isolation -e .

@@ -1,0 +1,392 @@
+"""``FeatUpBackbone``: any detectron2 backbone (or timm model) with FeatUp's JBU stack on chosen feature(s)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from ..upsamplers import ChannelNorm, JBUStack
+from .timm_backbone import TimmBackbone
+
+__all__ = ['FeatUpBackbone', 'IMAGENET_MEAN', 'IMAGENET_STD', 'build_base_backbone', 'read_state_dict']
+
+logger = logging.getLogger(__name__)
+
+# What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics (the same
+# convention as the MMSegmentation neck FeatUpJBU).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_FORMATS = ('BGR', 'RGB', 'L')
+_STAGE_KEY = re.compile(r'^up(\d+)\.')
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file (``torch.save`` or ``.safetensors``), unwrapping a ``state_dict`` / ``model``
+    entry (Lightning and detectron2 checkpoints). Read with ``weights_only=True``: no code runs."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'upsampler weights {path!r} do not exist')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        ckpt = load_file(path, device='cpu')
+    else:
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError(f'could not read {path!r} with torch.load(weights_only=True): {e}') from e
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f'{path!r} does not hold a dict of weights (got {type(ckpt).__name__})')
+    for key in ('state_dict', 'model'):
+        if isinstance(ckpt.get(key), Mapping):
+            ckpt = ckpt[key]
+            break
+    return {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+
+
+def build_base_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+    """The backbone that ``MODEL.FEATUP`` wraps: ``TIMM_MODEL`` if set, else ``BASE_BACKBONE`` from the registry."""
+    if 'FEATUP' not in cfg.MODEL:
+        raise KeyError('the config has no MODEL.FEATUP: call featup_plugin.detectron2.add_featup_config(cfg) before '
+                       'merging a FeatUp config file')
+    f = cfg.MODEL.FEATUP
+    if input_shape is None:
+        input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+    if f.TIMM_MODEL:
+        if cfg.INPUT.FORMAT == 'BGR':
+            logger.warning('MODEL.FEATUP.TIMM_MODEL=%s gets BGR input (INPUT.FORMAT=BGR); timm weights expect RGB '
+                           'with their own mean/std: set INPUT.FORMAT RGB and MODEL.PIXEL_MEAN/STD', f.TIMM_MODEL)
+        kwargs = {k: v for k, v in f.TIMM_KWARGS.items()}
+        kwargs.setdefault('in_chans', input_shape.channels)
+        return TimmBackbone(f.TIMM_MODEL, out_indices=list(f.TIMM_OUT_INDICES), out_names=list(f.TIMM_OUT_NAMES),
+                            pretrained=f.TIMM_PRETRAINED or None, **kwargs)
+    name = f.BASE_BACKBONE
+    if name in ('FeatUpBackbone', 'build_featup_fpn_backbone'):
+        raise ValueError(f'MODEL.FEATUP.BASE_BACKBONE={name!r} would wrap itself: name the backbone to wrap, '
+                         'e.g. build_resnet_backbone')
+    try:
+        builder = BACKBONE_REGISTRY.get(name)
+    except KeyError:
+        raise KeyError(f'MODEL.FEATUP.BASE_BACKBONE={name!r} is not in detectron2\'s BACKBONE_REGISTRY '
+                       f'(registered: {sorted(k for k, _ in BACKBONE_REGISTRY)})') from None
+    base = builder(cfg, input_shape)
+    if not isinstance(base, Backbone):
+        raise TypeError(f'{name} built a {type(base).__name__}, not a detectron2 Backbone')
+    return base
+
+
+@BACKBONE_REGISTRY.register()
+class FeatUpBackbone(Backbone):
+    """Wraps a detectron2 :class:`Backbone` and upsamples chosen output(s) with FeatUp's JBU stack, guided by
+    the input image.
+
+    ``forward(x)`` receives what any detectron2 backbone receives: the batch normalised by the meta
+    architecture, ``(image - pixel_mean) / pixel_std`` in ``input_format`` channel order, padded to
+    ``size_divisibility``. The wrapper recovers RGB in [0, 1] from it and feeds the JBU range MLP
+    ImageNet-normalised RGB (what FeatUp's trained upsamplers see; the padding becomes ``pixel_mean``).
+
+    Args:
+        base: the wrapped backbone.
+        in_features: base outputs to upsample (default: the coarsest one).
+        output_stride: stride of the upsampled map(s) relative to the input (default 4). The map of an
+            ``H x W`` input has size ``ceil(H / s) x ceil(W / s)``.
+        scale_factor: instead of ``output_stride``: stride = base stride / scale_factor (must be an integer).
+        mode: ``'replace'``: the upsampled map keeps the base feature's name (with the new stride);
+            ``'append'``: the base feature stays and the upsampled map is added as ``out_names``.
+        out_names: names of the appended maps (default ``['featup']`` for one feature, else
+            ``['featup_<name>', ...]``).
+        num_stages: x2 JBU stages per upsampler (default: the fewest that reach the stride,
+            ``ceil(log2(base stride / output stride))``, so every parameter gets gradients).
+        radius, key_dim: JBU window radius and range-key width (FeatUp: 3, 32).
+        channel_norm: LayerNorm over channels before upsampling (FeatUp does this on backbone features).
+        pixel_mean, pixel_std, input_format: the meta architecture's normalisation (``MODEL.PIXEL_MEAN``,
+            ``MODEL.PIXEL_STD``, 0-255 scale) and ``INPUT.FORMAT`` (``'BGR'``, ``'RGB'`` or ``'L'``).
+        weights, weights_prefix: upsampler weights to load (see :meth:`load_upsampler_weights`).
+        freeze_upsampler, freeze_base: keep that part in eval mode with ``requires_grad=False``.
+
+    Output shapes: the base's, with the upsampled feature(s) at the new stride (same channels).
+    ``size_divisibility`` is the least common multiple of the base's (or its ``padding_constraints``'),
+    the strides of the upsampled base features and the output strides, so the maps line up with the padded
+    image exactly; ``padding_constraints`` is the base's with that ``size_divisibility`` (``square_size`` kept).
+    """
+
+    @configurable
+    def __init__(self, base: Backbone, *, in_features: Optional[Sequence[str]] = None, output_stride: int = 4,
+                 scale_factor: Optional[float] = None, mode: str = 'replace',
+                 out_names: Optional[Sequence[str]] = None, num_stages: Optional[int] = None, radius: int = 3,
+                 key_dim: int = 32, channel_norm: bool = True,
+                 pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
+                 pixel_std: Sequence[float] = (1.0, 1.0, 1.0), input_format: str = 'BGR',
+                 weights: Optional[str] = None, weights_prefix: str = '', freeze_upsampler: bool = False,
+                 freeze_base: bool = False):
+        super().__init__()
+        if not isinstance(base, Backbone):
+            raise TypeError(f'FeatUpBackbone wraps a detectron2 Backbone, got {type(base).__name__}')
+        self.base = base
+        base_shapes = OrderedDict(base.output_shape())
+        if not base_shapes:
+            raise ValueError(f'{type(base).__name__} has no outputs')
+        if in_features is None or len(in_features) == 0:
+            in_features = [max(base_shapes, key=lambda n: base_shapes[n].stride)]
+        self.in_features: List[str] = [str(n) for n in in_features]
+        for name in self.in_features:
+            if name not in base_shapes:
+                raise ValueError(f'FeatUpBackbone: in_features {self.in_features} are not all outputs of '
+                                 f'{type(base).__name__} ({list(base_shapes)})')
+        if len(set(self.in_features)) != len(self.in_features):
+            raise ValueError(f'FeatUpBackbone: in_features has duplicates: {self.in_features}')
+        if mode not in ('replace', 'append'):
+            raise ValueError(f"FeatUpBackbone: mode must be 'replace' or 'append', got {mode!r}")
+        self.mode = mode
+
+        # names of the upsampled maps
+        if mode == 'replace':
+            if out_names:
+                raise ValueError("FeatUpBackbone: out_names only applies to mode='append' (in 'replace' mode the "
+                                 'upsampled maps keep the base names)')
+            names = list(self.in_features)
+        else:
+            if out_names:
+                names = [str(n) for n in out_names]
+                if len(names) != len(self.in_features):
+                    raise ValueError(f'FeatUpBackbone: {len(names)} out_names for {len(self.in_features)} '
+                                     'in_features')
+            else:
+                names = ['featup'] if len(self.in_features) == 1 else [f'featup_{n}' for n in self.in_features]
+            clash = [n for n in names if n in base_shapes]
+            if clash or len(set(names)) != len(names):
+                raise ValueError(f'FeatUpBackbone: appended names {names} must be unique and differ from the base '
+                                 f'outputs {list(base_shapes)}')
+        self.out_names: Dict[str, str] = dict(zip(self.in_features, names))
+
+        # strides and stage counts
+        self.output_strides: Dict[str, int] = {}
+        stages: Dict[str, int] = {}
+        for name in self.in_features:
+            base_stride = int(base_shapes[name].stride)
+            if scale_factor:
+                s = base_stride / float(scale_factor)
+                if s < 1 - 1e-6 or abs(s - round(s)) > 1e-6:
+                    raise ValueError(f'FeatUpBackbone: scale_factor {scale_factor} takes {name} (stride '
+                                     f'{base_stride}) to stride {s:g}; detectron2 needs an integer stride >= 1')
+                s = int(round(s))
+            else:
+                s = int(output_stride)
+                if s != output_stride or s < 1:
+                    raise ValueError(f'FeatUpBackbone: output_stride must be a positive int, got {output_stride!r}')
+            if s > base_stride:
+                raise ValueError(f'FeatUpBackbone: output stride {s} is coarser than {name}\'s stride {base_stride}: '
+                                 'the JBU stack only upsamples')
+            self.output_strides[name] = s
+            stages[name] = int(num_stages) if num_stages else max(1, math.ceil(math.log2(base_stride / s) - 1e-9))
+
+        # modules (keyed by feature name; dots are not allowed in module names)
+        self.upsamplers = nn.ModuleDict()
+        self.norms = nn.ModuleDict()
+        for name in self.in_features:
+            ch = int(base_shapes[name].channels)
+            self.upsamplers[self._key(name)] = JBUStack(ch, num_stages=stages[name], radius=radius, key_dim=key_dim)
+            self.norms[self._key(name)] = ChannelNorm(ch) if channel_norm else nn.Identity()
+
+        # output shapes: the base's, then the appended ones
+        self._out_features = list(base_shapes)
+        self._out_feature_channels = {n: int(s.channels) for n, s in base_shapes.items()}
+        self._out_feature_strides = {n: int(s.stride) for n, s in base_shapes.items()}
+        for name in self.in_features:
+            out = self.out_names[name]
+            if out not in self._out_feature_strides:
+                self._out_features.append(out)
+            self._out_feature_channels[out] = int(base_shapes[name].channels)
+            self._out_feature_strides[out] = self.output_strides[name]
+
+        base_div = int(base.padding_constraints.get('size_divisibility', 0) or base.size_divisibility or 1)
+        self._size_divisibility = math.lcm(base_div, *(int(base_shapes[n].stride) for n in self.in_features),
+                                           *self.output_strides.values())
+
+        # guidance: x -> ImageNet-normalised RGB, a per-channel affine map after picking the source channels
+        fmt = str(input_format).upper()
+        if fmt not in INPUT_FORMATS:
+            raise ValueError(f'FeatUpBackbone: input_format must be one of {INPUT_FORMATS}, got {input_format!r}')
+        n_in = 1 if fmt == 'L' else 3
+        if len(pixel_mean) != n_in or len(pixel_std) != n_in:
+            raise ValueError(f'FeatUpBackbone: input_format {fmt} needs {n_in} pixel_mean/pixel_std values, got '
+                             f'{list(pixel_mean)} / {list(pixel_std)}')
+        self.input_format = fmt
+        self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        self.pixel_std = tuple(float(s) for s in pixel_std)
+        src = {'BGR': [2, 1, 0], 'RGB': [0, 1, 2], 'L': [0, 0, 0]}[fmt]
+        self.register_buffer('_guide_src', torch.tensor(src), persistent=False)
+        mean = torch.tensor(self.pixel_mean)[src]
+        std = torch.tensor(self.pixel_std)[src]
+        self.register_buffer('_rgb_scale', (std / 255.0).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('_rgb_shift', (mean / 255.0).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('_imnet_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('_imnet_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.freeze_upsampler = bool(freeze_upsampler)
+        self.freeze_base = bool(freeze_base)
+        if weights:
+            self.load_upsampler_weights(weights, weights_prefix)
+        self._apply_freezing()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
+        base = build_base_backbone(cfg, input_shape)  # first: it checks that the cfg has MODEL.FEATUP
+        f = cfg.MODEL.FEATUP
+        return dict(
+            base=base,
+            in_features=list(f.IN_FEATURES) or None,
+            output_stride=f.OUTPUT_STRIDE,
+            scale_factor=f.SCALE_FACTOR if f.SCALE_FACTOR > 0 else None,
+            mode=f.MODE,
+            out_names=list(f.OUT_NAMES) or None,
+            num_stages=f.NUM_STAGES or None,
+            radius=f.RADIUS,
+            key_dim=f.KEY_DIM,
+            channel_norm=f.CHANNEL_NORM,
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            input_format=cfg.INPUT.FORMAT,
+            weights=f.WEIGHTS or None,
+            weights_prefix=f.WEIGHTS_PREFIX,
+            freeze_upsampler=f.FREEZE_UPSAMPLER,
+            freeze_base=f.FREEZE_BASE,
+        )
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace('.', '_')
+
+    def upsampler(self, name: str) -> JBUStack:
+        """The JBU stack of base feature ``name``."""
+        return self.upsamplers[self._key(name)]
+
+    # -- detectron2 Backbone interface ------------------------------------------------------------------------
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        constraints = dict(self.base.padding_constraints)
+        constraints['size_divisibility'] = self._size_divisibility
+        return constraints
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return OrderedDict((n, ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]))
+                           for n in self._out_features)
+
+    # -- guidance ---------------------------------------------------------------------------------------------
+    def recover_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] (``[B, 3, H, W]``) from the normalised batch the backbone receives."""
+        if x.dim() != 4 or x.shape[1] != (1 if self.input_format == 'L' else 3):
+            raise ValueError(f'FeatUpBackbone expects a [B, C, H, W] batch in {self.input_format} format, got '
+                             f'{tuple(x.shape)}')
+        x = x.index_select(1, self._guide_src)
+        return x * self._rgb_scale.to(x.dtype) + self._rgb_shift.to(x.dtype)
+
+    def guidance(self, x: torch.Tensor) -> torch.Tensor:
+        """The JBU guidance: ImageNet-normalised RGB recovered from the normalised batch."""
+        rgb = self.recover_rgb(x)
+        return (rgb - self._imnet_mean.to(rgb.dtype)) / self._imnet_std.to(rgb.dtype)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = self.base(x)
+        guidance = self.guidance(x)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        out = OrderedDict((n, feats[n]) for n in self._out_features if n in feats)
+        for name in self.in_features:
+            feat = feats[name]
+            s = self.output_strides[name]
+            size = (-(-h // s), -(-w // s))
+            key = self._key(name)
+            up = self.upsamplers[key](self.norms[key](feat), guidance.to(feat.dtype), output_size=size)
+            out[self.out_names[name]] = up
+        return OrderedDict((n, out[n]) for n in self._out_features)
+
+    # -- weights ----------------------------------------------------------------------------------------------
+    def load_upsampler_weights(self, path_or_state: Union[str, Mapping[str, torch.Tensor]], prefix: str = '') -> None:
+        """Loads JBU upsampler weights.
+
+        ``path_or_state``: a file (``torch.save`` / ``.safetensors``; a ``state_dict`` or ``model`` entry is
+        unwrapped) or a dict of tensors. Only keys starting with ``prefix`` are used, with the prefix removed
+        (e.g. ``'upsampler.'`` for FeatUp's checkpoints, whose ``scale_net.*`` / ``downsampler.*`` are then
+        ignored). What remains is either
+
+        * the state dict of one ``JBUStack`` (``up1.range_temp``, ..., ``fixup_proj.1.weight``): loaded into the
+          only upsampler (an error if this backbone upsamples several features), or
+        * keys ``<feature name>.up1...``: one stack per upsampled feature (what ``self.upsamplers.state_dict()``
+          saves).
+
+        Stages the file has beyond those built (``upN`` with N > num_stages; e.g. FeatUp's x16 stack used for
+        x8) are dropped with a log line; a missing or mis-shaped parameter raises.
+        """
+        source = path_or_state if isinstance(path_or_state, str) else '<state dict>'
+        sd = read_state_dict(path_or_state) if isinstance(path_or_state, str) else dict(path_or_state)
+        if prefix:
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f'no upsampler weights in {source} with prefix {prefix!r}')
+        keys = list(self.upsamplers.keys())
+        per_feature = {key: {k[len(key) + 1:]: v for k, v in sd.items() if k.startswith(key + '.')} for key in keys}
+        if any(per_feature.values()):
+            extra = [k for k in sd if not any(k.startswith(key + '.') for key in keys)]
+            if extra:
+                raise ValueError(f'{source}: keys {extra[:5]} belong to no upsampled feature ({keys})')
+            for key, part in per_feature.items():
+                if not part:
+                    raise ValueError(f'{source} has no weights for the upsampler of {key!r} (keys start with '
+                                     f'{sorted({k.split(".")[0] for k in sd})})')
+                self._load_stack(key, part, source)
+            return
+        if not any(_STAGE_KEY.match(k) for k in sd):
+            hint = next((k[:-len('up1.range_temp')] for k in sd if k.endswith('up1.range_temp')), None)
+            raise ValueError(f'{source} does not hold JBUStack weights with prefix {prefix!r} (keys like '
+                             f'{list(sd)[:4]})' + (f'; set the prefix to {hint!r}' if hint else ''))
+        if len(keys) != 1:
+            raise ValueError(f'{source} holds one JBUStack but this backbone upsamples {len(keys)} features '
+                             f'({keys}): save one file per feature with keys "<feature>.up1..." '
+                             '(e.g. torch.save(backbone.upsamplers.state_dict(), path))')
+        self._load_stack(keys[0], sd, source)
+
+    def _load_stack(self, key: str, sd: Dict[str, torch.Tensor], source: str) -> None:
+        stack: JBUStack = self.upsamplers[key]
+        dropped = sorted({m.group(0) for k in sd if (m := _STAGE_KEY.match(k)) and int(m.group(1)) > stack.num_stages})
+        if dropped:
+            logger.info('FeatUpBackbone: %s has stages %s beyond the %d the %s upsampler uses; ignored', source,
+                        dropped, stack.num_stages, key)
+            sd = {k: v for k, v in sd.items()
+                  if not ((m := _STAGE_KEY.match(k)) and int(m.group(1)) > stack.num_stages)}
+        own = stack.state_dict()
+        bad = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in sd.items()
+               if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise RuntimeError(f'{source} does not fit the {key} upsampler (JBUStack({stack.feat_dim}, '
+                               f'num_stages={stack.num_stages})): {bad[:5]}')
+        missing, unexpected = stack.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f'{source} does not fit the {key} upsampler (JBUStack({stack.feat_dim}, '
+                               f'num_stages={stack.num_stages})): missing {missing[:8]}, unexpected {unexpected[:8]}')
+        logger.info('FeatUpBackbone: loaded the %s upsampler from %s', key, source)
+
+    # -- freezing ---------------------------------------------------------------------------------------------
+    def _apply_freezing(self) -> None:
+        parts = ([self.upsamplers, self.norms] if self.freeze_upsampler else []) + ([self.base] if self.freeze_base
+                                                                                     else [])
+        for module in parts:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._apply_freezing()
+        return self
