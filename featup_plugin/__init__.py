@@ -1,14 +1,14 @@
 """featup_plugin: FeatUp (features at any resolution) for MMSegmentation and Detectron2.
 
-The core (``featup_plugin.ops``, ``featup_plugin.upsamplers``) needs only PyTorch. The framework adapters
-register themselves when their framework is importable.
+The core (``featup_plugin.ops``, ``featup_plugin.upsamplers``, ``featup_plugin.layers``) needs only PyTorch.
+The framework adapters register themselves when their framework is importable.
 """
 import importlib.util
 
 from .version import __version__
-from . import ops, upsamplers
+from . import layers, ops, upsamplers
 
-__all__ = ['__version__', 'ops', 'upsamplers']
+__all__ = ['__version__', 'layers', 'ops', 'upsamplers']
 
 # MMSegmentation adapters: registered when mmseg is importable (custom_imports=dict(imports=['featup_plugin'])).
 def _mmseg_available() -> bool:

@@ -22,6 +22,9 @@ import torch, featup_plugin
 from featup_plugin.upsamplers import JBUStack
 out = JBUStack(4)(torch.randn(1, 4, 3, 3), torch.rand(1, 3, 24, 24))
 assert out.shape == (1, 4, 48, 48)
+from featup_plugin.layers import ResBlockSFT, SFTConditionNet
+cond = SFTConditionNet(3, 4)(torch.rand(1, 3, 24, 24), [(6, 6)])[0]
+assert ResBlockSFT(5, 4)(torch.randn(1, 5, 6, 6), cond).shape == (1, 5, 6, 6)
 try:
     import mmseg
 except ImportError:
