@@ -38,7 +38,10 @@ def test_the_expected_configs_exist():
         for model in ('linear_vit-s16-dino', 'fcn_vit-s16-dino', 'segformer_mit-b0', 'fcn_r50'):
             got = [n for n in names if n.startswith(model + '_') and dataset in n]
             assert len(got) == 2, (dataset, model, got)  # the FeatUp config and its bilinear twin
-    assert len(SYNTH) >= 2
+        # the SFT guided decoder alone and after the FeatUp neck
+        assert sorted(n.split('_8xb2')[0] for n in names if n.startswith('sft_') and dataset in n) == \
+            ['sft_vit-s16-dino', 'sft_vit-s16-dino_featup'], dataset
+    assert len(SYNTH) >= 4
 
 
 def _drop_downloads(model):
@@ -75,15 +78,20 @@ def _on_generated_data(cfg, root, work_dir, crop=64):
 
 
 class _NeckWatch(Hook):
-    """Records which trainable neck parameters received a gradient in the training step (all must: DDP needs
-    it, and a parameter without one would be dead weight)."""
+    """Records which trainable neck (and decode head) parameters received a gradient in the training step (all
+    neck parameters must: DDP needs it, and a parameter without one would be dead weight)."""
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.trainable, self.got_grad, self.handles = set(), set(), []
-        for name, p in runner.model.neck.named_parameters():
+        self.head_got_grad = set()
+        model = runner.model
+        for name, p in (model.neck.named_parameters() if model.with_neck else []):
             if p.requires_grad:
                 self.trainable.add(name)
                 self.handles.append(p.register_hook(lambda g, name=name: self.got_grad.add(name)))
+        for name, p in model.decode_head.named_parameters():
+            if p.requires_grad:
+                self.handles.append(p.register_hook(lambda g, name=name: self.head_got_grad.add(name)))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         for h in self.handles:
@@ -100,17 +108,30 @@ def _train_one_iteration(cfg):
     return runner
 
 
+def _expected_neck(path):
+    """The neck a config's name promises: ``_featup_`` FeatUpJBU, ``_bilinear_`` its twin, else none."""
+    name = os.path.basename(path)
+    return 'ResizeNeck' if '_bilinear_' in name else 'FeatUpJBU' if '_featup_' in name else None
+
+
 @pytest.mark.parametrize('path', ALL, ids=NAMES)
 def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     cfg = Config.fromfile(path)
     assert 'featup_plugin' in cfg.custom_imports['imports']
-    neck = cfg.model.neck.type
-    assert neck == ('ResizeNeck' if '_bilinear_' in os.path.basename(path) else 'FeatUpJBU')
+    neck = _expected_neck(path)
+    assert (cfg.model.neck.type if cfg.model.get('neck') else None) == neck
+    head = 'SFTGuidedHead' if os.path.basename(path).startswith('sft_') else None
+    if head:
+        assert cfg.model.decode_head.type == head
     runner = _train_one_iteration(_on_generated_data(cfg, synth_root, str(tmp_path)))
     model = runner.model
-    assert type(model.neck).__name__ == neck
+    assert (type(model.neck).__name__ if model.with_neck else None) == neck
     if neck == 'FeatUpJBU':  # the upsampler took part in the step
         assert runner.watch.trainable and runner.watch.got_grad == runner.watch.trainable
+    if head:  # the SFT layers (zero-initialised outputs) get gradients from the first step on
+        assert type(model.decode_head).__name__ == head
+        sft_out = {n for n, _ in model.decode_head.named_parameters() if '.scale.2.' in n or '.shift.2.' in n}
+        assert sft_out and sft_out <= runner.watch.head_got_grad
 
 
 @pytest.mark.parametrize('path', [p for p in ALL if '_bilinear_' in os.path.basename(p)],

@@ -2,16 +2,21 @@
 
     python3 tools/benchmark_seg.py                       # both parts, CPU
     python3 tools/benchmark_seg.py --only quality --iters 400
+    python3 tools/benchmark_seg.py --only quality --cases sft,sft_featup,fcn_featup
     python3 tools/benchmark_seg.py --only overhead --device cuda --batch 2
 
-quality:  on the generated dataset, train the CPU config with FeatUpJBU and its bilinear twin with equal
-          iterations, data order and seed (each in a fresh process), then report mIoU and the boundary F-score
-          (bF, tolerance 2 px) on the validation split: the difference FeatUp exists for.
+quality:  on the generated dataset, train the CPU configs of configs/synthetic with equal iterations, data
+          order and seed (each in a fresh process), then report mIoU and the boundary F-score (bF, tolerance
+          2 px) on the validation split: the difference FeatUp exists for. Cases (--cases): fcn_featup (FCN
+          head after FeatUpJBU: the FeatUp neck alone), fcn_bilinear (its bilinear twin: the plain FCN head),
+          sft (SFTGuidedHead, the SFT-guided decoder, without neck), sft_featup (FeatUpJBU + SFTGuidedHead).
 overhead: one training step (forward, backward, optimiser) and one inference of the ViT-S/16 models of
           configs/featup (linear probe to the image size; FCN head at stride 4) at 512x512, FeatUpJBU vs its
           bilinear twin: time (median of --repeats after a warm-up) and peak memory (CPU: peak RSS above the
           built model; CUDA: max_memory_allocated above the model), with ratios from this one run. Random-init
-          backbone (no internet): speed and memory do not depend on the weights.
+          backbone (no internet): speed and memory do not depend on the weights. Then the same for the SFT
+          guided decoder (sft_vit-s16-dino[_featup], to the image resolution) against the FCN head with
+          bilinear neck (fcn_vit-s16-dino_bilinear).
 """
 from __future__ import annotations
 
@@ -26,10 +31,25 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTH = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_{}_1xb8-400i_featup-synth-128x128.py')
+SYNTH_DIR = os.path.join(ROOT, 'configs', 'synthetic')
+QUALITY_CASES = {  # name: (config, what it is)
+    'fcn_featup': ('fcn_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FCN + FeatUpJBU'),
+    'fcn_bilinear': ('fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py', 'FCN + bilinear (ResizeNeck)'),
+    'sft': ('sft_r18_1xb8-400i_featup-synth-128x128.py', 'SFTGuidedHead (no neck)'),
+    'sft_featup': ('sft_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FeatUpJBU + SFTGuidedHead'),
+}
+# differences printed when both cases ran: (a, b) -> "a - b"
+QUALITY_DIFFS = [('fcn_featup', 'fcn_bilinear'), ('sft', 'fcn_bilinear'), ('sft', 'fcn_featup'),
+                 ('sft_featup', 'fcn_featup'), ('sft_featup', 'sft')]
 VIT = {
     'linear (to image)': os.path.join(ROOT, 'configs', 'featup', 'linear_vit-s16-dino_{}_8xb2-40k_ade20k-512x512.py'),
     'fcn (stride 4)': os.path.join(ROOT, 'configs', 'featup', 'fcn_vit-s16-dino_{}_8xb2-80k_ade20k-512x512.py'),
+}
+
+SFT_VIT = {
+    'SFTGuidedHead (16 -> 1)': os.path.join(ROOT, 'configs', 'featup', 'sft_vit-s16-dino_8xb2-80k_ade20k-512x512.py'),
+    'FeatUpJBU + SFTGuidedHead (4 -> 1)': os.path.join(ROOT, 'configs', 'featup',
+                                                       'sft_vit-s16-dino_featup_8xb2-80k_ade20k-512x512.py'),
 }
 
 
@@ -155,6 +175,8 @@ def main() -> None:
     p.add_argument('--only', choices=['quality', 'overhead'])
     p.add_argument('--device', default='cpu')
     p.add_argument('--iters', type=int, default=400, help='training iterations per model (quality)')
+    p.add_argument('--cases', default=','.join(QUALITY_CASES),
+                   help=f'comma-separated quality cases, of {list(QUALITY_CASES)} (default: all)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--num-train', type=int, default=200)
     p.add_argument('--num-val', type=int, default=50)
@@ -166,6 +188,10 @@ def main() -> None:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--worker', nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.cases = [c.strip() for c in args.cases.split(',') if c.strip()]
+    bad = [c for c in args.cases if c not in QUALITY_CASES]
+    if bad or not args.cases:
+        p.error(f'--cases: unknown {bad}; choose from {list(QUALITY_CASES)}')
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
         out = quality_worker(spec) if kind == 'quality' else overhead_worker(spec)
@@ -178,19 +204,21 @@ def main() -> None:
     if args.only in (None, 'quality'):
         print(f'\n## quality: generated dataset ({args.num_train} train / {args.num_val} val, '
               f'{args.image_size}^2), {args.iters} iterations, seed {args.seed}')
-        print('| neck | mIoU | bF (2 px) | train time |\n|---|---|---|---|')
+        print('| model | mIoU | bF (2 px) | train time |\n|---|---|---|---|')
         res = {}
-        for neck in ('featup', 'bilinear'):
-            res[neck] = run_case('quality', dict(
-                config=SYNTH.format(neck), data_root=args.data_root, num_train=args.num_train,
+        for case in args.cases:
+            config, name = QUALITY_CASES[case]
+            res[case] = r = run_case('quality', dict(
+                config=os.path.join(SYNTH_DIR, config), data_root=args.data_root, num_train=args.num_train,
                 num_val=args.num_val, size=args.image_size, iters=args.iters, seed=args.seed,
-                work_dir=os.path.join(args.work_dir, neck)))
-            r = res[neck]
-            name = 'FeatUpJBU' if neck == 'featup' else 'bilinear (ResizeNeck)'
+                work_dir=os.path.join(args.work_dir, case)))
             print(f"| {name} | {r['mIoU']:.2f} | {r['bF']:.2f} | {r['train_s']:.0f} s |", flush=True)
-        f, b = res['featup'], res['bilinear']
-        print(f"\nFeatUp - bilinear: mIoU {f['mIoU'] - b['mIoU']:+.2f}, bF {f['bF'] - b['bF']:+.2f}; "
-              f"train time ratio {f['train_s'] / b['train_s']:.2f}x")
+        print()
+        for a, b in QUALITY_DIFFS:
+            if a in res and b in res:
+                x, y = res[a], res[b]
+                print(f"{QUALITY_CASES[a][1]} - {QUALITY_CASES[b][1]}: mIoU {x['mIoU'] - y['mIoU']:+.2f}, "
+                      f"bF {x['bF'] - y['bF']:+.2f}; train time ratio {x['train_s'] / y['train_s']:.2f}x")
     if args.only in (None, 'overhead'):
         print(f'\n## overhead: ViT-S/16 at {args.size}^2, batch {args.batch}, {args.device}, '
               f'median of {args.repeats}')
@@ -203,6 +231,16 @@ def main() -> None:
                      for neck in ('bilinear', 'featup')}
                 b, f = r['bilinear'], r['featup']
                 print(f"| {head} | {mode} | {b['time'] * 1e3:.0f} ms | {f['time'] * 1e3:.0f} ms | "
+                      f"{f['time'] / b['time']:.2f}x | {b['peak_mib']:.0f} MiB | {f['peak_mib']:.0f} MiB | "
+                      f"{f['peak_mib'] / max(b['peak_mib'], 1e-9):.2f}x |", flush=True)
+        print('\n| model | pass | FCN + bilinear | model | time ratio | FCN + bilinear peak | model peak | '
+              'memory ratio |\n|---|---|---|---|---|---|---|---|')
+        for name, path in SFT_VIT.items():
+            for mode in ('train', 'infer'):
+                spec = dict(device=args.device, mode=mode, size=args.size, batch=args.batch, repeats=args.repeats)
+                b = run_case('overhead', dict(spec, config=VIT['fcn (stride 4)'].format('bilinear')))
+                f = run_case('overhead', dict(spec, config=path))
+                print(f"| {name} | {mode} | {b['time'] * 1e3:.0f} ms | {f['time'] * 1e3:.0f} ms | "
                       f"{f['time'] / b['time']:.2f}x | {b['peak_mib']:.0f} MiB | {f['peak_mib']:.0f} MiB | "
                       f"{f['peak_mib'] / max(b['peak_mib'], 1e-9):.2f}x |", flush=True)
 

@@ -16,6 +16,26 @@ from ._target import check_target, target_size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+
+def imagenet_rgb(inputs: torch.Tensor, data_mean: Optional[Sequence[float]], data_std: Optional[Sequence[float]],
+                 data_bgr: bool, who: str = 'guidance') -> torch.Tensor:
+    """ImageNet-normalised RGB from a batch preprocessed as ``(x - data_mean) / data_std`` (0-255 scale, BGR
+    order if ``data_bgr``); with ``data_mean=None`` the batch is taken as ImageNet-normalised RGB already.
+    Shared by the guided modules (``FeatUpJBU``, ``SFTGuidedHead``)."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[1] != 3:
+        raise ValueError(f'{who} guidance must be a [B, 3, H, W] image batch, got '
+                         f'{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}')
+    if data_mean is None:
+        return inputs  # assume already ImageNet-normalised RGB
+    mean = inputs.new_tensor(data_mean).view(1, 3, 1, 1)
+    std = inputs.new_tensor(data_std).view(1, 3, 1, 1)
+    img = (inputs * std + mean) / 255.0
+    if data_bgr:  # the batch is in BGR order: flip to RGB
+        img = img.flip(1)
+    return (img - inputs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / inputs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 MISSING_GUIDANCE = (
     "FeatUpJBU needs the input image as guidance, but the segmentor called the neck without it. "
     "Use the guided segmentor by adding this line to your config:\n"
@@ -167,18 +187,7 @@ class FeatUpJBU(BaseModule):
 
     def guidance_from_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised RGB from the preprocessed batch."""
-        if inputs.dim() != 4 or inputs.shape[1] != 3:
-            raise ValueError(f'FeatUpJBU guidance must be a [B, 3, H, W] image batch, got {tuple(inputs.shape)}')
-        if self.data_mean is None:
-            rgb = inputs  # assume already ImageNet-normalised RGB
-        else:
-            mean = inputs.new_tensor(self.data_mean).view(1, 3, 1, 1)
-            std = inputs.new_tensor(self.data_std).view(1, 3, 1, 1)
-            img = (inputs * std + mean) / 255.0
-            if self.data_bgr:  # the batch is in BGR order: flip to RGB
-                img = img.flip(1)
-            rgb = (img - inputs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / inputs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return rgb
+        return imagenet_rgb(inputs, self.data_mean, self.data_std, self.data_bgr, who='FeatUpJBU')
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:

@@ -1,3 +1,3 @@
-from .guided_encoder_decoder import GuidedEncoderDecoder
+from .guided_encoder_decoder import GuidedEncoderDecoder, GuidedFeatures
 
-__all__ = ['GuidedEncoderDecoder']
+__all__ = ['GuidedEncoderDecoder', 'GuidedFeatures']

@@ -1,0 +1,243 @@
+"""SFTGuidedHead (mmseg decode head) and the image reaching it through GuidedEncoderDecoder."""
+import copy
+
+import pytest
+import torch
+
+from test_sft_layers import _randomise_sft
+
+mmseg = pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
+
+import featup_plugin  # noqa: E402,F401
+from mmengine.config import ConfigDict  # noqa: E402
+from mmengine.optim import OptimWrapper  # noqa: E402
+from mmengine.structures import PixelData  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.structures import SegDataSample  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+from featup_plugin.heads import SFTGuidedHead  # noqa: E402
+from featup_plugin.necks.featup_jbu import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+register_all_modules()
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+R18 = dict(type='ResNetV1c', depth=18, stem_channels=16, base_channels=8, num_stages=4, out_indices=(0, 1, 2, 3),
+           norm_cfg=dict(type='BN'), contract_dilation=True, style='pytorch')  # tiny: 8, 16, 32, 64 channels
+
+
+def head_cfg(**kw):
+    cfg = dict(type='SFTGuidedHead', in_channels=64, in_index=3, feature_stride=32, output_stride=1, channels=8,
+               cond_channels=8, num_classes=4, norm_cfg=dict(type='BN'), align_corners=False,
+               loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+    cfg.update(kw)
+    return cfg
+
+
+def model_cfg(head=None, neck=None, seg_type='GuidedEncoderDecoder', test_cfg=None, bgr_to_rgb=True):
+    cfg = dict(type=seg_type,
+               data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN, std=STD, bgr_to_rgb=bgr_to_rgb,
+                                      pad_val=0, seg_pad_val=255, size_divisor=16),
+               backbone=R18, decode_head=head or head_cfg(), train_cfg=dict(),
+               test_cfg=test_cfg or dict(mode='whole'))
+    if neck is not None:
+        cfg['neck'] = neck
+    return ConfigDict(cfg)
+
+
+def batch(n=2, h=64, w=64, classes=4):
+    inputs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(n)]
+    samples = []
+    for _ in range(n):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w)))
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+@pytest.mark.parametrize('kw, feat_hw, image_hw, want_hw, n_up', [
+    (dict(feature_stride=32, output_stride=1), (3, 2), (70, 45), (70, 45), 5),     # non-square, not divisible
+    (dict(feature_stride=16, output_stride=4), (4, 6), (64, 96), (16, 24), 2),
+    (dict(feature_stride=16, output_stride=4), (4, 7), (61, 99), (16, 25), 2),     # ceil(image / stride)
+    (dict(feature_stride=4, output_stride=1), (9, 5), (33, 17), (33, 17), 2),      # after a stride-4 neck
+    (dict(feature_stride=14, output_stride=1), (4, 4), (56, 56), (56, 56), 4),     # ViT/14: last stage x1.75
+    (dict(feature_stride=8, output_stride=8), (5, 3), (40, 24), (5, 3), 0),        # no upsampling stage
+    (dict(feature_stride=32, output_stride=1), (1, 1), (8, 8), (8, 8), 5),         # tiny image: stages clamp
+])
+def test_head_output_shapes(kw, feat_hw, image_hw, want_hw, n_up):
+    head = SFTGuidedHead(**{k: v for k, v in head_cfg(in_index=0, **kw).items() if k != 'type'})
+    assert head.num_up == n_up and len(head.blocks) == n_up + 1 and len(head.condition_net.outs) == n_up + 1
+    feats = [torch.randn(2, 64, *feat_hw)]
+    out = head(feats, guidance=torch.randn(2, 3, *image_hw))
+    assert out.shape == (2, 4) + want_hw
+    sizes = head.stage_sizes(feat_hw, image_hw)
+    assert sizes[0] == feat_hw and sizes[-1] == want_hw and len(sizes) == n_up + 1
+
+
+def test_head_is_guidance_independent_at_init_and_not_after():
+    head = MODELS.build(head_cfg(in_index=0))
+    head.init_weights()
+    head.eval()
+    feats = [torch.randn(1, 64, 2, 3)]
+    a, b = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    assert torch.equal(head(feats, guidance=a), head(feats, guidance=b))
+    _randomise_sft(head, std=0.1)
+    assert not torch.allclose(head(feats, guidance=a), head(feats, guidance=b))
+    # a layer-wide init_cfg does not break the identity start
+    head = MODELS.build(head_cfg(in_index=0, init_cfg=dict(type='Normal', std=0.5, layer='Conv2d')))
+    head.init_weights()
+    head.eval()
+    assert torch.equal(head(feats, guidance=a), head(feats, guidance=b))
+
+
+@pytest.mark.parametrize('condition', ['edges', 'image+edges'])
+def test_edge_conditions(condition):
+    head = MODELS.build(head_cfg(in_index=0, feature_stride=4, condition=condition))
+    assert head.condition_net.signal == {'edges': 'edges', 'image+edges': 'raw+edges'}[condition]
+    assert head.condition_net.trunk[0].in_channels == (3 if condition == 'edges' else 6)
+    _randomise_sft(head, std=0.1)
+    head.eval()
+    feats = [torch.randn(1, 64, 4, 5)]
+    img = torch.randn(1, 3, 16, 20)
+    out = head(feats, guidance=img)
+    assert out.shape == (1, 4, 16, 20)
+    if condition == 'edges':  # only edges matter: a constant shift of the image changes nothing
+        torch.testing.assert_close(head(feats, guidance=img + 0.7), out)
+
+
+def test_head_bad_configs_and_inputs():
+    with pytest.raises(ValueError, match='stage_channels needs 3'):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=16, output_stride=4, stage_channels=[8, 8])
+    with pytest.raises(ValueError, match='must equal channels'):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, stage_channels=[16, 16, 16])
+    with pytest.raises(ValueError, match='condition must be one of'):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, condition='depth')
+    with pytest.raises(ValueError, match='condition_index'):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, condition='features')
+    with pytest.raises(ValueError, match="only to condition='features'"):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, condition_index=1)
+    with pytest.raises(ValueError, match='feature_stride'):
+        SFTGuidedHead(64, 8, num_classes=4, feature_stride=0)
+    with pytest.raises(ValueError, match='multiple_select'):
+        SFTGuidedHead([64, 32], 8, num_classes=4, feature_stride=4, in_index=[0, 1],
+                      input_transform='multiple_select')
+    head = SFTGuidedHead(64, 8, num_classes=4, feature_stride=8, in_index=0)
+    with pytest.raises(RuntimeError, match=r"model = dict\(type='GuidedEncoderDecoder'\)"):
+        head([torch.randn(1, 64, 4, 4)])
+    with pytest.raises(ValueError, match='expects 64 input channels'):
+        head([torch.randn(1, 32, 4, 4)], guidance=torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match='set feature_stride'):  # features at stride 32, head built for 8
+        head([torch.randn(1, 64, 2, 2)], guidance=torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r'\[B, 3, H, W\]'):
+        head([torch.randn(1, 64, 4, 4)], guidance=torch.randn(1, 1, 32, 32))
+    feat_head = SFTGuidedHead(64, 8, num_classes=4, feature_stride=8, in_index=0, condition='features',
+                              condition_index=1, condition_channels=5)
+    with pytest.raises(ValueError, match='condition_channels'):
+        feat_head([torch.randn(1, 64, 4, 4), torch.randn(1, 6, 32, 32)], guidance=torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match='out of range'):
+        feat_head([torch.randn(1, 64, 4, 4)], guidance=torch.randn(1, 3, 32, 32))
+
+
+def test_plain_encoder_decoder_tells_the_line_to_add():
+    model = MODELS.build(model_cfg(seg_type='EncoderDecoder'))
+    data = model.data_preprocessor(batch(), True)
+    with pytest.raises(RuntimeError, match="GuidedEncoderDecoder"):
+        model(**data, mode='loss')
+
+
+def test_head_gets_the_data_normalisation_and_recovers_rgb():
+    for bgr_to_rgb in (True, False):
+        model = MODELS.build(model_cfg(bgr_to_rgb=bgr_to_rgb))
+        head = model.decode_head
+        assert head.data_mean == pytest.approx(MEAN) and head.data_bgr == (not bgr_to_rgb)
+        rgb = torch.rand(1, 3, 8, 8)
+        loaded = (rgb.flip(1) * 255).round()  # mmcv loads BGR
+        data = model.data_preprocessor(dict(inputs=[loaded[0].to(torch.uint8)], data_samples=None), False)
+        want = (loaded.flip(1) / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / \
+            torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        torch.testing.assert_close(head.guidance_from_inputs(data['inputs']), want, rtol=1e-5, atol=1e-5)
+
+
+def _seen_guidance(head):
+    seen = []
+    orig = head.forward
+
+    def forward(inputs, guidance=None):
+        seen.append(tuple(inputs.guidance.shape))
+        return orig(inputs, guidance)
+    head.forward = forward
+    return seen
+
+
+def test_segmentor_train_step_val_step_without_neck():
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg())
+    model.init_weights()
+    seen = _seen_guidance(model.decode_head)
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05))
+    data = batch(h=64, w=96)
+    losses = model.train_step(copy.deepcopy(data), optim)
+    assert 'decode.loss_ce' in losses and torch.isfinite(losses['decode.loss_ce'])
+    assert seen == [(2, 3, 64, 96)]
+    # after one step the SFT outputs have left zero: every head parameter, the condition network's included,
+    # gets a gradient
+    model.zero_grad()
+    proc = model.data_preprocessor(copy.deepcopy(data), True)
+    sum(v for k, v in model(**proc, mode='loss').items() if 'loss' in k).backward()
+    no_grad = [n for n, p in model.decode_head.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, no_grad
+    preds = model.val_step(copy.deepcopy(data))
+    assert len(preds) == 2 and preds[0].pred_sem_seg.data.shape == (1, 64, 96)
+    proc = model.data_preprocessor(copy.deepcopy(data), False)
+    logits = model(proc['inputs'], proc['data_samples'], mode='tensor')
+    assert logits.shape == (2, 4, 64, 96)  # the head's output at the image resolution
+
+
+def test_segmentor_with_featup_neck_and_feature_condition():
+    """FeatUpJBU in append mode gives stride-4 features; the head decodes the stride-32 level and conditions on
+    the upsampled features (condition='features'); output at stride 2."""
+    neck = dict(type='FeatUpJBU', in_channels=[8, 16, 32, 64], in_index=3, out_size=None, output_stride=4,
+                feature_strides=[4, 8, 16, 32], mode='append', key_dim=8)
+    head = head_cfg(in_index=3, feature_stride=32, output_stride=2, condition='features', condition_index=4,
+                    condition_channels=64)
+    model = MODELS.build(model_cfg(head=head, neck=neck))
+    model.init_weights()
+    _randomise_sft(model.decode_head, std=0.1)
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    data = batch(h=48, w=80)
+    model.train_step(copy.deepcopy(data), optim)
+    model.zero_grad()
+    proc = model.data_preprocessor(copy.deepcopy(data), True)
+    sum(v for k, v in model(**proc, mode='loss').items() if 'loss' in k).backward()
+    no_grad = [n for n, p in model.named_parameters() if (n.startswith('neck.') or 'condition_net' in n)
+               and (p.grad is None or not p.grad.any())]
+    assert not no_grad, no_grad  # the neck's output reaches the loss through the condition network only
+    proc = model.data_preprocessor(copy.deepcopy(data), False)
+    assert model(proc['inputs'], proc['data_samples'], mode='tensor').shape == (2, 4, 24, 40)
+    assert model.val_step(copy.deepcopy(data))[0].pred_sem_seg.data.shape == (1, 48, 80)
+
+
+def test_slide_inference_guides_each_crop():
+    model = MODELS.build(model_cfg(test_cfg=dict(mode='slide', crop_size=(48, 40), stride=(32, 32))))
+    model.eval()
+    seen = _seen_guidance(model.decode_head)
+    preds = model.val_step(batch(n=1, h=80, w=72))
+    assert preds[0].pred_sem_seg.data.shape == (1, 80, 72)
+    assert len(seen) == 4 and all(s == (1, 3, 48, 40) for s in seen)
+
+
+def test_test_time_augmentation():
+    tta = MODELS.build(dict(type='SegTTAModel', module=model_cfg()))
+    tta.eval()
+    seen = _seen_guidance(tta.module.decode_head)
+    plain, flipped = batch(n=1, h=32, w=48), batch(n=1, h=32, w=48)
+    flipped['inputs'][0] = plain['inputs'][0].flip(-1)
+    for s in flipped['data_samples']:
+        s.set_metainfo(dict(flip=True, flip_direction='horizontal', img_path='a.png'))
+    for s in plain['data_samples']:
+        s.set_metainfo(dict(flip=False, flip_direction=None, img_path='a.png'))
+    data = dict(inputs=[plain['inputs'], flipped['inputs']],
+                data_samples=[plain['data_samples'], flipped['data_samples']])
+    preds = tta.test_step(data)
+    assert len(preds) == 1 and preds[0].pred_sem_seg.data.shape == (1, 32, 48)
+    assert len(seen) == 2 and all(s == (1, 3, 32, 48) for s in seen)
