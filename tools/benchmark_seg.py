@@ -81,6 +81,8 @@ def quality_worker(spec: dict) -> dict:
     cfg.train_cfg.max_iters = iters
     cfg.train_cfg.val_interval = iters + 1  # evaluate once, below
     cfg.param_scheduler[-1].end = iters
+    if len(cfg.param_scheduler) > 1 and cfg.param_scheduler[0].end >= iters:  # tiny runs: shorten the warm-up
+        cfg.param_scheduler[0].end = cfg.param_scheduler[-1].begin = max(1, iters // 5)
     cfg.default_hooks.checkpoint.interval = iters + 1
     cfg.default_hooks.logger.interval = max(1, iters // 10)
     cfg.randomness = dict(seed=spec['seed'])

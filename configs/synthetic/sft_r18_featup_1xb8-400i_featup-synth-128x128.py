@@ -12,4 +12,4 @@ model = dict(
         out_size=None,
         output_stride=4,
         feature_strides=[4, 8, 16, 32]),
-    decode_head=dict(feature_stride=4))
+    decode_head=dict(feature_stride=4, stage_channels=[32, 16, 16]))  # strides 4, 2, 1 (widths as without neck)
