@@ -1,5 +1,4 @@
 """SFT layers: the framework-free core (featup_plugin.layers)."""
-import copy
 
 import pytest
 import torch
