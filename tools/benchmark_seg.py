@@ -110,7 +110,7 @@ def overhead_worker(spec: dict) -> dict:
     dev = spec['device']
     cfg = Config.fromfile(spec['config'])
     cfg.model.backbone.pretrained = False
-    cfg.model.data_preprocessor.size = None
+    cfg.model.data_preprocessor.size = (spec['size'], spec['size'])  # inputs are that size: no padding
     cfg.model.test_cfg = dict(mode='whole')
     if dev == 'cpu':  # SyncBN needs a process group; BN costs the same
         cfg = Config(json.loads(json.dumps(cfg.to_dict()).replace('"SyncBN"', '"BN"')))
