@@ -139,3 +139,48 @@ def test_selection_errors_and_stale_guidance():
     pac_hot_swap(net2, '0', guidance='2')
     with pytest.raises(RuntimeError, match='no guidance captured'):
         net2(torch.randn(1, 3, 8, 8))
+
+
+def test_mmseg_hotswap_tool_finetunes_from_a_checkpoint(tmp_path):
+    pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
+    import os
+    import subprocess
+    import sys
+
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    import featup_plugin  # noqa: F401
+    from conftest import ROOT
+    register_all_modules()
+    base_cfg = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py')
+    pac_cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'synthetic',
+                                           'fcn_r18_pac-hotswap_1xb8-200i_featup-synth-128x128.py'))
+    base = Config.fromfile(base_cfg)
+    assert pac_cfg.model.type == 'PacHotSwap' and pac_cfg.model.model == base.model  # the baseline, wrapped
+    assert len(swapped_layers(MODELS.build(pac_cfg.model))) == 3
+    ckpt = str(tmp_path / 'base.pth')
+    torch.save({'state_dict': MODELS.build(base.model).state_dict(), 'meta': {}}, ckpt)
+    data = str(tmp_path / 'data')
+    opts = [f'synthetic_data.root={data}', 'synthetic_data.num_train=2', 'synthetic_data.num_val=1',
+            'synthetic_data.size=64', f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}', f'test_dataloader.dataset.data_root={data}',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+            'val_dataloader.persistent_workers=False', 'train_cfg.max_iters=1', 'train_cfg.val_interval=1',
+            'default_hooks.checkpoint.interval=1']
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'pac_hotswap.py'), base_cfg, ckpt,
+                          '--targets', 'backbone.layer4.1.conv*', '--work-dir', str(tmp_path / 'work'),
+                          '--cfg-options'] + opts, env=env, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert 'swapped: backbone.layer4.1.conv1, backbone.layer4.1.conv2' in out
+    assert 'Load checkpoint from' in out and 'mIoU' in out
+    # Only the two new parameters per swapped layer are missing from the original checkpoint.
+    missing = [ln for ln in out.splitlines() if 'missing keys in source state_dict' in ln]
+    assert missing and all(k.strip().endswith(('blend', 'guidance_scale'))
+                           for ln in missing for k in ln.split(':', 1)[1].split(','))
+    saved = torch.load(str(tmp_path / 'work' / 'iter_1.pth'), map_location='cpu', weights_only=False)
+    assert 'backbone.layer4.1.conv1.blend' in saved['state_dict']
