@@ -306,3 +306,13 @@ def test_cuda_matches_cpu_and_memory_is_bounded():
     torch.testing.assert_close(lc.weight.grad.cpu(), layer.weight.grad, rtol=1e-3, atol=1e-2)
     unfold_bytes = 2 * 64 * 25 * 64 * 64 * 4
     assert peak < unfold_bytes
+
+
+@requires_cuda
+def test_cuda_gradcheck_float64():
+    x = torch.randn(2, 3, 7, 6, dtype=D, device='cuda', requires_grad=True)
+    kern = pac_kernel2d(torch.randn(2, 2, 7, 6, dtype=D, device='cuda'), (3, 5), (2, 1), (1, 2),
+                        (1, 1)).requires_grad_()
+    w = torch.randn(2, 3, 3, 5, dtype=D, device='cuda', requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: pac_conv2d(*a, None, (2, 1), (1, 2)), (x, kern, w))
+    assert torch.autograd.gradcheck(lambda xx, kk: pac_pool2d(xx, kk, (3, 5), (2, 1), (1, 2)), (x, kern))
