@@ -176,6 +176,18 @@ class PacHotSwapConv2d(PacConv2d):
         return super().extra_repr() + (f', guidance={self.source.spec!r}' if self.source is not None else '')
 
 
+# Conv2d subclasses whose forward is the plain convolution (mmcv's wrapper only adds empty-tensor support).
+_PLAIN_CONV_SUBCLASSES = {('mmcv.cnn.bricks.wrappers', 'Conv2d')}
+
+
+def _check_plain_conv(name: str, conv: nn.Conv2d) -> None:
+    cls = type(conv)
+    if cls.forward is nn.Conv2d.forward or (cls.__module__, cls.__name__) in _PLAIN_CONV_SUBCLASSES:
+        return
+    raise ValueError(f'pac_hot_swap: cannot swap {name!r}: {cls.__module__}.{cls.__name__} overrides nn.Conv2d.forward '
+                     '(e.g. dynamic "same" padding or weight standardisation), which a PAC layer would not reproduce')
+
+
 def _select(model: nn.Module, targets: Targets) -> List[str]:
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not isinstance(m, PacConv2d)}
     if callable(targets) and not isinstance(targets, str):
@@ -204,8 +216,9 @@ def pac_hot_swap(model: nn.Module, targets: Targets, guidance: str = 'input', ke
                  init_scale: float = 1.0, detach_guidance: bool = False,
                  smooth_kernel_type: str = 'none') -> nn.Module:
     """Replaces the ``targets`` Conv2d layers of ``model`` (in place) by :class:`PacHotSwapConv2d` guided by
-    ``guidance``; returns ``model``. See the module docstring. Grouped convolutions, even kernel sizes and
-    non-zero padding modes are refused with a ``ValueError`` naming the layer."""
+    ``guidance``; returns ``model``. See the module docstring. Grouped convolutions, even kernel sizes,
+    non-zero padding modes and Conv2d subclasses with their own forward (timm's ``Conv2dSame``, weight-standardised
+    convs) are refused with a ``ValueError`` naming the layer."""
     if not isinstance(model, nn.Module):
         raise TypeError(f'pac_hot_swap: model must be an nn.Module, got {type(model).__name__}')
     names = _select(model, targets)
@@ -214,6 +227,7 @@ def pac_hot_swap(model: nn.Module, targets: Targets, guidance: str = 'input', ke
         new = {}
         for name in names:
             conv = model.get_submodule(name)
+            _check_plain_conv(name, conv)
             try:
                 new[name] = PacHotSwapConv2d.from_conv(conv, source=source, init_scale=init_scale,
                                                        kernel_type=kernel_type, smooth_kernel_type=smooth_kernel_type)

@@ -131,6 +131,14 @@ def test_selection_errors_and_stale_guidance():
         pac_hot_swap(net, '3')
     with pytest.raises(ValueError, match='no submodule'):
         pac_hot_swap(net, '0', guidance='nope')
+    class StdConv(nn.Conv2d):  # weight standardisation: a different function than nn.Conv2d's
+        def forward(self, x):
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3),
+                                                                                               keepdim=True) + 1e-5)
+            return self._conv_forward(x, w, self.bias)
+    net.add_module('4', StdConv(4, 4, 3, padding=1))
+    with pytest.raises(ValueError, match="cannot swap '4'.*overrides nn.Conv2d.forward"):
+        pac_hot_swap(net, '4')
     with pytest.raises(TypeError, match='targets'):
         pac_hot_swap(net, [3])
     assert not swapped_layers(net) and not net._forward_hooks and not net._forward_pre_hooks  # nothing left over
