@@ -245,6 +245,15 @@ def test_reference_fallback_and_low_precision(monkeypatch):
     torch.testing.assert_close(out16.float(), compiled, rtol=0.05, atol=0.05)
 
 
+def test_tracing_records_plain_pytorch_ops():
+    layer = PacConv2d(3, 4, 3, stride=2, padding=1)
+    x, g = torch.randn(1, 3, 9, 8), torch.randn(1, 2, 9, 8)
+    traced = torch.jit.trace(layer, (x, g), check_trace=False)
+    assert 'PythonOp' not in str(traced.graph)  # the tap loop, not the compiled autograd Function
+    x2, g2 = torch.randn(1, 3, 9, 8), torch.randn(1, 2, 9, 8)
+    torch.testing.assert_close(traced(x2, g2), layer(x2, g2), rtol=1e-5, atol=1e-5)
+
+
 def test_errors():
     x, g = torch.randn(1, 3, 8, 8), torch.randn(1, 2, 8, 8)
     with pytest.raises(ValueError, match='odd'):

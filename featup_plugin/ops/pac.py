@@ -37,6 +37,7 @@ computed in float32 by the compiled op. Gradients are first order (``once_differ
 from __future__ import annotations
 
 import math
+import operator
 import os
 from typing import Optional, Sequence, Tuple, Union
 
@@ -62,10 +63,11 @@ def _pair(value: IntOrPair, name: str, minimum: int) -> Pair:
     vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
         vals = tuple(vals)
+        if len(vals) != 2 or any(isinstance(v, (bool, float)) for v in vals):
+            raise TypeError
+        vals = tuple(operator.index(v) for v in vals)  # ints, also the 0-d tensors shapes become under tracing
     except TypeError:
         raise TypeError(f'{name} must be an int or a pair of ints, got {value!r}') from None
-    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-        raise TypeError(f'{name} must be an int or a pair of ints, got {value!r}')
     if any(v < minimum for v in vals):
         raise ValueError(f'{name} must be >= {minimum}, got {value!r}')
     return vals
