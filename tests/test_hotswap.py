@@ -65,7 +65,8 @@ def test_image_guidance_predicate_and_deepcopy():
 
 def test_fcn_vgg16_recipe_in_one_call():
     torchvision = pytest.importorskip('torchvision')
-    vgg = torchvision.models.vgg16().features  # features.14/21/28 = conv3_3 / conv4_3 / conv5_3
+    from torchvision.models.vgg import cfgs, make_layers
+    vgg = make_layers(cfgs['D'])  # = torchvision.models.vgg16().features: 14/21/28 are conv3_3 / conv4_3 / conv5_3
     x = torch.randn(1, 3, 32, 32)
     swapped, _ = assert_equal_at_init(vgg, x, ['14', '21', '28'], guidance='3')
     assert swapped_layers(swapped) == ['14', '21', '28']
