@@ -41,8 +41,14 @@ def test_the_expected_configs_exist():
     assert len(SYNTH) >= 2
 
 
+def _segmentor(model):
+    """The segmentor config, also inside a PAC hot-swap wrapper (dict(type='PacHotSwap', model=...))."""
+    return model.model if model.get('type') == 'PacHotSwap' else model
+
+
 def _drop_downloads(model):
     """Random init instead of weights from the internet."""
+    model = _segmentor(model)
     model.pretrained = None
     backbone = model.backbone
     if backbone.get('type') == 'TimmViT':
@@ -55,8 +61,8 @@ def _drop_downloads(model):
 def _on_generated_data(cfg, root, work_dir, crop=64):
     cfg = copy.deepcopy(cfg)
     _drop_downloads(cfg.model)
-    if cfg.model.data_preprocessor.get('size') is not None:
-        cfg.model.data_preprocessor.size = (crop, crop)
+    if _segmentor(cfg.model).data_preprocessor.get('size') is not None:
+        _segmentor(cfg.model).data_preprocessor.size = (crop, crop)
     cfg.train_dataloader = ConfigDict(
         batch_size=2, num_workers=0, persistent_workers=False,
         sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -104,8 +110,9 @@ def _train_one_iteration(cfg):
 def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     cfg = Config.fromfile(path)
     assert 'featup_plugin' in cfg.custom_imports['imports']
-    neck = cfg.model.neck.type
-    assert neck == ('ResizeNeck' if '_bilinear_' in os.path.basename(path) else 'FeatUpJBU')
+    neck = _segmentor(cfg.model).neck.type
+    bilinear = '_bilinear_' in os.path.basename(path) or '_pac-hotswap_' in os.path.basename(path)
+    assert neck == ('ResizeNeck' if bilinear else 'FeatUpJBU')
     runner = _train_one_iteration(_on_generated_data(cfg, synth_root, str(tmp_path)))
     model = runner.model
     assert type(model.neck).__name__ == neck
@@ -132,7 +139,7 @@ def test_generated_data_configs_run_as_configured(path, tmp_path):
     """The CPU configs, unchanged except for a smaller generated set and one iteration, train and evaluate."""
     from featup_plugin.datasets.prepare import prepare_generated_datasets
     cfg = Config.fromfile(path)
-    assert cfg.num_classes == len(CLASSES) == cfg.model.decode_head.num_classes
+    assert cfg.num_classes == len(CLASSES) == _segmentor(cfg.model).decode_head.num_classes
     root = str(tmp_path / 'data')
     cfg.synthetic_data.update(root=root, num_train=4, num_val=2)
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
