@@ -44,8 +44,14 @@ def test_the_expected_configs_exist():
     assert len(SYNTH) >= 4
 
 
+def _segmentor(model):
+    """The segmentor config, also inside a PAC hot-swap wrapper (dict(type='PacHotSwap', model=...))."""
+    return model.model if model.get('type') == 'PacHotSwap' else model
+
+
 def _drop_downloads(model):
     """Random init instead of weights from the internet."""
+    model = _segmentor(model)
     model.pretrained = None
     backbone = model.backbone
     if backbone.get('type') == 'TimmViT':
@@ -58,8 +64,8 @@ def _drop_downloads(model):
 def _on_generated_data(cfg, root, work_dir, crop=64):
     cfg = copy.deepcopy(cfg)
     _drop_downloads(cfg.model)
-    if cfg.model.data_preprocessor.get('size') is not None:
-        cfg.model.data_preprocessor.size = (crop, crop)
+    if _segmentor(cfg.model).data_preprocessor.get('size') is not None:
+        _segmentor(cfg.model).data_preprocessor.size = (crop, crop)
     cfg.train_dataloader = ConfigDict(
         batch_size=2, num_workers=0, persistent_workers=False,
         sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -109,20 +115,25 @@ def _train_one_iteration(cfg):
 
 
 def _expected_neck(path):
-    """The neck a config's name promises: ``_featup_`` FeatUpJBU, ``_bilinear_`` its twin, else none."""
+    """The neck a config's name promises: ``_featup_`` FeatUpJBU, ``_bilinear_`` (and ``_pac-hotswap_``) its
+    twin, else none."""
     name = os.path.basename(path)
-    return 'ResizeNeck' if '_bilinear_' in name else 'FeatUpJBU' if '_featup_' in name else None
+    if '_bilinear_' in name or '_pac-hotswap_' in name:  # PAC hot-swap configs sit on the bilinear twin
+        return 'ResizeNeck'
+    return 'FeatUpJBU' if '_featup_' in name else None
 
 
 @pytest.mark.parametrize('path', ALL, ids=NAMES)
 def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     cfg = Config.fromfile(path)
     assert 'featup_plugin' in cfg.custom_imports['imports']
+    name = os.path.basename(path)
     neck = _expected_neck(path)
-    assert (cfg.model.neck.type if cfg.model.get('neck') else None) == neck
-    head = 'SFTGuidedHead' if os.path.basename(path).startswith('sft_') else None
+    seg = _segmentor(cfg.model)
+    assert (seg.neck.type if seg.get('neck') else None) == neck
+    head = 'SFTGuidedHead' if name.startswith('sft_') else None
     if head:
-        assert cfg.model.decode_head.type == head
+        assert seg.decode_head.type == head
     runner = _train_one_iteration(_on_generated_data(cfg, synth_root, str(tmp_path)))
     model = runner.model
     assert (type(model.neck).__name__ if model.with_neck else None) == neck
@@ -153,7 +164,7 @@ def test_generated_data_configs_run_as_configured(path, tmp_path):
     """The CPU configs, unchanged except for a smaller generated set and one iteration, train and evaluate."""
     from featup_plugin.datasets.prepare import prepare_generated_datasets
     cfg = Config.fromfile(path)
-    assert cfg.num_classes == len(CLASSES) == cfg.model.decode_head.num_classes
+    assert cfg.num_classes == len(CLASSES) == _segmentor(cfg.model).decode_head.num_classes
     root = str(tmp_path / 'data')
     cfg.synthetic_data.update(root=root, num_train=4, num_val=2)
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):

@@ -38,6 +38,13 @@ for dtype in (torch.float32, torch.float16, torch.float64):
         adaptive_conv(x, f).sum().backward()
         g = torch.randn(b, c, h, w, device='cuda', dtype=dtype, requires_grad=True)
         local_correlation(g, x).sum().backward()
+from featup_plugin.ops import PacConv2d, PacConvTranspose2d
+for dtype in (torch.float32, torch.float64):
+    x = torch.randn(2, 19, 13, 17, device='cuda', dtype=dtype, requires_grad=True)
+    g = torch.randn(2, 3, 13, 17, device='cuda', dtype=dtype, requires_grad=True)
+    PacConv2d(19, 7, 5, stride=2, padding=2, dilation=(1, 2)).to('cuda', dtype)(x, g).sum().backward()
+    PacConvTranspose2d(19, 7, 3, stride=2, padding=1, output_padding=1).to('cuda', dtype)(
+        x, torch.randn(2, 3, 26, 34, device='cuda', dtype=dtype)).sum().backward()
 torch.cuda.synchronize()
 print('sanitizer workload done')
 PY
@@ -48,3 +55,4 @@ done
 
 echo "== benchmark"
 python3 tools/benchmark_ops.py --device cuda 2>&1 | tee "$OUT_DIR/bench_cuda.txt"
+python3 tools/benchmark_pac.py --device cuda 2>&1 | tee "$OUT_DIR/bench_pac_cuda.txt"
