@@ -1,0 +1,188 @@
+"""FeatUp's upsampler training: jitter views, downsamplers, losses (framework-free), and the mmengine trainer
+(loss decreases, checkpoint loads into FeatUpJBU and the detectron2 wrapper, resume equivalence)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featup_plugin.training import (JitterParams, UncertaintyHead, apply_jitter, magnitude_tv_loss, project,
+                                    random_projection, reflect_pad, sample_jitter, total_variation,
+                                    uncertainty_loss)
+from featup_plugin.upsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
+
+
+# -- jitter --------------------------------------------------------------------------------------------------
+def _pointwise(x):
+    """A fixed per-pixel feature map (1x1 conv + nonlinearity): 3 -> 5 channels."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 3, 1, 1, generator=g)
+    return torch.tanh(F.conv2d(x, w))
+
+
+@pytest.mark.parametrize('pad,y,x,flip', [(0, 0, 0, True), (3, 0, 0, False), (3, 6, 1, True), (5, 2, 9, False)])
+def test_jitter_commutes_exactly_with_per_pixel_features_for_pads_crops_flips(pad, y, x, flip):
+    img = torch.randn(2, 3, 20, 24)
+    t = JitterParams.from_pixels((20, 24), pad=pad, y=y, x=x, flip=flip)
+    # the same t on the image and on (per-pixel) features of the image: identical bits
+    assert torch.equal(_pointwise(apply_jitter(img, t)), apply_jitter(_pointwise(img), t))
+
+
+def test_jitter_pixels_match_a_hand_written_pad_crop_flip():
+    img = torch.arange(2 * 16 * 16, dtype=torch.float32).view(1, 2, 16, 16)
+    t = JitterParams.from_pixels((16, 16), pad=4, y=7, x=2, flip=True)
+    expect = F.pad(img, [4, 4, 4, 4], mode='reflect')[:, :, 7:23, 2:18].flip(-1)
+    assert torch.equal(apply_jitter(img, t), expect)
+    assert torch.equal(apply_jitter(img, JitterParams()), img)  # identity
+    assert apply_jitter(torch.randn(1, 1, 3, 3), JitterParams(pad=2.0)).shape == (1, 1, 3, 3)  # pad > side
+
+
+def test_jitter_with_zoom_commutes_with_linear_per_pixel_maps():
+    img = torch.randn(1, 3, 32, 32)
+    t = JitterParams.from_pixels((32, 32), pad=4, zoom=1.7, y=11, x=20, flip=True)
+    w = torch.randn(6, 3, 1, 1)
+    torch.testing.assert_close(F.conv2d(apply_jitter(img, t), w), apply_jitter(F.conv2d(img, w), t),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_jitter_is_resolution_independent_for_flips_and_agrees_for_zooms():
+    low = torch.randn(1, 4, 16, 16)
+    high = F.interpolate(low, scale_factor=2, mode='nearest')
+    flip = JitterParams(flip=True)
+    assert torch.equal(F.avg_pool2d(apply_jitter(high, flip), 2), apply_jitter(low, flip))
+    # one t, two resolutions: a zoom + crop lands on the same region (up to resampling), far from the pads
+    smooth = F.interpolate(torch.randn(1, 1, 4, 4), size=(64, 64), mode='bicubic', align_corners=False)
+    t = JitterParams(pad=0.0, zoom=2.0, offset_y=0.5, offset_x=0.25)
+    a = F.avg_pool2d(apply_jitter(smooth, t), 2)
+    b = apply_jitter(F.avg_pool2d(smooth, 2), t)
+    assert (a - b).abs().max() < 0.05 * smooth.abs().max()
+
+
+def test_sample_jitter_is_reproducible_and_in_range():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    views = [sample_jitter((224, 224), 20, 2.0, generator=g1) for _ in range(200)]
+    assert views == [sample_jitter((224, 224), 20, 2.0, generator=g2) for _ in range(200)]
+    flips = sum(v.flip for v in views)
+    zooms = [v.zoom for v in views]
+    assert 60 < flips < 140 and 60 < sum(z > 1 for z in zooms) < 140
+    assert all(1 <= z <= 2 for z in zooms)
+    for v in views:
+        p = v.pixels((224, 224))
+        assert p['pad_y'] == p['pad_x'] == 20
+        assert 0 <= p['y'] <= p['zoomed'][0] - 224 and 0 <= p['x'] <= p['zoomed'][1] - 224
+        assert p['y'] == round(v.offset_y * 224)  # offsets are whole pixels at the sampled size
+    assert len({(v.offset_y, v.offset_x) for v in views}) > 150
+
+
+def test_jitter_rejects_bad_input():
+    with pytest.raises(ValueError, match='zoom'):
+        JitterParams(zoom=0.5)
+    with pytest.raises(ValueError, match='pad'):
+        JitterParams(pad=-1)
+    with pytest.raises(ValueError, match=r'\[B, C, H, W\]'):
+        apply_jitter(torch.randn(3, 8, 8), JitterParams())
+    with pytest.raises(TypeError, match='JitterParams'):
+        apply_jitter(torch.randn(1, 3, 8, 8), dict(pad=1))
+    with pytest.raises(ValueError, match='max_zoom'):
+        sample_jitter((8, 8), 2, 0.5)
+
+
+def test_reflect_pad_matches_torch_and_handles_large_pads():
+    x = torch.randn(1, 2, 5, 7)
+    assert torch.equal(reflect_pad(x, 2, 3), F.pad(x, [3, 3, 2, 2], mode='reflect'))
+    assert reflect_pad(x, 9, 1).shape == (1, 2, 23, 9)
+
+
+# -- downsamplers ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('kind', ['blur', 'attention'])
+@pytest.mark.parametrize('hr,lr,k', [((224, 224), (14, 14), 16), ((64, 96), (4, 6), 16), ((40, 40), (5, 5), 8)])
+def test_downsampler_shapes_and_constant_maps(kind, hr, lr, k):
+    down = build_downsampler(kind, 6, k).eval()
+    out = down(torch.randn(2, 6, *hr), lr)
+    assert out.shape == (2, 6, *lr)
+    const = torch.full((1, 6, *hr), 3.0)
+    torch.testing.assert_close(down(const, lr), torch.full((1, 6, *lr), 3.0))  # weights sum to 1
+
+
+def test_blur_kernel_is_nonnegative_and_normalised():
+    down = BlurDownsampler(5)
+    with torch.no_grad():
+        down.kernel_params.copy_(torch.randn(5, 5))
+    k = down.get_kernel().detach()
+    assert (k >= 0).all() and abs(float(k.sum()) - 1) < 1e-6
+    x = torch.randn(1, 1, 5, 5)
+    torch.testing.assert_close(down(x, (1, 1)).flatten(), (x[0, 0] * k).sum().view(1))
+
+
+def test_attention_weights_normalised_and_trainable_everywhere():
+    down = AttentionDownsampler(4, kernel_size=4).train()
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    patches, weights = down.attention(x, (4, 4))
+    assert patches.shape == (2, 4, 4, 16, 4) and weights.shape == (2, 4, 4, 16)
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 4))
+    down(x, (4, 4)).square().sum().backward()
+    for name, p in down.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_downsamplers_follow_the_module_device_and_dtype():
+    down = AttentionDownsampler(3, 4).to(torch.float64)
+    assert down(torch.randn(1, 3, 8, 8, dtype=torch.float64), (2, 2)).dtype == torch.float64
+    assert down.w.device.type == 'cpu'
+
+
+def test_downsampler_rejects_bad_input():
+    with pytest.raises(ValueError, match='windows'):
+        BlurDownsampler(16)(torch.randn(1, 2, 10, 10), (2, 2))
+    with pytest.raises(ValueError, match='4-channel|channel'):
+        AttentionDownsampler(4, 2)(torch.randn(1, 3, 8, 8), (4, 4))
+    with pytest.raises(ValueError, match="'attention' or 'blur'"):
+        build_downsampler('max', 3)
+
+
+def test_gaussian_blur_keeps_constants_and_size():
+    x = torch.full((1, 2, 9, 11), 2.5)
+    torch.testing.assert_close(gaussian_blur(x), x)
+    assert gaussian_blur(torch.randn(1, 2, 3, 3)).shape == (1, 2, 3, 3)
+
+
+# -- losses ----------------------------------------------------------------------------------------------------
+def test_uncertainty_loss_formula_and_its_optimal_scale():
+    pred, target = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    s = torch.rand(2, 1, 4, 4) + 0.5
+    expect = ((pred - target) ** 2 / (2 * s ** 2) + s.log()).mean()
+    torch.testing.assert_close(uncertainty_loss(pred, target, s), expect)
+    torch.testing.assert_close(uncertainty_loss(pred, target), ((pred - target) ** 2).mean())
+    # d/ds of e/(2s^2) + log s vanishes at s^2 = e: a constant scale is optimal at the per-pixel RMS
+    e = torch.tensor(0.37)
+    s_opt = e.sqrt().view(1, 1, 1, 1).requires_grad_()
+    uncertainty_loss(e.sqrt().view(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), s_opt).backward()
+    assert abs(float(s_opt.grad)) < 1e-6
+    head = UncertaintyHead(3)
+    assert (head(torch.randn(1, 3, 4, 4)) > 0).all() and head.net.weight.shape == (1, 3, 1, 1)
+    with pytest.raises(ValueError, match='shapes differ'):
+        uncertainty_loss(pred, target[:, :2])
+    with pytest.raises(ValueError, match='scale'):
+        uncertainty_loss(pred, target, s[:, :, :2])
+
+
+def test_random_projection_unit_columns_and_reproducible():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    p = random_projection(384, 30, g1)
+    assert p.shape == (384, 30)
+    torch.testing.assert_close(p.norm(dim=0), torch.ones(30))
+    assert torch.equal(p, random_projection(384, 30, g2))
+    assert torch.equal(random_projection(8, 30), torch.eye(8))
+    f = torch.randn(2, 384, 3, 3)
+    torch.testing.assert_close(project(f, p), torch.einsum('bchw,cd->bdhw', f, p))
+    with pytest.raises(ValueError, match='project'):
+        project(torch.randn(1, 5, 2, 2), p)
+
+
+def test_tv_terms():
+    flat = torch.ones(1, 3, 5, 5)
+    assert float(total_variation(flat)) == 0 and float(magnitude_tv_loss(flat)) == 0
+    ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 5, 5)
+    assert float(total_variation(ramp)) == pytest.approx(1.0)
