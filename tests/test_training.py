@@ -186,3 +186,187 @@ def test_tv_terms():
     assert float(total_variation(flat)) == 0 and float(magnitude_tv_loss(flat)) == 0
     ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 5, 5)
     assert float(total_variation(ramp)) == pytest.approx(1.0)
+
+
+
+# -- the multi-view loss (framework-free) ---------------------------------------------------------------------
+def _generated_batch(n=2, size=32):
+    from featup_plugin.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+    from featup_plugin.datasets.synthetic import generate_scene
+    rgb = torch.stack([torch.from_numpy(generate_scene(i, (size, size))[0]).permute(2, 0, 1) for i in range(n)])
+    rgb = rgb.float() / 255
+    return (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
+    from featup_plugin.training import multiview_loss
+    from featup_plugin.upsamplers import ChannelNorm, JBUStack
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 12, 8, 8).requires_grad_(False)
+    norm = ChannelNorm(12).requires_grad_(False)
+
+    def extract_lr(x):
+        return norm(conv(x))
+    jbu, down, scale = JBUStack(12, num_stages=3), AttentionDownsampler(12, 8), UncertaintyHead(12)
+    params = [*jbu.parameters(), *down.parameters(), *scale.parameters()]
+    opt = torch.optim.NAdam(params, lr=3e-3)
+    img = _generated_batch()
+    losses = []
+    for step in range(12):
+        gen = torch.Generator().manual_seed(step)
+        out = multiview_loss(img, extract_lr, lambda lr, im: jbu(lr, im, output_size=im.shape[-2:]), down, scale,
+                             gen, n_views=2, max_pad=3, proj_dim=6, tv_weight=0.1)
+        assert set(out) == {'loss_rec', 'loss_tv'}
+        loss = sum(out.values())
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert all(p.grad is not None for p in params)  # every trainable part takes part
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+    with pytest.raises(ValueError, match='image size'):
+        multiview_loss(img, extract_lr, lambda lr, im: lr, down, scale, torch.Generator())
+
+# -- the mmengine trainer (FeatUpJBUTrainer), its configs and checkpoints ------------------------------------------
+import glob  # noqa: E402
+import os  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+CPU_CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'jbu_vit-tiny-p8_1xb4-200i_featup-synth-64.py')
+JBU_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', 'jbu_*.py'), recursive=True))
+
+
+def _mmseg():
+    pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
+    import featup_plugin  # noqa: F401  registers the modules
+    from mmseg.utils import register_all_modules
+    from featup_plugin.engine import use_mmengine_checkpoint_loader
+    register_all_modules(init_default_scope=False)
+    use_mmengine_checkpoint_loader()
+
+
+def _tiny(cfg, synth_root, work_dir, size=32, iters=2):
+    """A config shrunk for the tests: 32 px generated images, batch 2, 2 views."""
+    cfg = cfg.copy()
+    cfg.pop('synthetic_data', None)
+    cfg.model.backbone.pretrained = False
+    if cfg.model.backbone.type == 'TimmViT' and cfg.model.feat_dim > 64:  # the 224 px ViT-S config: fewer blocks
+        cfg.model.backbone.model_kwargs = dict(depth=1)
+    cfg.model.n_views, cfg.model.max_pad = 2, 3
+    loader = cfg.train_dataloader
+    loader.batch_size, loader.num_workers, loader.persistent_workers = 2, 0, False
+    loader.dataset.root, loader.dataset.size = os.path.join(synth_root, 'img_dir', 'train'), size
+    cfg.train_cfg.max_iters = iters
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.default_hooks.logger.interval = 1
+    cfg.work_dir = str(work_dir)
+    return cfg
+
+
+class _Losses:
+    """Records the loss of every training iteration."""
+
+    def __init__(self):
+        from mmengine.hooks import Hook
+
+        class H(Hook):
+            def after_train_iter(hook, runner, batch_idx, data_batch=None, outputs=None):
+                self.values.append(float(outputs['loss']))
+        self.values, self.hook = [], H()
+
+
+def _train(cfg):
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    rec = _Losses()
+    runner.register_hook(rec.hook)
+    runner.train()
+    return runner, rec.values
+
+
+@pytest.mark.parametrize('path', JBU_CONFIGS, ids=lambda p: os.path.basename(p))
+def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
+    _mmseg()
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    assert cfg.model.type == 'FeatUpJBUTrainer' and 'featup_plugin' in cfg.custom_imports['imports']
+    assert cfg.optim_wrapper.optimizer.type == 'NAdam' and cfg.optim_wrapper.optimizer.lr == 1e-3
+    if '_images-224' in path:  # FeatUp's defaults
+        assert (cfg.model.n_views, cfg.model.max_pad, cfg.model.max_zoom, cfg.model.proj_dim) == (5, 20, 2.0, 30)
+        assert cfg.model.downsampler == 'attention' and cfg.train_dataloader.batch_size == 4
+        assert cfg.train_dataloader.dataset.size == 224
+    size = 64 if cfg.model.feat_dim > 64 else 32
+    runner, losses = _train(_tiny(cfg, synth_root, tmp_path, size=size, iters=1))
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    model = runner.model
+    trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {'upsampler', 'downsampler', 'scale_net'}
+    assert not model.backbone.training and all(not p.requires_grad for p in model.backbone.parameters())
+
+
+def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp_path):
+    _mmseg()
+    import subprocess
+    import sys
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from featup_plugin.engine import load_mmengine_checkpoint
+    from featup_plugin.upsamplers import JBUStack
+    cfg = _tiny(Config.fromfile(CPU_CONFIG), synth_root, tmp_path / 'work', iters=2)
+    runner, _ = _train(cfg)
+    ckpt = str(tmp_path / 'work' / 'iter_2.pth')
+    trained = {k: v for k, v in runner.model.upsampler.state_dict().items()}
+    assert any(not torch.equal(v, JBUStack(64, 3).state_dict()[k]) for k, v in trained.items()
+               if 'fixup_proj.1' in k)  # trained: not the init
+    state = load_mmengine_checkpoint(ckpt)['state_dict']
+    assert {k.split('.')[0] for k in state} == {'backbone', 'norm', 'upsampler', 'downsampler', 'scale_net', 'step'}
+
+    # mmseg neck, through mmengine's init_cfg
+    neck = MODELS.build(dict(type='FeatUpJBU', in_channels=64, in_index=0, feature_strides=8,
+                             init_cfg=dict(type='Pretrained', checkpoint=ckpt)))
+    neck.init_weights()
+    for k, v in trained.items():
+        assert torch.equal(neck.upsamplers[0].state_dict()[k], v), k
+
+    # the bare stack via tools/extract_upsampler.py
+    out = str(tmp_path / 'jbu.pth')
+    res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'extract_upsampler.py'), ckpt, out],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr
+    assert 'JBUStack(feat_dim=64, num_stages=3)' in res.stdout
+    stack = JBUStack(64, num_stages=3)
+    stack.load_state_dict(torch.load(out, weights_only=True))  # strict: exactly the stack
+    assert all(torch.equal(stack.state_dict()[k], v) for k, v in trained.items())
+
+    # detectron2 wrapper: MODEL.FEATUP.WEIGHTS takes the training checkpoint as it is
+    if __import__('importlib').util.find_spec('detectron2') is not None:
+        from detectron2.config import get_cfg
+        from detectron2.modeling import build_backbone
+        from featup_plugin.detectron2 import add_featup_config
+        d2 = add_featup_config(get_cfg())
+        d2.MODEL.FEATUP.TIMM_MODEL = 'vit_small_patch8_224'
+        d2.MODEL.FEATUP.TIMM_KWARGS = dict(depth=2, embed_dim=64, num_heads=2)
+        d2.MODEL.FEATUP.OUTPUT_STRIDE = 1
+        d2.MODEL.FEATUP.WEIGHTS = ckpt
+        d2.MODEL.BACKBONE.NAME = 'FeatUpBackbone'
+        d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD, d2.INPUT.FORMAT = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], 'RGB'
+        bb = build_backbone(d2)
+        (loaded,) = [u for u in bb.upsamplers.values()]
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_resume_gives_the_next_step_loss_of_an_uninterrupted_run(synth_root, tmp_path):
+    _mmseg()
+    from mmengine.config import Config
+    base = Config.fromfile(CPU_CONFIG)
+    cfg = _tiny(base, synth_root, tmp_path / 'a', iters=3)
+    cfg.default_hooks.checkpoint.interval = 2
+    _, straight = _train(cfg)
+    cfg = _tiny(base, synth_root, tmp_path / 'b', iters=3)
+    cfg.resume, cfg.load_from = True, str(tmp_path / 'a' / 'iter_2.pth')
+    runner, resumed = _train(cfg)
+    assert runner.iter == 3 and len(straight) == 3 and len(resumed) == 1
+    assert resumed[0] == pytest.approx(straight[2], rel=1e-6, abs=1e-7)
+    assert straight[2] != pytest.approx(straight[1], rel=1e-4)  # steps differ: the comparison can fail

@@ -27,8 +27,8 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 from mmseg.registry import MODELS
 
-from ..training import (UncertaintyHead, apply_jitter, magnitude_tv_loss, project, random_projection,
-                        sample_jitter, uncertainty_loss)
+from ..training import UncertaintyHead
+from ..training.multiview import multiview_loss
 from ..upsamplers import ChannelNorm, JBUStack, build_downsampler
 
 
@@ -146,21 +146,6 @@ class FeatUpJBUTrainer(BaseModel):
         return losses
 
     def _loss(self, img: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
-        lr = self.extract_lr(img)
-        hr = self.upsample(img, lr)
-        rec = img.new_zeros(())
-        tv = img.new_zeros(())
-        for _ in range(self.n_views):
-            t = sample_jitter(img.shape[-2:], self.max_pad, self.max_zoom, generator=gen)
-            proj = random_projection(self.feat_dim, self.proj_dim, gen, device=img.device, dtype=hr.dtype) \
-                if self.proj_dim else None
-            jit_lr = self.extract_lr(apply_jitter(img, t))
-            jit_hr = apply_jitter(hr, t)
-            down = self.downsampler(jit_hr, jit_lr.shape[-2:])
-            rec = rec + uncertainty_loss(project(down, proj), project(jit_lr, proj), self.scale_net(jit_lr))
-            if self.tv_weight > 0:
-                tv = tv + magnitude_tv_loss(project(jit_hr, proj))
-        losses = dict(loss_rec=rec / self.n_views)
-        if self.tv_weight > 0:
-            losses['loss_tv'] = self.tv_weight * tv / self.n_views
-        return losses
+        return multiview_loss(img, self.extract_lr, lambda lr, im: self.upsample(im, lr), self.downsampler,
+                              self.scale_net, gen, n_views=self.n_views, max_pad=self.max_pad, max_zoom=self.max_zoom,
+                              proj_dim=self.proj_dim, tv_weight=self.tv_weight)
