@@ -347,7 +347,7 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
         from featup_plugin.detectron2 import add_featup_config
         d2 = add_featup_config(get_cfg())
         d2.MODEL.FEATUP.TIMM_MODEL = 'vit_small_patch8_224'
-        d2.MODEL.FEATUP.TIMM_KWARGS = dict(depth=2, embed_dim=64, num_heads=2)
+        d2.MODEL.FEATUP.TIMM_KWARGS.update(depth=2, embed_dim=64, num_heads=2)
         d2.MODEL.FEATUP.OUTPUT_STRIDE = 1
         d2.MODEL.FEATUP.WEIGHTS = ckpt
         d2.MODEL.BACKBONE.NAME = 'FeatUpBackbone'
@@ -370,3 +370,28 @@ def test_resume_gives_the_next_step_loss_of_an_uninterrupted_run(synth_root, tmp
     assert runner.iter == 3 and len(straight) == 3 and len(resumed) == 1
     assert resumed[0] == pytest.approx(straight[2], rel=1e-6, abs=1e-7)
     assert straight[2] != pytest.approx(straight[1], rel=1e-4)  # steps differ: the comparison can fail
+
+
+def test_two_process_ddp_training_through_tools_train(synth_root, tmp_path):
+    """tools/train.py with torchrun (2 processes, gloo on CPU): DDP over the trainer, one checkpoint."""
+    _mmseg()
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    work = str(tmp_path / 'work')
+    opts = [f'train_dataloader.dataset.root={os.path.join(synth_root, "img_dir", "train")}',
+            'train_dataloader.dataset.size=32', 'train_dataloader.batch_size=1', 'train_dataloader.num_workers=0',
+            'model.n_views=1', 'model.max_pad=3', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1', 'synthetic_data=None']
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                          f'--master_port={port}', os.path.join(ROOT, 'tools', 'train.py'), CPU_CONFIG,
+                          '--launcher', 'pytorch', '--work-dir', work, '--cfg-options', *opts],
+                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert 'Distributed training: True' in out and 'loss_rec' in out
+    assert os.path.isfile(os.path.join(work, 'iter_2.pth'))

@@ -85,13 +85,13 @@ class TinyViT(nn.Module):
 
 
 def train_jbu(extract_lr, train_imgs, feat_dim, stages, kernel, steps, batch, views, max_pad, seed=0,
-              downsampler='attention'):
+              downsampler='attention', lr=1e-3):
     torch.manual_seed(seed)
     jbu = JBUStack(feat_dim, num_stages=stages)
     down = build_downsampler(downsampler, feat_dim, kernel)
     scale = UncertaintyHead(feat_dim)
     params = list(jbu.parameters()) + list(down.parameters()) + list(scale.parameters())
-    opt = torch.optim.NAdam(params, lr=1e-3)
+    opt = torch.optim.NAdam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for m in (jbu, down, scale):
         m.train()
@@ -133,7 +133,8 @@ def task_truth(args):
     backbone = PooledTruth(truth, stride)
     train, test = images('train', args.train_images, size), images('val', args.test_images, size)
     stages = max(1, round(torch.log2(torch.tensor(float(stride))).item()))
-    jbu, secs = train_jbu(backbone, train, 16, stages, stride, args.steps, args.batch, args.views, args.max_pad)
+    jbu, secs = train_jbu(backbone, train, 16, stages, stride, args.steps, args.batch, args.views, args.max_pad,
+                          downsampler=args.downsampler, lr=args.lr)
     torch.manual_seed(1)
     jbu0 = JBUStack(16, num_stages=stages).eval()
     errs = {}
@@ -151,7 +152,8 @@ def task_views(args):
     backbone = TinyViT()
     train, test = images('train', args.train_images, size), images('val', args.test_images, size)
     stages, kernel = 3, 8
-    jbu, secs = train_jbu(backbone, train, 64, stages, kernel, args.steps, args.batch, args.views, 6)
+    jbu, secs = train_jbu(backbone, train, 64, stages, kernel, args.steps, args.batch, args.views, 6,
+                          downsampler=args.downsampler, lr=args.lr)
     torch.manual_seed(1)
     jbu0 = JBUStack(64, num_stages=stages).eval()
     pool = BlurDownsampler(kernel)  # uniform: the same fixed pooling for every method
@@ -176,6 +178,8 @@ def main(argv=None):
     p.add_argument('--task', choices=['both', 'truth', 'views'], default='both')
     p.add_argument('--steps', type=int, default=200, help='JBU training steps')
     p.add_argument('--batch', type=int, default=4)
+    p.add_argument('--downsampler', default='attention', choices=['attention', 'blur'])
+    p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--views', type=int, default=3, help='jittered views per training step')
     p.add_argument('--train-images', type=int, default=32)
     p.add_argument('--test-images', type=int, default=4)

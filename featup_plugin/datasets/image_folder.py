@@ -1,6 +1,6 @@
 """``dataset=dict(type='ImageFolderDataset', root=...)``: any folder of images for the upsampler training (mmseg's
-``DATASETS`` registry). Items are ``dict(inputs=[3, S, S] ImageNet-normalised RGB tensor, path=str)``; collate
-with ``collate_fn=dict(type='default_collate')``."""
+``DATASETS`` registry). Items are ``dict(inputs=[3, S, S] ImageNet-normalised RGB tensor,
+data_samples=dict(img_path=str))``; collate with ``collate_fn=dict(type='default_collate')``."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -38,4 +38,5 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, idx: int) -> dict:
-        return dict(inputs=load_image(self.paths[idx], self.size, self.center_crop), path=self.paths[idx])
+        return dict(inputs=load_image(self.paths[idx], self.size, self.center_crop),
+                    data_samples=dict(img_path=self.paths[idx]))
