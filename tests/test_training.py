@@ -1,10 +1,14 @@
 """FeatUp's upsampler training: jitter views, downsamplers, losses (framework-free), and the mmengine trainer
 (loss decreases, checkpoint loads into FeatUpJBU and the detectron2 wrapper, resume equivalence)."""
+import copy
+import glob
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 
 from featup_plugin.training import (JitterParams, UncertaintyHead, apply_jitter, magnitude_tv_loss, project,
                                     random_projection, reflect_pad, sample_jitter, total_variation,
@@ -229,11 +233,6 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
         multiview_loss(img, extract_lr, lambda lr, im: lr, down, scale, torch.Generator())
 
 # -- the mmengine trainer (FeatUpJBUTrainer), its configs and checkpoints ------------------------------------------
-import glob  # noqa: E402
-import os  # noqa: E402
-
-from conftest import ROOT  # noqa: E402
-
 CPU_CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'jbu_vit-tiny-p8_1xb4-200i_featup-synth-64.py')
 JBU_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', 'jbu_*.py'), recursive=True))
 
@@ -249,7 +248,7 @@ def _mmseg():
 
 def _tiny(cfg, synth_root, work_dir, size=32, iters=2):
     """A config shrunk for the tests: 32 px generated images, batch 2, 2 views."""
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.pop('synthetic_data', None)
     cfg.model.backbone.pretrained = False
     if cfg.model.backbone.type == 'TimmViT' and cfg.model.feat_dim > 64:  # the 224 px ViT-S config: fewer blocks
@@ -273,7 +272,7 @@ class _Losses:
 
         class H(Hook):
             def after_train_iter(hook, runner, batch_idx, data_batch=None, outputs=None):
-                self.values.append(float(outputs['loss']))
+                self.values.append(float(outputs['loss'].detach()))
         self.values, self.hook = [], H()
 
 

@@ -1,7 +1,7 @@
 # FeatUp's JBU upsampler training schedule: NAdam lr 1e-3, constant; iteration-based; no validation loop.
 max_iters = 2000
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='NAdam', lr=1e-3))
-param_scheduler = []
+param_scheduler = None
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 val_cfg = val_dataloader = val_evaluator = None
 test_cfg = test_dataloader = test_evaluator = None
