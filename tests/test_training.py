@@ -233,7 +233,7 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
         multiview_loss(img, extract_lr, lambda lr, im: lr, down, scale, torch.Generator())
 
 # -- the mmengine trainer (FeatUpJBUTrainer), its configs and checkpoints ------------------------------------------
-CPU_CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'jbu_vit-tiny-p8_1xb4-200i_featup-synth-64.py')
+CPU_CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'jbu_vit-tiny-p8_1xb2-100i_featup-synth-64.py')
 JBU_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', 'jbu_*.py'), recursive=True))
 
 
@@ -305,10 +305,8 @@ def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
     assert not model.backbone.training and all(not p.requires_grad for p in model.backbone.parameters())
 
 
-def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp_path):
+def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp_path, capsys):
     _mmseg()
-    import subprocess
-    import sys
     from mmengine.config import Config
     from mmseg.registry import MODELS
     from featup_plugin.engine import load_mmengine_checkpoint
@@ -330,11 +328,13 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
         assert torch.equal(neck.upsamplers[0].state_dict()[k], v), k
 
     # the bare stack via tools/extract_upsampler.py
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('extract_upsampler', os.path.join(ROOT, 'tools', 'extract_upsampler.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     out = str(tmp_path / 'jbu.pth')
-    res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'extract_upsampler.py'), ckpt, out],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert res.returncode == 0, res.stderr
-    assert 'JBUStack(feat_dim=64, num_stages=3)' in res.stdout
+    assert tool.main([ckpt, out]) == 0
+    assert 'JBUStack(feat_dim=64, num_stages=3)' in capsys.readouterr().out
     stack = JBUStack(64, num_stages=3)
     stack.load_state_dict(torch.load(out, weights_only=True))  # strict: exactly the stack
     assert all(torch.equal(stack.state_dict()[k], v) for k, v in trained.items())
