@@ -24,5 +24,5 @@ def _mmseg_available() -> bool:
 # Framework-free helpers that the adapters build on (generated dataset, boundary metric) live in
 # featup_plugin.datasets / featup_plugin.evaluation; their mmseg registrations load with the adapters.
 if _mmseg_available():
-    from . import backbones, datasets, evaluation, heads, necks, segmentors  # noqa: F401
-    __all__ += ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors']
+    from . import backbones, datasets, evaluation, heads, necks, segmentors, trainers  # noqa: F401
+    __all__ += ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors', 'trainers']

@@ -25,8 +25,9 @@ from featup_plugin.datasets.synthetic import CLASSES  # noqa: E402
 
 register_all_modules()
 
+# detectron2/: tests/test_detectron2.py; jbu_*: upsampler-training configs, tests/test_training.py
 ALL = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
-             if not {'_base_', 'detectron2'} & set(p.split(os.sep)))  # detectron2/: tests/test_detectron2.py
+             if not {'_base_', 'detectron2'} & set(p.split(os.sep)) and not os.path.basename(p).startswith('jbu_'))
 SYNTH = [p for p in ALL if os.sep + 'synthetic' + os.sep in p]
 REAL = [p for p in ALL if os.sep + 'featup' + os.sep in p]
 NAMES = [os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in ALL]

@@ -197,8 +197,12 @@ def test_load_upsampler_weights_with_prefix(tmp_path):
     assert 'up1.range_temp' in loaded and 'fixup_proj.1.weight' in loaded
     assert not any(k.startswith('up4') for k in loaded)
 
-    with pytest.raises(ValueError, match="set the prefix to 'upsampler.'"):
-        build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', path))
+    # without a prefix, a stack under upsampler.* (FeatUp's, FeatUpJBUTrainer's checkpoints) is found
+    auto = build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', path)).upsampler('res5').state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in auto.items())
+    torch.save({f'module.{k}': v for k, v in stack.state_dict().items()}, str(tmp_path / 'other.pth'))
+    with pytest.raises(ValueError, match="set the prefix to 'module.'"):
+        build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', str(tmp_path / 'other.pth')))
     torch.save(_random_stack(256, 3).state_dict(), str(tmp_path / 'small.pth'))
     with pytest.raises(RuntimeError, match='does not fit'):
         build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', str(tmp_path / 'small.pth')))

@@ -25,6 +25,12 @@ assert out.shape == (1, 4, 48, 48)
 from featup_plugin.layers import ResBlockSFT, SFTConditionNet
 cond = SFTConditionNet(3, 4)(torch.rand(1, 3, 24, 24), [(6, 6)])[0]
 assert ResBlockSFT(5, 4)(torch.randn(1, 5, 6, 6), cond).shape == (1, 5, 6, 6)
+from featup_plugin.training import apply_jitter, sample_jitter, multiview_loss
+from featup_plugin.training.implicit import fit_implicit
+from featup_plugin.training.checkpoint import extract_upsampler_state_dict
+from featup_plugin.datasets.images import list_images, load_image
+from featup_plugin.upsamplers import AttentionDownsampler
+assert AttentionDownsampler(4, 4)(apply_jitter(out, sample_jitter((48, 48))), (12, 12)).shape == (1, 4, 12, 12)
 try:
     import mmseg
 except ImportError:

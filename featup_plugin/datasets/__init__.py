@@ -1,7 +1,8 @@
 """Datasets: the generated segmentation dataset (framework-free) and its MMSegmentation adapter.
 
-``featup_plugin.datasets.synthetic`` needs only numpy and PIL; ``FeatUpSyntheticDataset`` is registered in
-mmseg's ``DATASETS`` when mmseg is importable.
+``featup_plugin.datasets.synthetic`` needs only numpy and PIL, ``featup_plugin.datasets.images`` (any folder of
+images) numpy, PIL and torch; ``FeatUpSyntheticDataset`` and ``ImageFolderDataset`` are registered in mmseg's
+``DATASETS`` when mmseg is importable.
 """
 from .synthetic import (CLASSES, GENERATOR_VERSION, PALETTE, DatasetMismatchError, dataset_is_complete,
                         generate_dataset, generate_scene, read_meta, scene_seed)
@@ -17,4 +18,5 @@ except ImportError:
     pass
 else:
     from .featup_synthetic import FeatUpSyntheticDataset  # noqa: F401
-    __all__.append('FeatUpSyntheticDataset')
+    from .image_folder import ImageFolderDataset  # noqa: F401
+    __all__ += ['FeatUpSyntheticDataset', 'ImageFolderDataset']

@@ -31,15 +31,18 @@ _STAGE_KEY = re.compile(r'^up(\d+)\.')
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (``torch.save`` or ``.safetensors``), unwrapping a ``state_dict`` / ``model``
-    entry (Lightning and detectron2 checkpoints). Read with ``weights_only=True``: no code runs."""
+    entry (Lightning, detectron2 and mmengine checkpoints). Read with ``weights_only=True``: no code runs, except
+    for mmengine checkpoints, fully unpickled only when they reference nothing but what mmengine saves
+    (``featup_plugin.engine.load_mmengine_checkpoint``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'upsampler weights {path!r} do not exist')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         ckpt = load_file(path, device='cpu')
     else:
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        from ..engine.checkpoint import load_mmengine_checkpoint
+        try:  # weights_only=True, or mmengine's checkpoints (e.g. of tools/train.py's upsampler training)
+            ckpt = load_mmengine_checkpoint(path, map_location='cpu')
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f'could not read {path!r} with torch.load(weights_only=True): {e}') from e
     if not isinstance(ckpt, Mapping):
@@ -326,11 +329,18 @@ class FeatUpBackbone(Backbone):
         * keys ``<feature name>.up1...``: one stack per upsampled feature (what ``self.upsamplers.state_dict()``
           saves).
 
+        With no ``prefix``, a file whose stack is under ``upsampler.`` (FeatUp's checkpoints, and those of the
+        upsampler training ``FeatUpJBUTrainer`` / ``tools/train.py configs/featup/jbu_*``) is read with that prefix.
+
         Stages the file has beyond those built (``upN`` with N > num_stages; e.g. FeatUp's x16 stack used for
         x8) are dropped with a log line; a missing or mis-shaped parameter raises.
         """
         source = path_or_state if isinstance(path_or_state, str) else '<state dict>'
         sd = read_state_dict(path_or_state) if isinstance(path_or_state, str) else dict(path_or_state)
+        keys = list(self.upsamplers.keys())
+        if not prefix and not any(k.startswith(key + '.') for k in sd for key in keys) and \
+                not any(_STAGE_KEY.match(k) for k in sd) and any(k.startswith('upsampler.up1.') for k in sd):
+            prefix = 'upsampler.'  # FeatUp's checkpoints and those of the upsampler training (FeatUpJBUTrainer)
         if prefix:
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if not sd:

@@ -136,7 +136,9 @@ class FeatUpJBU(BaseModule):
 
         Accepted: this neck's own keys (``upsamplers.<i>.*``, ``norms.<i>.*``), a segmentor checkpoint
         (``neck.upsamplers.<i>.*``), or, for a neck with one upsampled level, a bare ``JBUStack`` state dict
-        (``up1.*``, ``fixup_proj.*``: what ``tools/convert_featup_checkpoint.py`` writes without ``--prefix``).
+        (``up1.*``, ``fixup_proj.*``: what ``tools/convert_featup_checkpoint.py`` writes without ``--prefix``),
+        or one under ``upsampler.*``: a checkpoint of the upsampler training (``FeatUpJBUTrainer``, whose
+        ``backbone.*``, ``downsampler.*``, ``scale_net.*`` are ignored) or an official FeatUp one.
         ``prefix`` first selects and strips keys that start with it. Channel-norm weights are optional (FeatUp
         never trains them); every upsampler weight must be present with the right shape.
         """
@@ -155,6 +157,9 @@ class FeatUpJBU(BaseModule):
             if not state:
                 raise KeyError(f"FeatUpJBU: no key of {where} starts with prefix {prefix!r}")
         if not any(k.startswith('upsamplers.') for k in state):
+            if any(k.startswith('upsampler.up1.') for k in state):
+                # an upsampler-training checkpoint (FeatUpJBUTrainer) or FeatUp's own: the stack is upsampler.*
+                state = {k[len('upsampler.'):]: v for k, v in state.items() if k.startswith('upsampler.')}
             if any(k.startswith('neck.upsamplers.') for k in state):
                 state = {k[len('neck.'):]: v for k, v in state.items() if k.startswith('neck.')}
             elif any(k.startswith('up1.') for k in state):

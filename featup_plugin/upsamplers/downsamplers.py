@@ -1,0 +1,141 @@
+"""Learned downsamplers for FeatUp's training (framework-free: torch only, any device).
+
+They model how the backbone turns high-resolution features into its low-resolution output: the training loss
+compares ``downsampler(t(upsampled features))`` with ``backbone(t(image))``. Both take ``hr [B, C, H, W]`` and
+an output size ``(h, w)``, and pool ``kernel_size``-wide windows placed with stride
+``s = (H - kernel_size) // (h - 1)`` per axis (FeatUp: 224 px, kernel 16, 14 patches -> stride 16).
+
+* :class:`BlurDownsampler` (FeatUp's ``SimpleDownsampler``): one learned ``k x k`` kernel, made non-negative
+  (absolute value) and normalised to sum 1, shared by all channels.
+* :class:`AttentionDownsampler` (FeatUp's ``AttentionDownsampler``): features blurred by a 5x5 Gaussian
+  (sigma 1), each window's taps scored by ``Linear(Dropout(feature))``; the scores, scaled by a learned
+  ``k x k`` weight ``w`` and shifted by a learned bias ``b`` (and, in training, dropped per window with p=0.2),
+  go through a softmax over the window; the output is the attention-weighted average. FeatUp builds ``w``/``b``
+  with ``.cuda()``; here they follow the module's device like any parameter.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['BlurDownsampler', 'AttentionDownsampler', 'gaussian_blur', 'window_layout', 'build_downsampler']
+
+
+def window_layout(in_size: Sequence[int], out_size: Sequence[int], kernel_size: int) -> Tuple[int, int]:
+    """Strides ``(sy, sx)`` that place ``out_size`` windows of ``kernel_size`` in ``in_size`` (FeatUp's rule)."""
+    (hh, ww), (h, w) = (int(in_size[0]), int(in_size[1])), (int(out_size[0]), int(out_size[1]))
+    if min(h, w) < 1:
+        raise ValueError(f'downsampler output size must be positive, got {h}x{w}')
+    if hh < kernel_size + (h - 1) or ww < kernel_size + (w - 1):
+        raise ValueError(f'cannot place {h}x{w} windows of {kernel_size}x{kernel_size} in a {hh}x{ww} map: the '
+                         f'high-resolution features must be at least {kernel_size + h - 1}x{kernel_size + w - 1}')
+    sy = (hh - kernel_size) // (h - 1) if h > 1 else 1
+    sx = (ww - kernel_size) // (w - 1) if w > 1 else 1
+    return max(sy, 1), max(sx, 1)
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    """Depthwise separable Gaussian blur with reflect padding (sizes kept)."""
+    r = kernel_size // 2
+    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - r
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = x.shape[1]
+    mode = 'reflect' if min(x.shape[-2:]) > r else 'replicate'
+    x = F.pad(x, [r, r, r, r], mode=mode)
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+
+
+def _check(hr: torch.Tensor, out_size) -> Tuple[int, int]:
+    if hr.dim() != 4:
+        raise ValueError(f'downsampler expects [B, C, H, W] features, got shape {tuple(hr.shape)}')
+    if isinstance(out_size, int):
+        out_size = (out_size, out_size)
+    if len(out_size) != 2:
+        raise ValueError(f'out_size must be (h, w), got {out_size!r}')
+    return int(out_size[0]), int(out_size[1])
+
+
+class BlurDownsampler(nn.Module):
+    """A learned non-negative, normalised ``k x k`` blur applied with stride (FeatUp's ``SimpleDownsampler``)."""
+
+    def __init__(self, kernel_size: int = 16):
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f'kernel_size must be >= 1, got {kernel_size}')
+        self.kernel_size = kernel_size
+        self.kernel_params = nn.Parameter(torch.ones(kernel_size, kernel_size))
+
+    def get_kernel(self) -> torch.Tensor:
+        """``[k, k]``, non-negative, sums to 1."""
+        k = self.kernel_params.abs()
+        return k / k.sum().clamp_min(1e-12)
+
+    def forward(self, hr: torch.Tensor, out_size) -> torch.Tensor:
+        h, w = _check(hr, out_size)
+        b, c, hh, ww = hr.shape
+        sy, sx = window_layout((hh, ww), (h, w), self.kernel_size)
+        k = self.get_kernel().to(hr.dtype).view(1, 1, self.kernel_size, self.kernel_size)
+        out = F.conv2d(hr.reshape(b * c, 1, hh, ww), k, stride=(sy, sx))
+        return out[:, :, :h, :w].reshape(b, c, h, w)
+
+
+class AttentionDownsampler(nn.Module):
+    """Attention pooling over ``k x k`` windows (FeatUp's ``AttentionDownsampler``; see the module docstring).
+
+    Args:
+        dim: feature channels (the saliency is ``Linear(dim, 1)``).
+        kernel_size: window size (FeatUp: 16 at 224 px for stride-16 backbones).
+        blur_attn: blur the features (5x5 Gaussian, sigma 1) before pooling, as FeatUp does.
+        dropout: dropout on the features entering the saliency layer.
+        logit_dropout: in training, the fraction of windows whose saliency logits are zeroed (uniform attention
+            up to ``b``), as FeatUp's downsampler does.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 16, blur_attn: bool = True, dropout: float = 0.1,
+                 logit_dropout: float = 0.2):
+        super().__init__()
+        if dim < 1 or kernel_size < 1:
+            raise ValueError(f'dim and kernel_size must be >= 1, got {dim}, {kernel_size}')
+        self.dim, self.kernel_size, self.blur_attn, self.logit_dropout = dim, kernel_size, blur_attn, logit_dropout
+        self.attention_net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
+        self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
+        self.b = nn.Parameter(torch.zeros(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
+
+    def attention(self, hr: torch.Tensor, out_size) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(patches [B, h, w, k*k, C], weights [B, h, w, k*k])``; the weights sum to 1 over each window."""
+        h, w = _check(hr, out_size)
+        b, c, hh, ww = hr.shape
+        if c != self.dim:
+            raise ValueError(f'AttentionDownsampler({self.dim}) got {c}-channel features')
+        sy, sx = window_layout((hh, ww), (h, w), self.kernel_size)
+        inputs = gaussian_blur(hr, 5, 1.0) if self.blur_attn else hr
+        k2 = self.kernel_size ** 2
+        nh, nw = (hh - self.kernel_size) // sy + 1, (ww - self.kernel_size) // sx + 1
+        patches = F.unfold(inputs, self.kernel_size, stride=(sy, sx)).reshape(b, c, k2, nh, nw)
+        patches = patches[:, :, :, :h, :w].permute(0, 3, 4, 2, 1)  # [B, h, w, k2, C]
+        logits = self.attention_net(patches).squeeze(-1)  # [B, h, w, k2]
+        if self.training and self.logit_dropout > 0:
+            keep = torch.rand(b, h, w, 1, device=hr.device) > self.logit_dropout
+            logits = logits * keep.to(logits.dtype)
+        logits = logits * self.w.reshape(1, 1, 1, k2).to(logits.dtype) + self.b.reshape(1, 1, 1, k2).to(logits.dtype)
+        return patches, F.softmax(logits, dim=-1)
+
+    def forward(self, hr: torch.Tensor, out_size) -> torch.Tensor:
+        patches, weights = self.attention(hr, out_size)
+        # a weighted sum over the window's taps (einsum / batched matmul over the strided patches were many times
+        # slower on CPU)
+        return (patches * weights.unsqueeze(-1)).sum(3).permute(0, 3, 1, 2)
+
+
+def build_downsampler(kind: str, dim: int, kernel_size: int = 16) -> nn.Module:
+    """``'attention'`` (FeatUp's default for the JBU) or ``'blur'`` (FeatUp's ``'simple'``)."""
+    if kind == 'attention':
+        return AttentionDownsampler(dim, kernel_size)
+    if kind in ('blur', 'simple'):
+        return BlurDownsampler(kernel_size)
+    raise ValueError(f"downsampler must be 'attention' or 'blur', got {kind!r}")

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Fit implicit FeatUp (a per-image implicit feature upsampler) to one or more images.
+
+    python3 tools/fit_implicit.py IMAGE [IMAGE ...] [--out-dir DIR] [--model vit_small_patch16_224]
+        [--model-kwargs depth=4] [--weights FILE | --pretrained] [--steps 1200 --views 10] [--size 224]
+
+Writes ``DIR/<image name>.implicit.pt`` per image (MLP + PCA + image, ~1 MB), loadable with
+``featup_plugin.training.implicit.ImplicitFeatUp.load(path)``; ``.features((H, W))`` answers at any size.
+FeatUp's defaults are 1200 steps x 10 views (about a minute per image on a GPU). On a CPU, ``--steps 300
+--views 4`` with a small ViT is the quick preset (see docs/benchmarks.md for measured times).
+The backbone is a frozen timm ViT: random init unless ``--weights`` (a timm state dict, or a checkpoint of
+``tools/train.py configs/*/jbu_*`` whose ViT is under ``backbone.model.``) or ``--pretrained`` (timm's hub).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import os.path as osp
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_kwargs(items):
+    out = {}
+    for item in items or []:
+        if '=' not in item:
+            raise SystemExit(f'--model-kwargs expects key=value, got {item!r}')
+        k, v = item.split('=', 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description='Fit implicit FeatUp to images')
+    p.add_argument('images', nargs='+')
+    p.add_argument('--out-dir', default='work_dirs/implicit')
+    p.add_argument('--model', default='vit_small_patch16_224', help='timm ViT name')
+    p.add_argument('--model-kwargs', nargs='*', default=[], help='timm.create_model arguments, e.g. depth=4')
+    p.add_argument('--weights', default=None, help='local ViT weights (timm state dict or a training checkpoint)')
+    p.add_argument('--pretrained', action='store_true', help="timm's hub weights (needs the network)")
+    p.add_argument('--size', type=int, default=224, help='images are resized + centre-cropped to this size')
+    p.add_argument('--steps', type=int, default=1200)
+    p.add_argument('--views', type=int, default=10)
+    p.add_argument('--pca-dim', type=int, default=128)
+    p.add_argument('--pca-views', type=int, default=50)
+    p.add_argument('--max-pad', type=int, default=30)
+    p.add_argument('--max-zoom', type=float, default=1.8)
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--downsampler', default='attention', choices=['attention', 'blur'])
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cuda' if _cuda() else 'cpu')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p
+
+
+def _cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+class Bar:
+    """A one-line progress bar on stderr: step, loss, elapsed, remaining."""
+
+    def __init__(self, name, quiet=False):
+        self.name, self.quiet, self.t0 = name, quiet, time.time()
+
+    def __call__(self, step, steps, loss):
+        if self.quiet or not (step == steps or step % max(1, steps // 100) == 0):
+            return
+        el = time.time() - self.t0
+        eta = el / step * (steps - step)
+        n = int(30 * step / steps)
+        sys.stderr.write(f'\r{self.name}: [{"#" * n}{"." * (30 - n)}] {step}/{steps} loss {loss:.4f} '
+                         f'{el:.0f}s elapsed, {eta:.0f}s left')
+        if step == steps:
+            sys.stderr.write('\n')
+        sys.stderr.flush()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from featup_plugin.datasets.images import load_image
+    from featup_plugin.training.featurizer import TimmFeaturizer
+    from featup_plugin.training.implicit import fit_implicit
+    for path in args.images:
+        if not osp.isfile(path):
+            raise SystemExit(f'no such image: {path}')
+    featurizer = TimmFeaturizer(args.model, pretrained=args.pretrained, weights=args.weights,
+                                **parse_kwargs(args.model_kwargs)).to(args.device)
+    os.makedirs(args.out_dir, exist_ok=True)
+    for path in args.images:
+        img = load_image(path, args.size)[None].to(args.device)
+        name = osp.splitext(osp.basename(path))[0]
+        t0 = time.time()
+        model, losses = fit_implicit(img, featurizer, steps=args.steps, views=args.views, max_pad=args.max_pad,
+                                     max_zoom=args.max_zoom, pca_dim=args.pca_dim, pca_views=args.pca_views,
+                                     lr=args.lr, downsampler=args.downsampler, seed=args.seed,
+                                     progress=Bar(name, args.quiet))
+        dt = time.time() - t0
+        out = osp.join(args.out_dir, f'{name}.implicit.pt')
+        model.save(out, extra=dict(source=osp.abspath(path), backbone=args.model,
+                                   model_kwargs=parse_kwargs(args.model_kwargs), steps=args.steps,
+                                   views=args.views, seconds=dt))
+        first = sum(losses[:10]) / max(1, len(losses[:10])) if losses else float('nan')
+        last = sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else float('nan')
+        print(f'{path}: {args.steps} steps x {args.views} views in {dt:.1f}s on {args.device}; loss {first:.4f} '
+              f'(first 10) -> {last:.4f} (last 10); wrote {out} ({osp.getsize(out) / 1e6:.2f} MB)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
