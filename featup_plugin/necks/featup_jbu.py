@@ -17,7 +17,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-
 def imagenet_rgb(inputs: torch.Tensor, data_mean: Optional[Sequence[float]], data_std: Optional[Sequence[float]],
                  data_bgr: bool, who: str = 'guidance') -> torch.Tensor:
     """ImageNet-normalised RGB from a batch preprocessed as ``(x - data_mean) / data_std`` (0-255 scale, BGR
