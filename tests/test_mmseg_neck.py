@@ -217,3 +217,60 @@ def test_init_cfg_refuses_partial_or_mismatched_weights(tmp_path):
     two = FeatUpJBU([4, 8], in_index=[0, 1], scale_factor=4, out_size=None)
     with pytest.raises(ValueError, match='one bare JBUStack'):
         two.load_upsampler_weights(JBUStack(4, num_stages=2).state_dict())
+
+
+@pytest.mark.parametrize('neck_type', ['FeatUpJBU', 'ResizeNeck'])
+def test_out_channels_projects_each_upsampled_level(neck_type):
+    torch.manual_seed(0)
+    kw = dict(type=neck_type, in_channels=[4, 8], in_index=[0, 1], out_size=None, output_stride=4,
+              feature_strides=[8, 16])
+    feats = [torch.randn(2, 4, 6, 8, requires_grad=True), torch.randn(2, 8, 3, 4, requires_grad=True)]
+    image = torch.randn(2, 3, 48, 64)
+    plain = MODELS.build(dict(kw))
+    neck = MODELS.build(dict(kw, out_channels=[16, 5], norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU')))
+    neck.load_state_dict(plain.state_dict(), strict=False)  # same upsampler, plus the projections
+    out = neck(feats, guidance=image)
+    assert [tuple(o.shape) for o in out] == [(2, 16, 12, 16), (2, 5, 12, 16)]
+    assert all((o >= 0).all() for o in out)  # the ReLU of act_cfg is applied
+    # the projection reads the upsampled level: a plain 1x1 conv over the un-projected output
+    one = MODELS.build(dict(kw, out_channels=3, mode='append'))
+    one.load_state_dict(plain.state_dict(), strict=False)
+    plain.eval(), one.eval()  # the JBU stack's fixup has dropout
+    ref = plain(feats, guidance=image)
+    got = one(feats, guidance=image)
+    assert [tuple(o.shape) for o in got] == [(2, 4, 6, 8), (2, 8, 3, 4), (2, 3, 12, 16), (2, 3, 12, 16)]
+    for proj, r, g in zip(one.projs, ref, got[2:]):
+        torch.testing.assert_close(g, torch.nn.functional.conv2d(r, proj.conv.weight, proj.conv.bias))
+    # gradients reach the projection, the upsampler and the inputs
+    sum(o.square().mean() for o in out).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in neck.parameters() if p.requires_grad)
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+    for bad in (0, [16], [16, 'a'], True):
+        with pytest.raises(ValueError, match='out_channels'):
+            MODELS.build(dict(kw, out_channels=bad))
+
+
+def test_out_channels_in_a_segmentor_with_frozen_upsampler(tmp_path):
+    neck = dict(type='FeatUpJBU', in_channels=[64, 128, 256, 512], in_index=3, out_size=None, output_stride=8,
+                feature_strides=[4, 8, 16, 32], out_channels=32, freeze_upsampler=True)
+    cfg = model_cfg(neck=neck)
+    cfg.decode_head.in_channels = 32
+    model = MODELS.build(cfg)
+    model.init_weights()
+    model.train()
+    assert all(p.requires_grad for p in model.neck.projs.parameters())  # the new projection still learns
+    assert not any(p.requires_grad for p in model.neck.upsamplers.parameters())
+    before = {n: p.detach().clone() for n, p in model.neck.named_parameters()}
+    losses = model.train_step(batch(), OptimWrapper(torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1)))
+    assert torch.isfinite(losses['decode.loss_ce'])
+    changed = {n for n, p in model.neck.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith('projs.') for n in changed)
+    # upsampler weights from a checkpoint still load into a neck that has a projection
+    torch.save({'state_dict': {'neck.' + k: v for k, v in model.neck.state_dict().items()}}, tmp_path / 'seg.pth')
+    other = FeatUpJBU([64, 128, 256, 512], in_index=3, out_size=None, output_stride=8,
+                      feature_strides=[4, 8, 16, 32], out_channels=32,
+                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'seg.pth')))
+    other.init_weights()
+    for k, v in model.neck.upsamplers.state_dict().items():
+        torch.testing.assert_close(other.upsamplers.state_dict()[k], v)

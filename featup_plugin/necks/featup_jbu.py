@@ -10,6 +10,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..upsamplers import ChannelNorm, JBUStack
+from ._proj import build_projections, resolve_out_channels
 from ._target import check_target, target_size
 
 # What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics.
@@ -49,6 +50,12 @@ class FeatUpJBU(BaseModule):
     Args:
         in_channels: channels of the backbone outputs (an int, or a list matching the backbone's tuple).
         in_index: which backbone output(s) to upsample (int or list). Other levels pass through unchanged.
+        out_channels: width of each upsampled level after a 1×1 projection (``ConvModule`` with ``conv_cfg`` /
+            ``norm_cfg`` / ``act_cfg``, default: plain 1×1 conv with bias) applied at the output resolution,
+            after the JBU stack (whose weights are tied to the backbone width); an int for all upsampled levels
+            or a list, one per entry of ``in_index``. None (default): no projection, the level keeps the
+            backbone's width. The projections are trainable even with ``freeze_upsampler`` and are not part of
+            the upsampler weights that ``init_cfg`` loads.
         out_size: target of the upsampled level(s): ``'image'`` (the input/crop size, default), or None to
             use ``scale_factor`` / ``output_stride``.
         scale_factor: upsampling factor relative to the feature map (e.g. 4, 16).
@@ -77,7 +84,8 @@ class FeatUpJBU(BaseModule):
                  output_stride: Optional[int] = None, feature_strides: Union[None, int, Sequence[int]] = None,
                  num_stages: Optional[int] = None, radius: int = 3,
                  key_dim: int = 32, channel_norm: bool = True, freeze_upsampler: bool = False,
-                 mode: str = 'replace', init_cfg=None):
+                 mode: str = 'replace', out_channels: Union[None, int, Sequence[int]] = None, conv_cfg=None,
+                 norm_cfg=None, act_cfg=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
         chans = in_channels if isinstance(in_channels, (list, tuple)) else None
@@ -99,6 +107,8 @@ class FeatUpJBU(BaseModule):
         self.upsamplers = nn.ModuleList(
             JBUStack(c, num_stages=n, radius=radius, key_dim=key_dim) for c, n in zip(self.channels, self.num_stages))
         self.norms = nn.ModuleList(ChannelNorm(c) if channel_norm else nn.Identity() for c in self.channels)
+        self.out_channels = resolve_out_channels(out_channels, self.channels, 'FeatUpJBU')
+        self.projs = build_projections(self.channels, self.out_channels, conv_cfg, norm_cfg, act_cfg)
         self.data_mean: Optional[Tuple[float, ...]] = None
         self.data_std: Optional[Tuple[float, ...]] = None
         self.data_bgr = False
@@ -212,6 +222,8 @@ class FeatUpJBU(BaseModule):
                 raise ValueError('FeatUpJBU: guidance and features have different batch sizes')
             size = target_size(feat.shape[-2:], image.shape[-2:], self.out_size, self.scale_factor, self.output_stride)
             outs.append(up(norm(feat), image.to(feat.dtype), output_size=size))
+        if self.projs:
+            outs = [proj(out) for proj, out in zip(self.projs, outs)]
         if self.mode == 'append':
             return tuple(inputs) + tuple(outs)
         for idx, out in zip(self.in_index, outs):

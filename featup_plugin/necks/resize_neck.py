@@ -10,6 +10,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..upsamplers import ChannelNorm
+from ._proj import build_projections, resolve_out_channels
 from ._target import check_target, target_size
 
 _MODES = ('bilinear', 'bicubic', 'nearest', 'area')
@@ -28,6 +29,7 @@ class ResizeNeck(BaseModule):
         in_channels: channels of the backbone outputs (int or list); used by ``channel_norm`` and to check
             inputs.
         in_index, out_size, scale_factor, output_stride, mode: as ``FeatUpJBU``.
+        out_channels, conv_cfg, norm_cfg, act_cfg: the optional 1×1 projection after resizing, as ``FeatUpJBU``.
         interpolation: ``'bilinear'`` (default), ``'bicubic'``, ``'nearest'`` or ``'area'``.
         align_corners: for bilinear/bicubic (default False, as mmseg's ``resize``).
         channel_norm: LayerNorm over channels before resizing (default True, as ``FeatUpJBU``).
@@ -37,7 +39,8 @@ class ResizeNeck(BaseModule):
                  out_size: Optional[str] = 'image', scale_factor: Optional[float] = None,
                  output_stride: Optional[int] = None, interpolation: str = 'bilinear',
                  align_corners: bool = False, channel_norm: bool = True, mode: str = 'replace',
-                 feature_strides=None, init_cfg=None):
+                 feature_strides=None, out_channels: Union[None, int, Sequence[int]] = None, conv_cfg=None,
+                 norm_cfg=None, act_cfg=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
         if isinstance(in_channels, (list, tuple)):
@@ -56,6 +59,8 @@ class ResizeNeck(BaseModule):
         self.interpolation, self.align_corners, self.mode = interpolation, align_corners, mode
         # feature_strides is accepted (and unused) so that a FeatUpJBU config line can be swapped as is.
         self.norms = nn.ModuleList(ChannelNorm(c) if channel_norm else nn.Identity() for c in self.channels)
+        self.out_channels = resolve_out_channels(out_channels, self.channels, 'ResizeNeck')
+        self.projs = build_projections(self.channels, self.out_channels, conv_cfg, norm_cfg, act_cfg)
 
     def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:
         inputs = list(inputs)
@@ -78,6 +83,8 @@ class ResizeNeck(BaseModule):
             size = target_size(feat.shape[-2:], image_hw, self.out_size, self.scale_factor, self.output_stride)
             corners = self.align_corners if self.interpolation in ('bilinear', 'bicubic') else None
             outs.append(F.interpolate(norm(feat), size=size, mode=self.interpolation, align_corners=corners))
+        if self.projs:
+            outs = [proj(out) for proj, out in zip(self.projs, outs)]
         if self.mode == 'append':
             return tuple(inputs) + tuple(outs)
         for idx, out in zip(self.in_index, outs):
