@@ -168,9 +168,9 @@ class SFTConditionNet(nn.Module):
     At each size the guidance is resized (:func:`resize_condition`: area average when shrinking, bilinear when
     enlarging). The guidance may also be a list/tuple of maps ``[B, C_i, H_i, W_i]`` of different sizes (e.g. a
     coarse segmentation prior and the image): each is resized to the size on its own, then they are
-    concatenated along the channels (``sum(C_i) == in_channels``). ``signal`` picks what the trunk sees there: ``'raw'`` the resized guidance, ``'edges'`` its
-    per-channel Sobel magnitude (:func:`sobel_magnitude`, computed at that size, so each scale sees its own
-    edges), ``'raw+edges'`` both concatenated. The trunk (``num_convs`` 3x3 convolutions with LeakyReLU) is
+    concatenated along the channels (``sum(C_i) == in_channels``). ``signal`` picks what the trunk sees there:
+    ``'raw'`` the resized guidance, ``'edges'`` its per-channel Sobel magnitude (:func:`sobel_magnitude`,
+    computed at that size, so each scale sees its own edges), ``'raw+edges'`` both concatenated. The trunk (``num_convs`` 3x3 convolutions with LeakyReLU) is
     shared by all scales; a per-scale 1x1 convolution gives the ``cond_channels`` condition.
 
     Args:
