@@ -170,8 +170,9 @@ class SFTConditionNet(nn.Module):
     coarse segmentation prior and the image): each is resized to the size on its own, then they are
     concatenated along the channels (``sum(C_i) == in_channels``). ``signal`` picks what the trunk sees there:
     ``'raw'`` the resized guidance, ``'edges'`` its per-channel Sobel magnitude (:func:`sobel_magnitude`,
-    computed at that size, so each scale sees its own edges), ``'raw+edges'`` both concatenated. The trunk (``num_convs`` 3x3 convolutions with LeakyReLU) is
-    shared by all scales; a per-scale 1x1 convolution gives the ``cond_channels`` condition.
+    computed at that size, so each scale sees its own edges), ``'raw+edges'`` both concatenated. The trunk
+    (``num_convs`` 3x3 convolutions with LeakyReLU) is shared by all scales; a per-scale 1x1 convolution gives
+    the ``cond_channels`` condition.
 
     Args:
         in_channels: guidance channels (3 for an RGB image; the sum over the maps for a list of maps).
