@@ -132,7 +132,7 @@ def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     neck = _expected_neck(path)
     seg = _segmentor(cfg.model)
     assert (seg.neck.type if seg.get('neck') else None) == neck
-    head = 'SFTGuidedHead' if name.startswith('sft_') else None
+    head = 'SFTGuidedHead' if name.startswith(('sft_', 'sft-')) else None
     if head:
         assert seg.decode_head.type == head
     runner = _train_one_iteration(_on_generated_data(cfg, synth_root, str(tmp_path)))

@@ -241,3 +241,192 @@ def test_test_time_augmentation():
     preds = tta.test_step(data)
     assert len(preds) == 1 and preds[0].pred_sem_seg.data.shape == (1, 32, 48)
     assert len(seen) == 2 and all(s == (1, 3, 32, 48) for s in seen)
+
+
+# -- condition='prior' / 'prior+image': the head's own coarse segmentation prior ----------------------------
+def _capture_condition(head):
+    """Records what the condition network gets (its guidance) and gives (one condition per scale)."""
+    seen = {}
+    head.condition_net.register_forward_hook(
+        lambda m, args, out: seen.update(source=args[0], conds=[c.detach().clone() for c in out]))
+    return seen
+
+
+def _samples(n, h, w, classes=4, ignore=None):
+    samples = []
+    for _ in range(n):
+        s = SegDataSample()
+        label = torch.randint(0, classes, (1, h, w))
+        if ignore is not None:
+            label[:, : h // 3] = ignore
+        s.gt_sem_seg = PixelData(data=label)
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        samples.append(s)
+    return samples
+
+
+def _perturb_prior(head, std=1.0):
+    with torch.no_grad():
+        for p in head.prior_head.parameters():
+            p.normal_(0, std)
+
+
+def test_prior_condition_is_identity_at_init_and_conditions_on_the_prior_softmax():
+    head = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior'))
+    head.init_weights()
+    head.eval()
+    assert isinstance(head.prior_head, torch.nn.Conv2d) and head.prior_head.out_channels == 4
+    assert head.condition_net.in_channels == 4 and head.prior_loss_weight == 0.4 and not head.prior_detach
+    seen = _capture_condition(head)
+    feats, img = [torch.randn(1, 64, 4, 5)], torch.randn(1, 3, 32, 40)
+    out = head(feats, guidance=img)
+    assert out.shape == (1, 4, 32, 40)
+    prob = head.prior_head(feats[0]).softmax(1)
+    torch.testing.assert_close(seen['source'], prob)  # the condition source: the prior's softmax at stride 8
+    torch.testing.assert_close(seen['source'].sum(1), torch.ones(1, 4, 5))
+    conds0 = seen['conds']
+    _perturb_prior(head)
+    out_b = head(feats, guidance=img)
+    # identity SFT at init: the output depends neither on the prior nor on the image ...
+    assert torch.equal(out_b, out) and torch.equal(head(feats, guidance=torch.randn_like(img)), out)
+    # ... but the condition does depend on the prior branch
+    assert all(c.shape == c0.shape for c, c0 in zip(seen['conds'], conds0))
+    assert not any(torch.allclose(c, c0) for c, c0 in zip(seen['conds'], conds0))
+    _randomise_sft(head, std=0.1)
+    out_c = head(feats, guidance=img)
+    _perturb_prior(head)
+    assert not torch.allclose(head(feats, guidance=img), out_c)
+    # seg logits only from predict; the pair only when asked
+    seg, prior = head(feats, guidance=img, return_prior=True)
+    assert seg.shape == (1, 4, 32, 40) and prior.shape == (1, 4, 4, 5)
+    # a 3x3 ConvModule before the 1x1 when prior_channels is given
+    head = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', prior_channels=6))
+    assert head.prior_head[0].conv.kernel_size == (3, 3) and head.prior_head[1].in_channels == 6
+
+
+def test_prior_plus_image_condition():
+    head = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior+image'))
+    head.init_weights()
+    head.eval()
+    assert head.condition_net.in_channels == 4 + 3
+    seen = _capture_condition(head)
+    feats, img = [torch.randn(1, 64, 4, 5)], torch.randn(1, 3, 32, 40)
+    out = head(feats, guidance=img)
+    prob, rgb = seen['source']
+    assert prob.shape == (1, 4, 4, 5) and torch.equal(rgb, img)
+    assert torch.equal(head(feats, guidance=torch.randn_like(img)), out)  # identity at init
+    _randomise_sft(head, std=0.1)
+    out = head(feats, guidance=img)
+    assert not torch.allclose(head(feats, guidance=torch.randn_like(img)), out)  # depends on the image
+    _perturb_prior(head)
+    assert not torch.allclose(head(feats, guidance=img), out)  # and on the prior
+
+
+def _prior_head_grads(head, feats, img, samples):
+    """Gradient of the prior branch's weight from the decode loss alone (the SFT path), from loss_prior alone,
+    and from their sum (what training uses)."""
+    from featup_plugin.segmentors.guided_encoder_decoder import GuidedFeatures
+    grads = {}
+    for which in ('loss_ce', 'loss_prior', 'all'):
+        head.zero_grad()
+        losses = head.loss(GuidedFeatures(feats, guidance=img), samples, None)
+        total = sum(v for k, v in losses.items() if k.startswith('loss') and (which == 'all' or k == which))
+        total.backward()
+        g = head.prior_head.weight.grad
+        grads[which] = torch.zeros_like(head.prior_head.weight) if g is None else g.clone()
+    return grads, losses
+
+
+def test_prior_gradients_loss_and_detach():
+    torch.manual_seed(0)
+    head = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', ignore_index=255))
+    head.init_weights()
+    _randomise_sft(head, std=0.1)  # the SFT path open, as after the first optimiser steps
+    feats, img = [torch.randn(2, 64, 4, 5)], torch.randn(2, 3, 32, 40)
+    samples = _samples(2, 32, 40, ignore=255)
+    grads, losses = _prior_head_grads(head, feats, img, samples)
+    assert set(losses) == {'loss_ce', 'acc_seg', 'loss_prior'}
+    assert grads['loss_ce'].abs().sum() > 0 and grads['loss_prior'].abs().sum() > 0  # both paths reach it
+    torch.testing.assert_close(grads['all'], grads['loss_ce'] + grads['loss_prior'])
+    # loss_prior: 0.4 x cross-entropy of the resized prior logits over the labelled pixels only
+    head.train()
+    _, prior = head(feats, guidance=img, return_prior=True)
+    label = torch.stack([s.gt_sem_seg.data for s in samples]).squeeze(1)
+    want = 0.4 * torch.nn.functional.cross_entropy(
+        torch.nn.functional.interpolate(prior, size=(32, 40), mode='bilinear', align_corners=False), label,
+        ignore_index=255)
+    torch.testing.assert_close(losses['loss_prior'], want)
+    # prior_detach: the same weights, the condition path is cut: the prior branch learns from loss_prior only
+    detached = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', ignore_index=255,
+                                     prior_detach=True))
+    detached.load_state_dict(head.state_dict())
+    dgrads, _ = _prior_head_grads(detached, feats, img, samples)
+    assert not dgrads['loss_ce'].any()
+    torch.testing.assert_close(dgrads['all'], grads['loss_prior'])
+    # prior_loss_weight=0: no auxiliary loss
+    none = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', prior_loss_weight=0))
+    from featup_plugin.segmentors.guided_encoder_decoder import GuidedFeatures
+    assert set(none.loss(GuidedFeatures(feats, guidance=img), samples, None)) == {'loss_ce', 'acc_seg'}
+
+
+def test_prior_bad_configs():
+    def build(**kw):
+        return SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, **kw)
+    with pytest.raises(ValueError, match="condition_index / condition_channels apply only to condition='features'"):
+        build(condition='prior', condition_index=1)
+    for bad in (-0.1, '0.4', True, [0.4], float('nan')):
+        with pytest.raises(ValueError, match='prior_loss_weight must be a number >= 0'):
+            build(condition='prior', prior_loss_weight=bad)
+    with pytest.raises(ValueError, match='prior_detach must be a bool'):
+        build(condition='prior', prior_detach=1)
+    with pytest.raises(ValueError, match='prior_detach=True with prior_loss_weight=0'):
+        build(condition='prior', prior_detach=True, prior_loss_weight=0)
+    with pytest.raises(ValueError, match='prior_channels must be None or a positive int'):
+        build(condition='prior+image', prior_channels=0)
+    for kw in (dict(prior_loss_weight=0.4), dict(prior_detach=False), dict(prior_channels=8)):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} apply only to condition='prior'"):
+            build(condition='image', **kw)
+    with pytest.raises(ValueError, match='prior_loss_weight / prior_detach apply only'):
+        build(condition='features', condition_index=1, condition_channels=3, prior_loss_weight=1.0,
+              prior_detach=True)
+    with pytest.raises(ValueError, match='out_channels=1'):  # binary sigmoid head: no softmax prior
+        SFTGuidedHead(64, 8, num_classes=2, out_channels=1, threshold=0.3, feature_stride=4, condition='prior',
+                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True))
+    with pytest.raises(ValueError, match="return_prior=True needs condition='prior'"):
+        build(in_index=0)([torch.randn(1, 64, 4, 4)], guidance=torch.randn(1, 3, 16, 16), return_prior=True)
+
+
+def test_segmentor_with_prior_condition_train_val_slide_tta():
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg(head=head_cfg(condition='prior+image', prior_channels=8),
+                                   test_cfg=dict(mode='slide', crop_size=(48, 40), stride=(32, 32))))
+    model.init_weights()
+    head = model.decode_head
+    calls = []
+    orig = head.forward
+
+    def forward(inputs, guidance=None, **kw):
+        calls.append((tuple(inputs.guidance.shape), kw.get('return_prior', False)))
+        return orig(inputs, guidance, **kw)
+    head.forward = forward
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05))
+    data = batch(h=64, w=96)
+    losses = model.train_step(copy.deepcopy(data), optim)
+    assert {'decode.loss_ce', 'decode.loss_prior'} <= set(losses) and torch.isfinite(losses['decode.loss_prior'])
+    assert calls == [((2, 3, 64, 96), True)]  # one forward pass gives both logits
+    model.zero_grad()
+    proc = model.data_preprocessor(copy.deepcopy(data), True)
+    sum(v for k, v in model(**proc, mode='loss').items() if 'loss' in k).backward()
+    no_grad = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, no_grad  # prior branch and condition network included
+    calls.clear()
+    preds = model.val_step(batch(n=1, h=80, w=72))  # slide: 4 crops, seg logits only
+    assert preds[0].pred_sem_seg.data.shape == (1, 80, 72)
+    assert calls == [((1, 3, 48, 40), False)] * 4
+    tta = MODELS.build(dict(type='SegTTAModel', module=model_cfg(head=head_cfg(condition='prior'))))
+    tta.eval()
+    one = batch(n=1, h=32, w=48)
+    for s in one['data_samples']:
+        s.set_metainfo(dict(flip=False, flip_direction=None, img_path='a.png'))
+    preds = tta.test_step(dict(inputs=[one['inputs']], data_samples=[one['data_samples']]))
+    assert preds[0].pred_sem_seg.data.shape == (1, 32, 48)

@@ -115,3 +115,25 @@ def test_gradients_reach_the_condition_network():
     step()
     no_grad = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.any()]
     assert not no_grad, no_grad
+
+
+def test_condition_net_takes_several_maps_of_different_sizes():
+    """A coarse map (e.g. a segmentation prior) and the image: each resized to the scale, then concatenated."""
+    net = SFTConditionNet(4 + 3, cond_channels=5, num_scales=3)
+    prior, img = torch.randn(2, 4, 3, 5), torch.randn(2, 3, 24, 40)
+    sizes = [(3, 5), (6, 10), (24, 40)]
+    conds = net([prior, img], sizes)
+    assert [tuple(c.shape) for c in conds] == [(2, 5) + s for s in sizes]
+    for s in sizes:  # prior enlarged bilinearly, image area-pooled, each on its own
+        torch.testing.assert_close(net.signal_at([prior, img], s),
+                                   torch.cat([resize_condition(prior, s), resize_condition(img, s)], 1))
+    torch.testing.assert_close(net.signal_at([prior, img], (6, 10))[:, 4:],
+                               torch.nn.functional.adaptive_avg_pool2d(img, (6, 10)))
+    with pytest.raises(ValueError, match='7 channels in all'):
+        net([prior, img[:, :2]], sizes)
+    with pytest.raises(ValueError, match='batch size'):
+        net([prior, img[:1]], sizes)
+    with pytest.raises(ValueError, match='empty'):
+        net([], sizes)
+    with pytest.raises(ValueError, match=r'guidance map 1 must be a \[B, C, H, W\]'):
+        net([prior, img[0]], sizes)

@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
@@ -15,7 +16,9 @@ from ..layers import ResBlockSFT, SFTConditionNet, SFTLayer
 from ..necks._target import target_size
 from ..necks.featup_jbu import imagenet_rgb
 
-CONDITIONS = ('image', 'edges', 'image+edges', 'features')
+CONDITIONS = ('image', 'edges', 'image+edges', 'features', 'prior', 'prior+image')
+PRIOR_CONDITIONS = ('prior', 'prior+image')
+PRIOR_ARGS = ('prior_loss_weight', 'prior_detach', 'prior_channels')
 
 MISSING_GUIDANCE = (
     "SFTGuidedHead needs the input image as guidance, but the segmentor called the head without it. "
@@ -37,6 +40,7 @@ class SFTGuidedHead(BaseDecodeHead):
             x = ResBlockSFT(x, cond_s)  (num_blocks times)           # SFT before each 3x3 conv
         logits = conv_seg(dropout(x))
         cond_1..cond_n = SFTConditionNet(guidance, [size_1, ..., size_n])
+        # condition='prior': guidance = softmax(prior_logits), prior_logits = prior_head(input)   (SFTGAN-style)
 
     The SFT layers start as the identity (zero-initialised last 1×1 convolutions), so a fresh head is a plain
     convolutional upsampling decoder and learns how much to follow the guidance.
@@ -63,8 +67,23 @@ class SFTGuidedHead(BaseDecodeHead):
         condition: what the condition network sees: ``'image'`` (RGB, default), ``'edges'`` (per-channel Sobel
             magnitude of the RGB image at each scale), ``'image+edges'`` (both), or ``'features'`` (input level
             ``condition_index`` with ``condition_channels`` channels, e.g. FeatUpJBU's upsampled features with
-            ``mode='append'``, or any segmentation prior a neck provides); it is resized to every scale.
+            ``mode='append'``); it is resized to every scale. ``'prior'``: as SFTGAN conditions on segmentation
+            probability maps, the head predicts a coarse segmentation prior from its input (``prior_head``,
+            ``num_classes`` logits at the input's stride) and conditions on its softmax; ``'prior+image'``: that
+            softmax and the RGB image, each resized to the scale on its own and concatenated. An *external* prior
+            (e.g. another model's class probabilities, or a neck's) needs no new code: let it reach the head as
+            an input level and use ``condition='features'`` with ``condition_index`` / ``condition_channels``
+            (its number of classes).
         condition_index, condition_channels: the level and its width for ``condition='features'``.
+        prior_loss_weight: ``'prior'`` / ``'prior+image'`` only (default 0.4, >= 0): weight of the auxiliary
+            cross-entropy ``loss_prior`` of the prior logits (resized to the label size, ``ignore_index``
+            ignored, averaged over the labelled pixels), which makes the prior a segmentation prior; 0: no
+            auxiliary loss (the prior branch then learns only through the SFT layers).
+        prior_detach: ``'prior'`` / ``'prior+image'`` only (default False): the condition network gets the
+            prior without gradient, so the prior branch learns from ``loss_prior`` alone (needs
+            ``prior_loss_weight > 0``).
+        prior_channels: ``'prior'`` / ``'prior+image'`` only: None (default) makes ``prior_head`` a 1x1
+            convolution to ``num_classes`` logits; an int puts a ``ConvModule`` 3x3 of that width before it.
         cond_channels: channels of the shared condition at each scale (SFTGAN: 32).
         cond_hidden_channels: width of the condition network's trunk (default ``cond_channels``).
         cond_num_convs: 3×3 convolutions in the condition trunk (shared by all scales).
@@ -79,7 +98,8 @@ class SFTGuidedHead(BaseDecodeHead):
                  num_blocks: int = 1, condition: str = 'image', condition_index: Optional[int] = None,
                  condition_channels: Optional[int] = None, cond_channels: int = 32,
                  cond_hidden_channels: Optional[int] = None, cond_num_convs: int = 2,
-                 sft_hidden_channels: Optional[int] = None, **kwargs):
+                 sft_hidden_channels: Optional[int] = None, prior_loss_weight: Optional[float] = None,
+                 prior_detach: Optional[bool] = None, prior_channels: Optional[int] = None, **kwargs):
         if kwargs.get('input_transform') == 'multiple_select':
             raise ValueError("SFTGuidedHead decodes one map: input_transform='multiple_select' is not supported; "
                              "use None or 'resize_concat'")
@@ -105,6 +125,33 @@ class SFTGuidedHead(BaseDecodeHead):
         if condition not in CONDITIONS:
             raise ValueError(f'SFTGuidedHead: condition must be one of {CONDITIONS}, got {condition!r}')
         self.condition = condition
+        is_prior = condition in PRIOR_CONDITIONS
+        given = [n for n, v in zip(PRIOR_ARGS, (prior_loss_weight, prior_detach, prior_channels)) if v is not None]
+        if given and not is_prior:
+            raise ValueError(f"SFTGuidedHead: {' / '.join(given)} apply only to condition='prior' or "
+                             f"'prior+image', not {condition!r}")
+        if is_prior:
+            prior_loss_weight = 0.4 if prior_loss_weight is None else prior_loss_weight
+            if isinstance(prior_loss_weight, bool) or not isinstance(prior_loss_weight, (int, float)) or \
+                    not math.isfinite(prior_loss_weight) or prior_loss_weight < 0:
+                raise ValueError(f'SFTGuidedHead: prior_loss_weight must be a number >= 0, got '
+                                 f'{prior_loss_weight!r}')
+            prior_detach = False if prior_detach is None else prior_detach
+            if not isinstance(prior_detach, bool):
+                raise ValueError(f'SFTGuidedHead: prior_detach must be a bool, got {prior_detach!r}')
+            if prior_detach and prior_loss_weight == 0:
+                raise ValueError('SFTGuidedHead: prior_detach=True with prior_loss_weight=0 leaves the prior branch '
+                                 'without any gradient; give prior_loss_weight > 0')
+            if prior_channels is not None and (isinstance(prior_channels, bool) or
+                                               not isinstance(prior_channels, int) or prior_channels < 1):
+                raise ValueError(f'SFTGuidedHead: prior_channels must be None or a positive int, got '
+                                 f'{prior_channels!r}')
+            if self.out_channels < 2:
+                raise ValueError(f"SFTGuidedHead: condition={condition!r} conditions on the softmax of "
+                                 f"num_classes logits; out_channels={self.out_channels} (sigmoid) is not supported")
+        self.prior_loss_weight = float(prior_loss_weight) if is_prior else 0.0
+        self.prior_detach = bool(prior_detach)
+        self.prior_channels = prior_channels
         if condition == 'features':
             if not isinstance(condition_index, int) or isinstance(condition_index, bool) or \
                     not isinstance(condition_channels, int) or condition_channels < 1:
@@ -115,12 +162,22 @@ class SFTGuidedHead(BaseDecodeHead):
             if condition_index is not None or condition_channels is not None:
                 raise ValueError(f"SFTGuidedHead: condition_index / condition_channels apply only to "
                                  f"condition='features', not {condition!r}")
-            cond_in, signal = 3, {'image': 'raw', 'edges': 'edges', 'image+edges': 'raw+edges'}[condition]
+            if is_prior:
+                cond_in, signal = self.out_channels + (3 if condition == 'prior+image' else 0), 'raw'
+            else:
+                cond_in, signal = 3, {'image': 'raw', 'edges': 'edges', 'image+edges': 'raw+edges'}[condition]
         self.condition_index, self.condition_channels = condition_index, condition_channels
         self.stage_channels = stage_channels
 
         conv = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.input_conv = ConvModule(self.in_channels, stage_channels[0], 3, padding=1, **conv)
+        self.prior_head: Optional[nn.Module] = None
+        if is_prior:  # coarse segmentation prior at the input's stride
+            last = nn.Conv2d(prior_channels or self.in_channels, self.out_channels, 1)
+            nn.init.normal_(last.weight, 0, 0.01)  # as mmseg initialises conv_seg
+            nn.init.zeros_(last.bias)
+            self.prior_head = last if prior_channels is None else nn.Sequential(
+                ConvModule(self.in_channels, prior_channels, 3, padding=1, **conv), last)
         self.up_convs = nn.ModuleList(ConvModule(stage_channels[i - 1], stage_channels[i], 3, padding=1, **conv)
                                       for i in range(1, n_scales))
         norm_cfg, act_cfg = self.norm_cfg, self.act_cfg
@@ -172,7 +229,13 @@ class SFTGuidedHead(BaseDecodeHead):
         return sizes + [(th, tw)]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None,
+                return_prior: bool = False):
+        """Segmentation logits; with ``return_prior=True`` (``condition='prior'`` / ``'prior+image'``) the pair
+        ``(seg_logits, prior_logits)`` of the same pass, ``prior_logits`` at the input's stride."""
+        if return_prior and self.prior_head is None:
+            raise ValueError(f"SFTGuidedHead: return_prior=True needs condition='prior' or 'prior+image', not "
+                             f"{self.condition!r}")
         if guidance is None:
             guidance = getattr(inputs, 'guidance', None)
         if guidance is None:
@@ -185,6 +248,7 @@ class SFTGuidedHead(BaseDecodeHead):
         if image.shape[0] != x.shape[0]:
             raise ValueError(f'SFTGuidedHead: guidance batch {image.shape[0]} != feature batch {x.shape[0]}')
         sizes = self.stage_sizes(x.shape[-2:], image.shape[-2:])
+        prior_logits = None
         if self.condition == 'features':
             try:
                 source = inputs[self.condition_index]
@@ -194,13 +258,42 @@ class SFTGuidedHead(BaseDecodeHead):
             if source.dim() != 4 or source.shape[1] != self.condition_channels or source.shape[0] != x.shape[0]:
                 raise ValueError(f'SFTGuidedHead: input {self.condition_index} has shape {tuple(source.shape)}, '
                                  f'condition_channels says [{x.shape[0]}, {self.condition_channels}, H, W]')
+        elif self.prior_head is not None:
+            prior_logits = self.prior_head(x)
+            prob = (prior_logits.detach() if self.prior_detach else prior_logits).softmax(1)
+            source = prob if self.condition == 'prior' else [prob, image]
         else:
             source = image
-        conds = self.condition_net(source.to(x.dtype), sizes)
+        if isinstance(source, list):
+            conds = self.condition_net([m.to(x.dtype) for m in source], sizes)
+        else:
+            conds = self.condition_net(source.to(x.dtype), sizes)
         x = self.input_conv(x)
         for i, (size, cond, blocks) in enumerate(zip(sizes, conds, self.blocks)):
             if i > 0:
                 x = self.up_convs[i - 1](resize(x, size=size, mode='bilinear', align_corners=self.align_corners))
             for block in blocks:
                 x = block(x, cond)
-        return self.cls_seg(x)
+        seg_logits = self.cls_seg(x)
+        return (seg_logits, prior_logits) if return_prior else seg_logits
+
+    # -- training -----------------------------------------------------------------------------------------
+    def loss(self, inputs, batch_data_samples, train_cfg) -> dict:
+        """``BaseDecodeHead.loss``, plus ``loss_prior`` (``condition='prior'`` / ``'prior+image'`` with
+        ``prior_loss_weight > 0``) from the prior logits of the same forward pass."""
+        if self.prior_head is None:
+            return super().loss(inputs, batch_data_samples, train_cfg)
+        seg_logits, prior_logits = self.forward(inputs, return_prior=True)
+        losses = self.loss_by_feat(seg_logits, batch_data_samples)
+        if self.prior_loss_weight > 0:
+            losses['loss_prior'] = self.loss_prior_by_feat(prior_logits, batch_data_samples)
+        return losses
+
+    def loss_prior_by_feat(self, prior_logits: torch.Tensor, batch_data_samples) -> torch.Tensor:
+        """``prior_loss_weight`` x cross-entropy of the prior logits (bilinearly resized to the label size) over
+        the pixels whose label is not ``ignore_index`` (0 when there are none)."""
+        label = self._stack_batch_gt(batch_data_samples).squeeze(1).long()
+        logits = resize(prior_logits, size=label.shape[-2:], mode='bilinear', align_corners=self.align_corners)
+        ce = F.cross_entropy(logits.float(), label, ignore_index=self.ignore_index, reduction='sum')
+        valid = (label != self.ignore_index).sum().clamp(min=1)
+        return self.prior_loss_weight * ce / valid

@@ -10,9 +10,10 @@ signal into one condition map per scale, shared by every SFT layer at that scale
   (``gamma = beta = 0``); note that the condition then gets no gradient until those convolutions have moved
   away from zero (one optimiser step), like any zero-initialised branch.
 * :class:`ResBlockSFT`: SFTGAN's residual block, an SFT layer before each of its two 3x3 convolutions.
-* :class:`SFTConditionNet`: guidance ``[B, C, H, W]`` -> one condition per requested size. At each size the
-  guidance is area-pooled (or bilinearly enlarged), optionally turned into Sobel edge magnitudes, and fed to a
-  small convolutional trunk shared by all scales, followed by a per-scale 1x1 convolution.
+* :class:`SFTConditionNet`: guidance ``[B, C, H, W]`` (or several maps of any sizes, concatenated along the
+  channels after resizing) -> one condition per requested size. At each size the guidance is area-pooled (or
+  bilinearly enlarged), optionally turned into Sobel edge magnitudes, and fed to a small convolutional trunk
+  shared by all scales, followed by a per-scale 1x1 convolution.
 """
 from __future__ import annotations
 
@@ -165,13 +166,16 @@ class SFTConditionNet(nn.Module):
     """Guidance -> one condition map per requested size (shared by all SFT layers at that size).
 
     At each size the guidance is resized (:func:`resize_condition`: area average when shrinking, bilinear when
-    enlarging); ``signal`` picks what the trunk sees there: ``'raw'`` the resized guidance, ``'edges'`` its
-    per-channel Sobel magnitude (:func:`sobel_magnitude`, computed at that size, so each scale sees its own
-    edges), ``'raw+edges'`` both concatenated. The trunk (``num_convs`` 3x3 convolutions with LeakyReLU) is
-    shared by all scales; a per-scale 1x1 convolution gives the ``cond_channels`` condition.
+    enlarging). The guidance may also be a list/tuple of maps ``[B, C_i, H_i, W_i]`` of different sizes (e.g. a
+    coarse segmentation prior and the image): each is resized to the size on its own, then they are
+    concatenated along the channels (``sum(C_i) == in_channels``). ``signal`` picks what the trunk sees there:
+    ``'raw'`` the resized guidance, ``'edges'`` its per-channel Sobel magnitude (:func:`sobel_magnitude`,
+    computed at that size, so each scale sees its own edges), ``'raw+edges'`` both concatenated. The trunk
+    (``num_convs`` 3x3 convolutions with LeakyReLU) is shared by all scales; a per-scale 1x1 convolution gives
+    the ``cond_channels`` condition.
 
     Args:
-        in_channels: guidance channels (3 for an RGB image).
+        in_channels: guidance channels (3 for an RGB image; the sum over the maps for a list of maps).
         cond_channels: channels of each condition (SFTGAN: 32).
         hidden_channels: trunk width (default ``cond_channels``).
         num_scales: number of sizes ``forward`` is called with (one output convolution each).
@@ -199,16 +203,31 @@ class SFTConditionNet(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.outs = nn.ModuleList(nn.Conv2d(hidden, cond_channels, 1) for _ in range(num_scales))
 
-    def signal_at(self, guidance: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """What the trunk sees at ``size``."""
-        g = resize_condition(guidance, size)
+    def signal_at(self, guidance, size: Sequence[int]) -> torch.Tensor:
+        """What the trunk sees at ``size`` (``guidance``: a map, or a list/tuple of maps)."""
+        if isinstance(guidance, torch.Tensor):
+            g = resize_condition(guidance, size)
+        else:
+            g = torch.cat([resize_condition(m, size) for m in guidance], 1)
         if self.signal == 'raw':
             return g
         edges = sobel_magnitude(g)
         return edges if self.signal == 'edges' else torch.cat([g, edges], 1)
 
-    def forward(self, guidance: torch.Tensor, sizes: Sequence[Sequence[int]]) -> List[torch.Tensor]:
-        _check_map('SFTConditionNet', guidance, self.in_channels, 'the guidance')
+    def forward(self, guidance, sizes: Sequence[Sequence[int]]) -> List[torch.Tensor]:
+        if isinstance(guidance, (list, tuple)):
+            if not guidance:
+                raise ValueError('SFTConditionNet: the list of guidance maps is empty')
+            for i, m in enumerate(guidance):
+                if not isinstance(m, torch.Tensor) or m.dim() != 4:
+                    raise ValueError(f'SFTConditionNet: guidance map {i} must be a [B, C, H, W] tensor, got '
+                                     f'{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}')
+            shapes = [tuple(m.shape) for m in guidance]
+            if len({s[0] for s in shapes}) != 1 or sum(s[1] for s in shapes) != self.in_channels:
+                raise ValueError(f'SFTConditionNet: the guidance maps {shapes} must share the batch size and have '
+                                 f'{self.in_channels} channels in all')
+        else:
+            _check_map('SFTConditionNet', guidance, self.in_channels, 'the guidance')
         sizes = [tuple(int(v) for v in s) for s in sizes]
         if len(sizes) != self.num_scales:
             raise ValueError(f'SFTConditionNet was built for {self.num_scales} scale(s), got {len(sizes)} sizes')
