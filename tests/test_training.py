@@ -99,7 +99,8 @@ def test_reflect_pad_matches_torch_and_handles_large_pads():
 
 # -- downsamplers ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('kind', ['blur', 'attention'])
-@pytest.mark.parametrize('hr,lr,k', [((224, 224), (14, 14), 16), ((64, 96), (4, 6), 16), ((40, 40), (5, 5), 8)])
+@pytest.mark.parametrize('hr,lr,k', [((224, 224), (14, 14), 16), ((64, 96), (4, 6), 16), ((40, 40), (5, 5), 8),
+                                     ((20, 20), (4, 4), 8)])  # the last: overlapping windows
 def test_downsampler_shapes_and_constant_maps(kind, hr, lr, k):
     down = build_downsampler(kind, 6, k).eval()
     out = down(torch.randn(2, 6, *hr), lr)
@@ -129,6 +130,28 @@ def test_attention_weights_normalised_and_trainable_everywhere():
     for name, p in down.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('hr,lr,k', [((64, 64), (4, 4), 16), ((40, 56), (5, 7), 8), ((50, 45), (3, 2), 12),
+                                     ((37, 41), (4, 5), 8), ((30, 30), (3, 3), 16)])
+def test_attention_disjoint_windows_path_equals_the_gathered_patches(hr, lr, k):
+    """Windows that do not overlap (stride >= kernel, incl. gaps and windows past the output) take a path that
+    never gathers patches; it must equal the weighted sum over the gathered patches, values and gradients."""
+    torch.manual_seed(0)
+    down = AttentionDownsampler(5, k).double().eval()
+    with torch.no_grad():
+        down.w.normal_(), down.b.normal_()
+    x = torch.randn(2, 5, *hr, dtype=torch.float64, requires_grad=True)
+    fast = down(x, lr)
+    patches, weights = down.attention(x, lr)
+    slow = (patches * weights.unsqueeze(-1)).sum(3).permute(0, 3, 1, 2)
+    assert fast.shape == (2, 5, *lr)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(fast)
+    g_fast = torch.autograd.grad((fast * probe).sum(), [x] + list(down.parameters()))
+    g_slow = torch.autograd.grad((slow * probe).sum(), [x] + list(down.parameters()))
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_downsamplers_follow_the_module_device_and_dtype():

@@ -6,8 +6,11 @@
 
 Writes ``DIR/<image name>.implicit.pt`` per image (MLP + PCA + image, ~1 MB), loadable with
 ``featup_plugin.training.implicit.ImplicitFeatUp.load(path)``; ``.features((H, W))`` answers at any size.
-FeatUp's defaults are 1200 steps x 10 views (about a minute per image on a GPU). On a CPU, ``--steps 300
---views 4`` with a small ViT is the quick preset (see docs/benchmarks.md for measured times).
+FeatUp's defaults are 1200 steps x 10 views, fresh backbone views every step, fitted at the image size (about a
+minute per image on a GPU; over an hour on a 2-core CPU). ``--preset cpu`` is the CPU-sized fit: 300 steps x 4
+views drawn from a bank of the 50 PCA views (``--view-bank``: the backbone runs 50 times in all) and features
+rendered at 112 px while fitting (``--fit-size``; the model still answers at any size): a few minutes for a 224 px
+image with ViT-S/16 on 2 cores (docs/benchmarks.md). Explicit options override the preset's.
 The backbone is a frozen timm ViT: random init unless ``--weights`` (a timm state dict, or a checkpoint of
 ``tools/train.py configs/*/jbu_*`` whose ViT is under ``backbone.model.``) or ``--pretrained`` (timm's hub).
 """
@@ -47,8 +50,13 @@ def build_parser():
     p.add_argument('--weights', default=None, help='local ViT weights (timm state dict or a training checkpoint)')
     p.add_argument('--pretrained', action='store_true', help="timm's hub weights (needs the network)")
     p.add_argument('--size', type=int, default=224, help='images are resized + centre-cropped to this size')
-    p.add_argument('--steps', type=int, default=1200)
-    p.add_argument('--views', type=int, default=10)
+    p.add_argument('--preset', choices=sorted(PRESETS), default=None,
+                   help="'cpu': " + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in PRESETS['cpu'].items()))
+    p.add_argument('--steps', type=int, default=None, help='default 1200 (FeatUp)')
+    p.add_argument('--views', type=int, default=None, help='jittered views per step, default 10 (FeatUp)')
+    p.add_argument('--view-bank', action='store_true', default=None,
+                   help='draw each step\'s views from the PCA views instead of running the backbone on new ones')
+    p.add_argument('--fit-size', type=int, default=None, help='render size while fitting (default: --size)')
     p.add_argument('--pca-dim', type=int, default=128)
     p.add_argument('--pca-views', type=int, default=50)
     p.add_argument('--max-pad', type=int, default=30)
@@ -59,6 +67,21 @@ def build_parser():
     p.add_argument('--device', default='cuda' if _cuda() else 'cpu')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
+
+
+DEFAULTS = dict(steps=1200, views=10, view_bank=False, fit_size=None)
+PRESETS = {'cpu': dict(steps=300, views=4, view_bank=True, fit_size=112)}
+
+
+def resolve(args):
+    """Fill the options left unset from the preset, then from FeatUp's defaults."""
+    preset = PRESETS.get(args.preset, {})
+    if args.fit_size is None and preset.get('fit_size'):  # the preset never renders above the image size
+        args.fit_size = min(preset['fit_size'], args.size)
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, preset.get(k, v))
+    return args
 
 
 def _cuda():
@@ -86,7 +109,7 @@ class Bar:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = resolve(build_parser().parse_args(argv))
     import torch
 
     from featup_plugin.datasets.images import load_image
@@ -105,15 +128,19 @@ def main(argv=None):
         model, losses = fit_implicit(img, featurizer, steps=args.steps, views=args.views, max_pad=args.max_pad,
                                      max_zoom=args.max_zoom, pca_dim=args.pca_dim, pca_views=args.pca_views,
                                      lr=args.lr, downsampler=args.downsampler, seed=args.seed,
+                                     view_bank=args.view_bank, fit_size=args.fit_size,
                                      progress=Bar(name, args.quiet))
         dt = time.time() - t0
         out = osp.join(args.out_dir, f'{name}.implicit.pt')
         model.save(out, extra=dict(source=osp.abspath(path), backbone=args.model,
                                    model_kwargs=parse_kwargs(args.model_kwargs), steps=args.steps,
-                                   views=args.views, seconds=dt))
+                                   views=args.views, view_bank=args.view_bank, fit_size=args.fit_size,
+                                   seconds=dt))
         first = sum(losses[:10]) / max(1, len(losses[:10])) if losses else float('nan')
         last = sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else float('nan')
-        print(f'{path}: {args.steps} steps x {args.views} views in {dt:.1f}s on {args.device}; loss {first:.4f} '
+        how = f'{args.steps} steps x {args.views} views' + (' (view bank)' if args.view_bank else '') + \
+            (f', fitted at {args.fit_size} px' if args.fit_size else '')
+        print(f'{path}: {how} in {dt:.1f}s on {args.device}; loss {first:.4f} '
               f'(first 10) -> {last:.4f} (last 10); wrote {out} ({osp.getsize(out) / 1e6:.2f} MB)')
     return 0
 

@@ -14,7 +14,8 @@ the images and applied to every column, so colours compare across columns and ro
   extract_upsampler.py``) or an official FeatUp checkpoint converted with ``tools/convert_featup_checkpoint.py``;
   without it an untrained stack (its output is then mostly a smoothing of the bilinear map).
 * implicit: ``--implicit`` files from ``tools/fit_implicit.py`` (one per image, same order), else fitted here
-  (``--implicit-steps``, ``--implicit-views``; 0 steps leaves the column out).
+  (``--implicit-steps``, ``--implicit-views``, with ``tools/fit_implicit.py --preset cpu``'s view bank and
+  fitting size; 0 steps leaves the column out).
 """
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ def main(argv=None):
         if args.implicit:
             cols['implicit'] = ImplicitFeatUp.load(args.implicit[i]).features(img.shape[-2:])
         elif args.implicit_steps > 0:
+            # fit_implicit.py's CPU preset: views from the PCA bank, rendered at up to 112 px while fitting
             model, _ = fit_implicit(img, net, steps=args.implicit_steps, views=args.implicit_views,
-                                    seed=args.seed)
+                                    view_bank=True, fit_size=min(112, args.size), seed=args.seed)
             cols['implicit'] = model.features(img.shape[-2:])
         rows.append((denormalize(img[0]), cols))
         lows.append(lr[0])

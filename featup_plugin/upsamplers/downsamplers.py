@@ -126,10 +126,41 @@ class AttentionDownsampler(nn.Module):
         return patches, F.softmax(logits, dim=-1)
 
     def forward(self, hr: torch.Tensor, out_size) -> torch.Tensor:
-        patches, weights = self.attention(hr, out_size)
-        # a weighted sum over the window's taps (einsum / batched matmul over the strided patches were many times
-        # slower on CPU)
-        return (patches * weights.unsqueeze(-1)).sum(3).permute(0, 3, 1, 2)
+        h, w = _check(hr, out_size)
+        sy, sx = window_layout(hr.shape[-2:], (h, w), self.kernel_size)
+        if sy < self.kernel_size or sx < self.kernel_size:
+            # overlapping windows: gather every window's taps (a pixel has a different weight in each window)
+            patches, weights = self.attention(hr, out_size)
+            # a weighted sum over the taps (einsum / batched matmul over strided patches were slower on CPU)
+            return (patches * weights.unsqueeze(-1)).sum(3).permute(0, 3, 1, 2)
+        return self._pool_disjoint(hr, (h, w), (sy, sx))
+
+    def _pool_disjoint(self, hr: torch.Tensor, out_size: Tuple[int, int], stride: Tuple[int, int]) -> torch.Tensor:
+        """The same result when windows do not overlap (stride >= kernel, e.g. FeatUp's 224 px / 16): every
+        pixel belongs to at most one window, so the saliency is scored per pixel (a 1x1 conv on the map), only the
+        one-channel logits are cut into windows for the softmax, and the weighted sum is a sum-pool of the map
+        times the folded-back weights. No ``[B, h, w, k*k, C]`` copy of the features is made (5-10x less time and
+        memory on CPU)."""
+        b, c, hh, ww = hr.shape
+        if c != self.dim:
+            raise ValueError(f'AttentionDownsampler({self.dim}) got {c}-channel features')
+        (h, w), k = out_size, self.kernel_size
+        inputs = gaussian_blur(hr, 5, 1.0) if self.blur_attn else hr
+        dropout, linear = self.attention_net[0], self.attention_net[1]
+        logit_map = F.conv2d(dropout(inputs), linear.weight.view(1, c, 1, 1).to(inputs.dtype),
+                             linear.bias.to(inputs.dtype))  # [B, 1, H, W]: Linear(Dropout(feature)) per pixel
+        k2 = k * k
+        nh, nw = (hh - k) // stride[0] + 1, (ww - k) // stride[1] + 1
+        logits = F.unfold(logit_map, k, stride=stride).reshape(b, k2, nh, nw)[:, :, :h, :w].permute(0, 2, 3, 1)
+        if self.training and self.logit_dropout > 0:
+            keep = torch.rand(b, h, w, 1, device=hr.device) > self.logit_dropout
+            logits = logits * keep.to(logits.dtype)
+        logits = logits * self.w.reshape(1, 1, 1, k2).to(logits.dtype) + self.b.reshape(1, 1, 1, k2).to(logits.dtype)
+        weights = F.softmax(logits, dim=-1).permute(0, 3, 1, 2)  # [B, k2, h, w]
+        if (nh, nw) != (h, w):  # windows past the output size get no weight
+            weights = F.pad(weights, [0, nw - w, 0, nh - h])
+        wmap = F.fold(weights.reshape(b, k2, nh * nw), (hh, ww), k, stride=stride)  # [B, 1, H, W]
+        return F.avg_pool2d(inputs * wmap, k, stride=stride)[:, :, :h, :w] * k2
 
 
 def build_downsampler(kind: str, dim: int, kernel_size: int = 16) -> nn.Module:
