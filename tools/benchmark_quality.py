@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quality proxies for the upsamplers: bilinear vs JBU (trained by FeatUp's multi-view loss) vs implicit FeatUp.
 
-    python3 tools/benchmark_quality.py [--task both|truth|views] [--steps 300] [--implicit-steps 200] [--quick]
+    python3 tools/benchmark_quality.py [--task both|truth|views|implicit] [--steps 300] [--implicit-steps 200] [--quick]
 
 Two tasks on the project's generated images (held-out images never seen in training), CPU-sized:
 
@@ -15,6 +15,9 @@ Two tasks on the project's generated images (held-out images never seen in train
   the variance of ``f(t(x))``, with one fixed uniform pooling for every method (so the learned downsampler does
   not favour the JBU).
 
+* ``implicit``: implicit FeatUp at 224 px against the truth field observed with stride 16: FeatUp's fitting
+  (fresh backbone views each step, rendered at 224 px) vs the view bank vs the CPU preset of
+  ``tools/fit_implicit.py`` (view bank, rendered at 112 px), equal steps and views: error and seconds per fit.
 Prints a table and the command line; figures go to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -173,9 +176,35 @@ def task_views(args):
     return errs, secs, time.time() - t0
 
 
+def task_implicit(args):
+    """Implicit FeatUp at FeatUp's geometry: 224 px images, a stride-16 observation of the known truth field
+    (14x14 'tokens', like ViT-S/16). Each variant fits every held-out image with the same steps and views;
+    reported per variant: error vs the truth at 224 px and seconds per fit."""
+    size, stride = 224, 16
+    truth = TruthField()
+    backbone = PooledTruth(truth, stride)
+    test = images('val', args.test_images, size)
+    variants = {'FeatUp (fresh views, fitted at 224 px)': dict(view_bank=False, fit_size=None),
+                'view bank, fitted at 224 px': dict(view_bank=True, fit_size=None),
+                'CPU preset (view bank, fitted at 112 px)': dict(view_bank=True, fit_size=112)}
+    errs, secs = {}, {}
+    for i in range(len(test)):
+        img = test[i:i + 1]
+        lr, hr = backbone(img), truth(img)
+        errs.setdefault('bilinear', []).append(rel_err(F.interpolate(lr, (size, size), mode='bilinear',
+                                                                     align_corners=False), hr))
+        for name, kw in variants.items():
+            t0 = time.time()
+            model, _ = fit_implicit(img, backbone, steps=args.implicit_steps, views=args.implicit_views,
+                                    max_pad=30, max_zoom=1.8, pca_views=50, seed=i, **kw)
+            secs.setdefault(name, []).append(time.time() - t0)
+            errs.setdefault(name, []).append(rel_err(model.features((size, size)), hr))
+    return errs, secs
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--task', choices=['both', 'truth', 'views'], default='both')
+    p.add_argument('--task', choices=['both', 'truth', 'views', 'implicit'], default='both')
     p.add_argument('--steps', type=int, default=200, help='JBU training steps')
     p.add_argument('--batch', type=int, default=4)
     p.add_argument('--downsampler', default='attention', choices=['attention', 'blur'])
@@ -195,6 +224,18 @@ def main(argv=None):
         args.steps, args.train_images, args.test_images, args.eval_views, args.implicit_steps = 3, 4, 1, 2, 3
     print('command: python3 tools/benchmark_quality.py ' + ' '.join(argv if argv is not None else sys.argv[1:]))
     print(f'torch {torch.__version__}, threads {torch.get_num_threads()}')
+    if args.task == 'implicit':
+        errs, secs = task_implicit(args)
+        print(f'\n[implicit] 224 px, stride-16 truth, {args.implicit_steps} steps x {args.implicit_views} views, '
+              f'{args.test_images} held-out images')
+        print('| method | relative error vs truth | vs bilinear | seconds per 224 px fit |')
+        print('|---|---|---|---|')
+        base = sum(errs['bilinear']) / len(errs['bilinear'])
+        for name, vals in errs.items():
+            m = sum(vals) / len(vals)
+            t = f"{sum(secs[name]) / len(secs[name]):.0f}" if name in secs else '-'
+            print(f'| {name} | {m:.4f} | {m / base:.2f}x | {t} |')
+        return 0
     for task, fn in (('truth', task_truth), ('views', task_views)):
         if args.task not in ('both', task):
             continue

@@ -401,6 +401,31 @@ class _PacModule(nn.Module):
                              'kernel (precomputed)')
         return self.compute_kernel(guidance) if kernel is None else kernel
 
+    def _init_filters(self, name: str, in_channels: int, out_channels: int, bias: bool, shared_filters: bool,
+                      transposed: bool) -> None:
+        """Checks the channel arguments and creates ``weight`` / ``bias`` with ``nn.Conv2d``'s (or, transposed,
+        ``nn.ConvTranspose2d``'s) names, shapes and initialisation."""
+        for n, v in (('in_channels', in_channels), ('out_channels', out_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f'{name}: {n} must be a positive int, got {v!r}')
+        if shared_filters and in_channels != out_channels:
+            raise ValueError(f'{name}: shared_filters needs in_channels == out_channels, got {in_channels} and '
+                             f'{out_channels}')
+        self.in_channels, self.out_channels, self.shared_filters = in_channels, out_channels, bool(shared_filters)
+        wshape = (1, 1) if shared_filters else (in_channels, out_channels) if transposed else (out_channels,
+                                                                                                 in_channels)
+        self.weight = nn.Parameter(torch.empty(*wshape, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As ``nn.Conv2d`` / ``nn.ConvTranspose2d``: kaiming-uniform weight (a=sqrt(5)), bias uniform in
+        +-1/sqrt(fan_in), fan_in from ``weight.shape[1:]``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+            nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
     def extra_repr(self) -> str:
         s = f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}'
         if self.dilation != (1, 1):
@@ -421,25 +446,7 @@ class PacConv2d(_PacModule):
                  padding: IntOrPair = 0, dilation: IntOrPair = 1, bias: bool = True, kernel_type: str = 'gaussian',
                  smooth_kernel_type: str = 'none', normalize_kernel: bool = False, shared_filters: bool = False):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
-        for n, v in (('in_channels', in_channels), ('out_channels', out_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f'PacConv2d: {n} must be a positive int, got {v!r}')
-        if shared_filters and in_channels != out_channels:
-            raise ValueError(f'PacConv2d: shared_filters needs in_channels == out_channels, got {in_channels} and '
-                             f'{out_channels}')
-        self.in_channels, self.out_channels, self.shared_filters = in_channels, out_channels, bool(shared_filters)
-        wshape = (1, 1) if shared_filters else (out_channels, in_channels)
-        self.weight = nn.Parameter(torch.empty(*wshape, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """As ``nn.Conv2d``: kaiming-uniform weight (a=sqrt(5)), bias uniform in +-1/sqrt(fan_in)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._init_filters('PacConv2d', in_channels, out_channels, bias, shared_filters, transposed=False)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **pac_kwargs) -> 'PacConv2d':
@@ -495,24 +502,7 @@ class PacConvTranspose2d(_PacModule):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
         self.output_padding = _pair(output_padding, 'output_padding', 0)
         _check_transposed(self.stride, self.padding, self.output_padding, self.dilation)
-        for n, v in (('in_channels', in_channels), ('out_channels', out_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f'PacConvTranspose2d: {n} must be a positive int, got {v!r}')
-        if shared_filters and in_channels != out_channels:
-            raise ValueError('PacConvTranspose2d: shared_filters needs in_channels == out_channels')
-        self.in_channels, self.out_channels, self.shared_filters = in_channels, out_channels, bool(shared_filters)
-        wshape = (1, 1) if shared_filters else (in_channels, out_channels)
-        self.weight = nn.Parameter(torch.empty(*wshape, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """As ``nn.ConvTranspose2d`` (fan-in computed from ``weight.shape[1:]``)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._init_filters('PacConvTranspose2d', in_channels, out_channels, bias, shared_filters, transposed=True)
 
     def output_size(self, h: int, w: int) -> Pair:
         return _transposed_geometry(h, w, self.kernel_size, self.stride, self.padding, self.output_padding,
