@@ -250,7 +250,11 @@ def _tiny(cfg, synth_root, work_dir, size=32, iters=2):
     """A config shrunk for the tests: 32 px generated images, batch 2, 2 views."""
     cfg = copy.deepcopy(cfg)
     cfg.pop('synthetic_data', None)
-    cfg.model.backbone.pretrained = False
+    if cfg.model.backbone.type == 'Detectron2Backbone':  # random init (no download), the real ResNet-50
+        if cfg.model.backbone.get('weights'):
+            cfg.model.backbone.weights = None
+    else:
+        cfg.model.backbone.pretrained = False
     if cfg.model.backbone.type == 'TimmViT' and cfg.model.feat_dim > 64:  # the 224 px ViT-S config: fewer blocks
         cfg.model.backbone.model_kwargs = dict(depth=1)
     cfg.model.n_views, cfg.model.max_pad = 2, 3
