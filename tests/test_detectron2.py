@@ -224,6 +224,11 @@ def test_load_weights_of_several_upsamplers(tmp_path):
     dst = build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', path))
     for (k, a), b in zip(src.upsamplers.state_dict().items(), dst.upsamplers.state_dict().values()):
         assert torch.equal(a, b), k
+    # the checkpoint of a whole detectron2 model (the stacks under backbone.upsamplers.<feature>.)
+    torch.save({'model': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    dst = build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', path))
+    for (k, a), b in zip(src.upsamplers.state_dict().items(), dst.upsamplers.state_dict().values()):
+        assert torch.equal(a, b), k
     torch.save(_random_stack(512, 3).state_dict(), str(tmp_path / 'one.pth'))
     with pytest.raises(ValueError, match='upsamples 2 features'):
         build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', str(tmp_path / 'one.pth')))
