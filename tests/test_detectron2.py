@@ -224,6 +224,11 @@ def test_load_weights_of_several_upsamplers(tmp_path):
     dst = build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', path))
     for (k, a), b in zip(src.upsamplers.state_dict().items(), dst.upsamplers.state_dict().values()):
         assert torch.equal(a, b), k
+    # the checkpoint of a whole detectron2 model (the stacks under backbone.upsamplers.<feature>.)
+    torch.save({'model': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    dst = build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', path))
+    for (k, a), b in zip(src.upsamplers.state_dict().items(), dst.upsamplers.state_dict().values()):
+        assert torch.equal(a, b), k
     torch.save(_random_stack(512, 3).state_dict(), str(tmp_path / 'one.pth'))
     with pytest.raises(ValueError, match='upsamples 2 features'):
         build_backbone(make_cfg(SEMSEG_YAML, *opts, 'MODEL.FEATUP.WEIGHTS', str(tmp_path / 'one.pth')))
@@ -454,3 +459,162 @@ except ImportError as e:
     res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'tools/install_detectron2.sh' in res.stdout
+
+
+# -- Detectron2Backbone: a detectron2 backbone in mmengine configs (the upsampler training's frozen backbone) ------
+R18 = ['MODEL.RESNETS.DEPTH', 18, 'MODEL.RESNETS.RES2_OUT_CHANNELS', 64]
+
+
+def _mm():
+    pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
+    import featup_plugin  # noqa: F401  registers the mmseg modules
+    from mmseg.registry import MODELS
+    return MODELS
+
+
+def _imagenet_normalised(rgb_uint8):
+    return ((rgb_uint8.float() / 255 - IMNET_MEAN) / IMNET_STD).unsqueeze(0)
+
+
+@pytest.mark.parametrize('fmt, mean, std', [
+    (None, [103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),  # detectron2's defaults (BGR, caffe2 ResNets)
+    ('RGB', [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),  # torchvision-style weights
+    ('L', [120.0], [60.0]),
+])
+def test_detectron2_backbone_converts_imagenet_rgb_to_the_d2_input(fmt, mean, std):
+    MODELS = _mm()
+    extra = {} if fmt is None else dict(input_format=fmt, pixel_mean=mean, pixel_std=std)
+    bb = MODELS.build(dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3', 'res4']],
+                           out_feature='res4', **extra))
+    assert (bb.out_channels, bb.out_stride, bb.input_format) == (256, 16, fmt or 'BGR')
+    assert bb.pixel_mean == tuple(mean) and bb.pixel_std == tuple(std)
+    rgb = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    manual = ((rgb_to_input(rgb, fmt or 'BGR') - torch.tensor(mean).view(-1, 1, 1))
+              / torch.tensor(std).view(-1, 1, 1)).unsqueeze(0)
+    x = _imagenet_normalised(rgb)
+    torch.testing.assert_close(bb.to_detectron2_input(x), manual, atol=2e-4, rtol=1e-5)
+    with torch.no_grad():
+        direct = bb.model(manual)['res4']
+    out = bb(x)
+    assert out.shape == (1, 256, 3, 4)
+    torch.testing.assert_close(out, direct, atol=1e-4 * float(direct.abs().max()), rtol=1e-4)
+
+
+def test_detectron2_backbone_pads_to_size_divisibility_and_crops():
+    MODELS = _mm()
+    bb = MODELS.build(dict(type='Detectron2Backbone', name='build_resnet_fpn_backbone', out_feature='p3',
+                           opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res2', 'res3', 'res4', 'res5'],
+                                       'MODEL.FPN.IN_FEATURES', ['res2', 'res3', 'res4', 'res5'],
+                                       'MODEL.FPN.OUT_CHANNELS', 32]))
+    assert (bb.size_divisibility, bb.out_channels, bb.out_stride) == (32, 32, 8)
+    rgb = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    x = _imagenet_normalised(rgb)
+    out = bb(x)
+    assert out.shape == (1, 32, 7, 9)  # ceil(50 / 8), ceil(70 / 8)
+    padded = torch.nn.functional.pad(bb.to_detectron2_input(x), (0, 26, 0, 14))  # 64 x 96, as ImageList pads
+    with torch.no_grad():
+        direct = bb.model(padded)['p3']
+    assert direct.shape[-2:] == (8, 12)
+    torch.testing.assert_close(out, direct[..., :7, :9])
+    bb.square_size = 64  # a backbone padding to squares (ViTDet) smaller than the input: a clear error
+    with pytest.raises(ValueError, match='square'):
+        bb(x)
+
+
+def test_detectron2_backbone_errors(monkeypatch):
+    MODELS = _mm()
+    with pytest.raises(ValueError, match=r"'res9' is not an output.*res4 \(256 channels, stride 16\)"):
+        MODELS.build(dict(type='Detectron2Backbone', opts=R18, out_feature='res9'))
+    with pytest.raises(KeyError, match='BACKBONE_REGISTRY'):
+        MODELS.build(dict(type='Detectron2Backbone', name='no_such_backbone'))
+    with pytest.raises(ValueError, match='alternate keys and values'):
+        MODELS.build(dict(type='Detectron2Backbone', opts=['MODEL.RESNETS.DEPTH']))
+    with pytest.raises(ValueError, match=r'set feat_dim=256'):
+        MODELS.build(dict(type='FeatUpJBUTrainer', feat_dim=128, backbone=dict(type='Detectron2Backbone', opts=R18)))
+    from featup_plugin.backbones import Detectron2Backbone
+    assert Detectron2Backbone.output_shapes(opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res2', 'res5']]) == {
+        'res2': dict(channels=64, stride=4), 'res5': dict(channels=512, stride=32)}
+    monkeypatch.setitem(sys.modules, 'detectron2', None)  # as if detectron2 were not installed
+    with pytest.raises(ImportError, match='tools/install_detectron2.sh'):
+        MODELS.build(dict(type='Detectron2Backbone'))
+
+
+def test_detectron2_backbone_weights(tmp_path):
+    MODELS = _mm()
+    import pickle
+    cfg = dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3']])
+    src = MODELS.build(cfg).model
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    ref = {k: v.clone() for k, v in src.state_dict().items()}
+    # a whole detectron2 model's checkpoint: the backbone is under backbone.*
+    path = str(tmp_path / 'model_final.pth')
+    torch.save({'model': {**{f'backbone.{k}': v for k, v in ref.items()}, 'sem_seg_head.w': torch.zeros(2)}}, path)
+    bb = MODELS.build(dict(cfg, weights=path))
+    assert all(torch.equal(bb.model.state_dict()[k], v) for k, v in ref.items())
+    # a detectron2 .pkl (e.g. the model zoo's ImageNet R-50.pkl): detectron2's name matching
+    pkl = str(tmp_path / 'R-18.pkl')
+    with open(pkl, 'wb') as f:
+        pickle.dump({'model': {k: v.numpy() for k, v in ref.items()}, '__author__': 'test',
+                     'matching_heuristics': True}, f)
+    bb = MODELS.build(dict(cfg, weights=pkl))
+    assert all(torch.equal(bb.model.state_dict()[k], v) for k, v in ref.items())
+    # weights of another network: an error naming what is missing, nothing silently random
+    torch.save({k: v for k, v in ref.items() if not k.startswith('res3')}, str(tmp_path / 'part.pth'))
+    with pytest.raises(RuntimeError, match=r'missing \[.res3'):
+        MODELS.build(dict(cfg, weights=str(tmp_path / 'part.pth')))
+    with pytest.raises(FileNotFoundError):
+        MODELS.build(dict(cfg, weights=str(tmp_path / 'nothing.pth')))
+
+
+def test_jbu_trainer_on_a_detectron2_backbone_and_its_checkpoint_in_featupbackbone(tmp_path):
+    """FeatUpJBUTrainer(backbone=dict(type='Detectron2Backbone')) trains (frozen backbone); its checkpoint loads
+    into FeatUpBackbone over the same ResNet, which then gives the trainer's upsampled features on d2 input."""
+    MODELS = _mm()
+    from featup_plugin.datasets.synthetic import generate_scene
+    trainer = MODELS.build(dict(
+        type='FeatUpJBUTrainer', feat_dim=128, num_stages=3, downsampler_kernel=8, n_views=2, max_pad=3,
+        backbone=dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3']])))
+    trainer.init_weights()
+    rgb = torch.stack([torch.from_numpy(generate_scene(i, (32, 32))[0]).permute(2, 0, 1) for i in range(2)])
+    x = torch.cat([_imagenet_normalised(im) for im in rgb])
+    frozen = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+    params = [p for p in trainer.parameters() if p.requires_grad]
+    assert {n.split('.')[0] for n, p in trainer.named_parameters() if p.requires_grad} == \
+        {'upsampler', 'downsampler', 'scale_net'}
+    opt = torch.optim.NAdam(params, lr=1e-3)
+    trainer.train()
+    before = trainer.upsampler.state_dict()['fixup_proj.1.weight'].clone()
+    for _ in range(2):
+        losses = trainer(x, mode='loss')
+        loss = sum(losses.values())
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not trainer.backbone.training and not trainer.backbone.model.training
+    assert all(p.grad is None and not p.requires_grad for p in trainer.backbone.parameters())
+    assert all(torch.equal(trainer.backbone.state_dict()[k], v) for k, v in frozen.items())
+    assert not torch.equal(before, trainer.upsampler.state_dict()['fixup_proj.1.weight'])
+
+    path = str(tmp_path / 'iter_2.pth')
+    torch.save({'state_dict': trainer.state_dict(), 'meta': {}}, path)
+    d2 = trainer.backbone.cfg.clone()  # the same detectron2 config (ResNet, PIXEL_MEAN/STD, INPUT.FORMAT)
+    d2.defrost()
+    d2.merge_from_list(['MODEL.BACKBONE.NAME', 'FeatUpBackbone', 'MODEL.FEATUP.IN_FEATURES', ['res3'],
+                        'MODEL.FEATUP.OUTPUT_STRIDE', 1, 'MODEL.FEATUP.WEIGHTS', path])
+    bb = build_backbone(d2)
+    assert bb.upsampler('res3').num_stages == 3
+    for k, v in trainer.upsampler.state_dict().items():
+        assert torch.equal(bb.upsampler('res3').state_dict()[k], v), k
+    bb.base.load_state_dict(trainer.backbone.model.state_dict())
+    bb.eval()
+    trainer.eval()
+    d2_input = torch.stack([(rgb_to_input(im, 'BGR') - torch.tensor(bb.pixel_mean).view(3, 1, 1))
+                            / torch.tensor(bb.pixel_std).view(3, 1, 1) for im in rgb])
+    with torch.no_grad():
+        expected = trainer.upsample(x)
+        got = bb(d2_input)['res3']  # mode 'replace': the upsampled map keeps the name
+    assert got.shape == expected.shape == (2, 128, 32, 32)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

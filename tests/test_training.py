@@ -273,7 +273,11 @@ def _tiny(cfg, synth_root, work_dir, size=32, iters=2):
     """A config shrunk for the tests: 32 px generated images, batch 2, 2 views."""
     cfg = copy.deepcopy(cfg)
     cfg.pop('synthetic_data', None)
-    cfg.model.backbone.pretrained = False
+    if cfg.model.backbone.type == 'Detectron2Backbone':  # random init (no download), the real ResNet-50
+        if cfg.model.backbone.get('weights'):
+            cfg.model.backbone.weights = None
+    else:
+        cfg.model.backbone.pretrained = False
     if cfg.model.backbone.type == 'TimmViT' and cfg.model.feat_dim > 64:  # the 224 px ViT-S config: fewer blocks
         cfg.model.backbone.model_kwargs = dict(depth=1)
     cfg.model.n_views, cfg.model.max_pad = 2, 3
@@ -416,3 +420,36 @@ def test_two_process_ddp_training_through_tools_train(synth_root, tmp_path):
     assert res.returncode == 0, out[-4000:]
     assert 'Distributed training: True' in out and 'loss_rec' in out
     assert os.path.isfile(os.path.join(work, 'iter_2.pth'))
+
+
+def test_upsampler_stacks_are_found_in_every_checkpoint_layout():
+    """The one parser of upsampler checkpoints (FeatUpJBU, detectron2's FeatUpBackbone, extract_upsampler)."""
+    from featup_plugin.training.checkpoint import (UpsamplerWeightsError, assign_upsampler_stacks,
+                                                   find_upsampler_stacks)
+    from featup_plugin.upsamplers import JBUStack
+    sd = JBUStack(4, num_stages=2).state_dict()
+
+    def under(prefix):
+        return {prefix + k: v for k, v in sd.items()}
+    decoy = {'decode_head.up1.conv.weight': torch.zeros(1), 'backbone.model.fixup_proj.w': torch.zeros(1)}
+    layouts = {'': sd, 'upsampler': {**under('upsampler.'), 'scale_net.net.weight': torch.zeros(1), **decoy},
+               'neck.upsamplers.0': {**under('neck.upsamplers.0.'), 'neck.norms.0.weight': torch.ones(4)},
+               'backbone.upsamplers.res5': under('backbone.upsamplers.res5.')}
+    for root, state in layouts.items():
+        stacks = find_upsampler_stacks({'state_dict': state})
+        assert list(stacks) == [root] and list(stacks[root]) == list(sd), root  # the decoys are no stacks
+    assert list(find_upsampler_stacks(under('a.'), prefix='a.')) == ['']
+    two = {**under('res4.'), **under('res5.')}
+    got = assign_upsampler_stacks(two, ['res4', 'res5'])
+    assert [r for r, _ in got.values()] == ['res4', 'res5']
+    assert assign_upsampler_stacks(layouts['neck.upsamplers.0'], ['0'])['0'][0] == 'neck.upsamplers.0'
+    assert assign_upsampler_stacks(layouts['upsampler'], ['0'])['0'][0] == 'upsampler'
+    with pytest.raises(UpsamplerWeightsError, match='one bare JBUStack'):
+        assign_upsampler_stacks(sd, ['0', '1'])
+    with pytest.raises(ValueError, match="set the prefix to 'module.'"):
+        assign_upsampler_stacks(under('module.'), ['0'])
+    assert assign_upsampler_stacks(under('module.'), ['0'], prefix='module.')['0'][0] == ''
+    with pytest.raises(KeyError, match="no weights for the upsampler of 'res3'"):
+        assign_upsampler_stacks(two, ['res3', 'res5'])
+    with pytest.raises(KeyError, match='holds no upsampler weights'):
+        assign_upsampler_stacks(decoy, ['0'])

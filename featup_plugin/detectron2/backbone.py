@@ -14,6 +14,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..training.checkpoint import assign_upsampler_stacks
 from ..upsamplers import ChannelNorm, JBUStack
 from .timm_backbone import TimmBackbone
 
@@ -320,52 +321,24 @@ class FeatUpBackbone(Backbone):
         """Loads JBU upsampler weights.
 
         ``path_or_state``: a file (``torch.save`` / ``.safetensors``; a ``state_dict`` or ``model`` entry is
-        unwrapped) or a dict of tensors. Only keys starting with ``prefix`` are used, with the prefix removed
-        (e.g. ``'upsampler.'`` for FeatUp's checkpoints, whose ``scale_net.*`` / ``downsampler.*`` are then
-        ignored). What remains is either
-
-        * the state dict of one ``JBUStack`` (``up1.range_temp``, ..., ``fixup_proj.1.weight``): loaded into the
-          only upsampler (an error if this backbone upsamples several features), or
-        * keys ``<feature name>.up1...``: one stack per upsampled feature (what ``self.upsamplers.state_dict()``
-          saves).
-
-        With no ``prefix``, a file whose stack is under ``upsampler.`` (FeatUp's checkpoints, and those of the
-        upsampler training ``FeatUpJBUTrainer`` / ``tools/train.py configs/featup/jbu_*``) is read with that prefix.
+        unwrapped) or a dict of tensors. Only keys starting with ``prefix`` are used, with the prefix removed.
+        The stacks are found by :func:`featup_plugin.training.checkpoint.assign_upsampler_stacks` (the layouts
+        the mmseg neck reads too): one stack per upsampled feature under ``<feature>.`` (what
+        ``self.upsamplers.state_dict()`` saves) or ``...upsamplers.<feature>.`` (a checkpoint of a detectron2
+        model with this backbone), or, for a backbone upsampling one feature, a single bare ``JBUStack``
+        (``up1.range_temp``, ..., ``fixup_proj.1.weight``) or one under ``upsampler.`` (FeatUp's checkpoints and
+        those of the upsampler training ``FeatUpJBUTrainer``, whose ``scale_net.*`` / ``downsampler.*`` /
+        ``backbone.*`` are ignored). Stacks under any other prefix raise an error that names it.
 
         Stages the file has beyond those built (``upN`` with N > num_stages; e.g. FeatUp's x16 stack used for
         x8) are dropped with a log line; a missing or mis-shaped parameter raises.
         """
         source = path_or_state if isinstance(path_or_state, str) else '<state dict>'
         sd = read_state_dict(path_or_state) if isinstance(path_or_state, str) else dict(path_or_state)
-        keys = list(self.upsamplers.keys())
-        if not prefix and not any(k.startswith(key + '.') for k in sd for key in keys) and \
-                not any(_STAGE_KEY.match(k) for k in sd) and any(k.startswith('upsampler.up1.') for k in sd):
-            prefix = 'upsampler.'  # FeatUp's checkpoints and those of the upsampler training (FeatUpJBUTrainer)
-        if prefix:
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sd:
-            raise ValueError(f'no upsampler weights in {source} with prefix {prefix!r}')
-        keys = list(self.upsamplers.keys())
-        per_feature = {key: {k[len(key) + 1:]: v for k, v in sd.items() if k.startswith(key + '.')} for key in keys}
-        if any(per_feature.values()):
-            extra = [k for k in sd if not any(k.startswith(key + '.') for key in keys)]
-            if extra:
-                raise ValueError(f'{source}: keys {extra[:5]} belong to no upsampled feature ({keys})')
-            for key, part in per_feature.items():
-                if not part:
-                    raise ValueError(f'{source} has no weights for the upsampler of {key!r} (keys start with '
-                                     f'{sorted({k.split(".")[0] for k in sd})})')
-                self._load_stack(key, part, source)
-            return
-        if not any(_STAGE_KEY.match(k) for k in sd):
-            hint = next((k[:-len('up1.range_temp')] for k in sd if k.endswith('up1.range_temp')), None)
-            raise ValueError(f'{source} does not hold JBUStack weights with prefix {prefix!r} (keys like '
-                             f'{list(sd)[:4]})' + (f'; set the prefix to {hint!r}' if hint else ''))
-        if len(keys) != 1:
-            raise ValueError(f'{source} holds one JBUStack but this backbone upsamples {len(keys)} features '
-                             f'({keys}): save one file per feature with keys "<feature>.up1..." '
-                             '(e.g. torch.save(backbone.upsamplers.state_dict(), path))')
-        self._load_stack(keys[0], sd, source)
+        stacks = assign_upsampler_stacks(sd, list(self.upsamplers.keys()), prefix, who='FeatUpBackbone',
+                                         where=source)
+        for key, (_, stack) in stacks.items():
+            self._load_stack(key, stack, source)
 
     def _load_stack(self, key: str, sd: Dict[str, torch.Tensor], source: str) -> None:
         stack: JBUStack = self.upsamplers[key]

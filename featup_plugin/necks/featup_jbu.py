@@ -161,27 +161,17 @@ class FeatUpJBU(BaseModule):
             state = state['state_dict']
         if not isinstance(state, dict):
             raise TypeError(f'FeatUpJBU: {where} does not hold a state dict')
-        if prefix:
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise KeyError(f"FeatUpJBU: no key of {where} starts with prefix {prefix!r}")
-        if not any(k.startswith('upsamplers.') for k in state):
-            if any(k.startswith('upsampler.up1.') for k in state):
-                # an upsampler-training checkpoint (FeatUpJBUTrainer) or FeatUp's own: the stack is upsampler.*
-                state = {k[len('upsampler.'):]: v for k, v in state.items() if k.startswith('upsampler.')}
-            if any(k.startswith('neck.upsamplers.') for k in state):
-                state = {k[len('neck.'):]: v for k, v in state.items() if k.startswith('neck.')}
-            elif any(k.startswith('up1.') for k in state):
-                if len(self.upsamplers) != 1:
-                    raise ValueError(f'FeatUpJBU: {where} holds one bare JBUStack but this neck upsamples '
-                                     f'{len(self.upsamplers)} levels; save it with keys upsamplers.<i>.*')
-                state = {'upsamplers.0.' + k: v for k, v in state.items()}
-            else:
-                raise KeyError(f'FeatUpJBU: {where} holds no upsampler weights (expected keys upsamplers.<i>.*, '
-                               f'neck.upsamplers.<i>.* or a bare JBUStack\'s up1.*); first keys: '
-                               f'{list(state)[:5]}')
+        from ..training.checkpoint import assign_upsampler_stacks  # the layouts, shared with detectron2's wrapper
+        stacks = assign_upsampler_stacks(state, [str(i) for i in range(len(self.upsamplers))], prefix or '',
+                                         who='FeatUpJBU', where=where)
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
+        wanted = {}
+        for i, (root, stack) in stacks.items():
+            wanted.update({f'upsamplers.{i}.{k}': v for k, v in stack.items()})
+            if root.endswith(f'upsamplers.{i}'):  # this neck's layout: its channel norms are beside the stacks
+                norms = root[:-len(f'upsamplers.{i}')] + f'norms.{i}.'
+                wanted.update({f'norms.{i}.{k[len(norms):]}': v for k, v in state.items() if k.startswith(norms)})
         own = self.state_dict()
-        wanted = {k: v for k, v in state.items() if k.startswith(('upsamplers.', 'norms.'))}
         missing = [k for k in own if k.startswith('upsamplers.') and k not in wanted]
         unexpected = [k for k in wanted if k not in own]
         if missing or unexpected:

@@ -47,9 +47,11 @@ class FeatUpJBUTrainer(BaseModel):
     """Trains a :class:`~featup_plugin.upsamplers.JBUStack` on a frozen backbone (FeatUp's JBU training).
 
     Args:
-        backbone: config of the frozen backbone in mmseg's ``MODELS`` (``TimmViT``, ``ResNetV1c``, ...), or an
-            ``nn.Module`` (e.g. a detectron2 backbone). Its output may be a tensor, a tuple/list or a dict.
-        feat_dim: channels of the upsampled feature.
+        backbone: config of the frozen backbone in mmseg's ``MODELS`` (``TimmViT``, ``ResNetV1c``,
+            ``Detectron2Backbone`` for any detectron2 backbone, ...), or an ``nn.Module``. Its output may be a
+            tensor, a tuple/list or a dict.
+        feat_dim: channels of the upsampled feature (checked at build time against the backbone's
+            ``out_channels`` where it has one).
         in_index: which output of the backbone (an index for tuples/lists, a key for dicts).
         num_stages, radius, key_dim: the stack (FeatUp: 4, 3, 32).
         downsampler: ``'attention'`` (FeatUp's default) or ``'blur'``; ``downsampler_kernel``: its window
@@ -75,6 +77,7 @@ class FeatUpJBUTrainer(BaseModel):
         if not isinstance(self.backbone, nn.Module):
             raise TypeError(f'backbone must be a config dict or an nn.Module, got {type(backbone).__name__}')
         self.feat_dim, self.in_index = int(feat_dim), in_index
+        self._check_feat_dim()
         self.norm = ChannelNorm(self.feat_dim) if channel_norm else nn.Identity()
         self.upsampler = JBUStack(self.feat_dim, num_stages=num_stages, radius=radius, key_dim=key_dim)
         self.downsampler = build_downsampler(downsampler, self.feat_dim, downsampler_kernel)
@@ -83,6 +86,21 @@ class FeatUpJBUTrainer(BaseModel):
         self.proj_dim, self.tv_weight, self.seed = proj_dim, float(tv_weight), int(seed)
         self.register_buffer('step', torch.zeros((), dtype=torch.long))
         self._freeze()
+
+    def _check_feat_dim(self) -> None:
+        """Fails at build time when the backbone says what it returns (``out_channels``: an int, e.g.
+        ``Detectron2Backbone``, or a list indexed by ``in_index``, e.g. ``TimmViT``) and it is not ``feat_dim``."""
+        channels = getattr(self.backbone, 'out_channels', None)
+        if isinstance(channels, (list, tuple)) and isinstance(self.in_index, int):
+            try:
+                channels = channels[self.in_index]
+            except IndexError:
+                raise ValueError(f'in_index {self.in_index} is out of range: the backbone has {len(channels)} '
+                                 f'outputs (out_channels {list(channels)})') from None
+        if isinstance(channels, int) and channels != self.feat_dim:
+            what = getattr(self.backbone, 'out_feature', self.in_index)
+            raise ValueError(f'feat_dim={self.feat_dim} but the backbone output {what!r} has {channels} channels '
+                             f'({type(self.backbone).__name__}); set feat_dim={channels}')
 
     # -- frozen parts ------------------------------------------------------------------------------------------
     def _freeze(self) -> None:
