@@ -9,6 +9,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from ..training.checkpoint import assign_upsampler_stacks  # checkpoint layouts, shared with detectron2's wrapper
 from ..upsamplers import ChannelNorm, JBUStack
 from ._proj import build_projections, resolve_out_channels
 from ._target import check_target, target_size
@@ -161,7 +162,6 @@ class FeatUpJBU(BaseModule):
             state = state['state_dict']
         if not isinstance(state, dict):
             raise TypeError(f'FeatUpJBU: {where} does not hold a state dict')
-        from ..training.checkpoint import assign_upsampler_stacks  # the layouts, shared with detectron2's wrapper
         stacks = assign_upsampler_stacks(state, [str(i) for i in range(len(self.upsamplers))], prefix or '',
                                          who='FeatUpJBU', where=where)
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
