@@ -8,24 +8,18 @@ import torch.nn.functional as F
 mmseg = pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 timm = pytest.importorskip('timm', reason='timm is not installed')
 
-import featup_plugin  # noqa: E402,F401  (registers the modules)
 from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
-from mmseg.utils import register_all_modules  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
+from _seg_helpers import batch, data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 from featup_plugin.backbones import TimmViT  # noqa: E402
-
-register_all_modules()
 
 P16 = 'vit_small_patch16_224'
 P14 = 'vit_small_patch14_dinov2.lvd142m'
 P14_REG = 'vit_small_patch14_reg4_dinov2'
 SMALL = dict(depth=2)  # 2 blocks: fast on CPU
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
 def bare_timm(name, seed, **kwargs):
@@ -254,16 +248,9 @@ def test_errors():
 def seg_cfg(backbone, neck, head, test_cfg=None):
     return ConfigDict(
         type='GuidedEncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
-                               seg_pad_val=255, size_divisor=32),
+        data_preprocessor=data_preprocessor(size_divisor=32),
         backbone=backbone, neck=neck, decode_head=head,
         train_cfg=dict(), test_cfg=test_cfg or dict(mode='whole'))
-
-
-def fcn_head(channels):
-    return dict(type='FCNHead', in_channels=channels, in_index=0, channels=16, num_convs=1, concat_input=False,
-                num_classes=4, norm_cfg=dict(type='BN'), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
 
 
 def vit_neck_head(channels, stride=16, **target):
@@ -295,23 +282,12 @@ CASES = {
 }
 
 
-def batch(n=2, h=64, w=96, classes=4):
-    inputs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(n)]
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w)))
-        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        samples.append(s)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 @pytest.mark.parametrize('case', list(CASES))
 def test_segmentor_train_val_slide(case):
     backbone, neck, head = CASES[case]
     model = MODELS.build(seg_cfg(backbone, neck, head))
     model.init_weights()
-    data = batch()
+    data = batch(w=96)
     # every upsampler parameter and (a trainable) backbone get gradients
     model.train()
     proc = model.data_preprocessor(copy.deepcopy(data), True)
@@ -337,7 +313,7 @@ def test_segmentor_train_val_slide(case):
     seen = []
     hook = model.neck.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(tuple(kwargs['guidance'].shape)), with_kwargs=True)
-    preds = model.val_step(batch(n=1))
+    preds = model.val_step(batch(n=1, w=96))
     hook.remove()
     assert preds[0].pred_sem_seg.data.shape == (1, 64, 96)
     assert seen == [(1, 3, 64, 64)] * 2
@@ -351,7 +327,7 @@ def test_segmentor_with_frozen_dinov2():
     assert not model.backbone.model.training
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optim = OptimWrapper(torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01))
-    losses = model.train_step(batch(), optim)
+    losses = model.train_step(batch(w=96), optim)
     assert torch.isfinite(losses['decode.loss_ce'])
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert not any(n.startswith('backbone.') for n in changed) and any(n.startswith('neck.') for n in changed)

@@ -6,47 +6,25 @@ import torch
 
 mmseg = pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
-import featup_plugin  # noqa: E402,F401  (registers the modules)
 from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
 
-from mmseg.utils import register_all_modules  # noqa: E402
-
+from _seg_helpers import batch, data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 from featup_plugin.necks import FeatUpJBU  # noqa: E402
-
-register_all_modules()  # mmseg's modules and default scope, as mmseg's tools/train.py does
 from featup_plugin.necks.featup_jbu import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
 def model_cfg(neck=None, seg_type='GuidedEncoderDecoder', test_cfg=None, num_classes=4):
     return ConfigDict(
         type=seg_type,
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
-                               seg_pad_val=255, size_divisor=32),
+        data_preprocessor=data_preprocessor(size_divisor=32),
         backbone=dict(type='ResNetV1c', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), norm_cfg=dict(type='BN'),
                       contract_dilation=True, style='pytorch'),
         neck=neck if neck is not None else dict(type='FeatUpJBU', in_channels=[64, 128, 256, 512], in_index=3,
                                                 out_size=None, output_stride=4, feature_strides=[4, 8, 16, 32]),
-        decode_head=dict(type='FCNHead', in_channels=512, in_index=3, channels=16, num_convs=1, concat_input=False,
-                         num_classes=num_classes, norm_cfg=dict(type='BN'), align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
+        decode_head=fcn_head(512, in_index=3, num_classes=num_classes),
         train_cfg=dict(), test_cfg=test_cfg or dict(mode='whole'))
-
-
-def batch(n=2, h=64, w=64, classes=4):
-    inputs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(n)]
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w)))
-        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        samples.append(s)
-    return dict(inputs=inputs, data_samples=samples)
 
 
 @pytest.mark.parametrize('kwargs, feat_shapes, image_hw, want', [

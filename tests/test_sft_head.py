@@ -8,19 +8,14 @@ from test_sft_layers import _randomise_sft
 
 mmseg = pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
-import featup_plugin  # noqa: E402,F401
 from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
-from mmseg.utils import register_all_modules  # noqa: E402
 
+from _seg_helpers import MEAN, batch, data_preprocessor, seg_samples  # noqa: E402  (registers the modules)
 from featup_plugin.heads import SFTGuidedHead  # noqa: E402
 from featup_plugin.necks.featup_jbu import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-register_all_modules()
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 R18 = dict(type='ResNetV1c', depth=18, stem_channels=16, base_channels=8, num_stages=4, out_indices=(0, 1, 2, 3),
            norm_cfg=dict(type='BN'), contract_dilation=True, style='pytorch')  # tiny: 8, 16, 32, 64 channels
 
@@ -35,24 +30,12 @@ def head_cfg(**kw):
 
 def model_cfg(head=None, neck=None, seg_type='GuidedEncoderDecoder', test_cfg=None, bgr_to_rgb=True):
     cfg = dict(type=seg_type,
-               data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN, std=STD, bgr_to_rgb=bgr_to_rgb,
-                                      pad_val=0, seg_pad_val=255, size_divisor=16),
+               data_preprocessor=data_preprocessor(size_divisor=16, bgr_to_rgb=bgr_to_rgb),
                backbone=R18, decode_head=head or head_cfg(), train_cfg=dict(),
                test_cfg=test_cfg or dict(mode='whole'))
     if neck is not None:
         cfg['neck'] = neck
     return ConfigDict(cfg)
-
-
-def batch(n=2, h=64, w=64, classes=4):
-    inputs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(n)]
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w)))
-        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        samples.append(s)
-    return dict(inputs=inputs, data_samples=samples)
 
 
 @pytest.mark.parametrize('kw, feat_hw, image_hw, want_hw, n_up', [
@@ -252,19 +235,6 @@ def _capture_condition(head):
     return seen
 
 
-def _samples(n, h, w, classes=4, ignore=None):
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        label = torch.randint(0, classes, (1, h, w))
-        if ignore is not None:
-            label[:, : h // 3] = ignore
-        s.gt_sem_seg = PixelData(data=label)
-        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        samples.append(s)
-    return samples
-
-
 def _perturb_prior(head, std=1.0):
     with torch.no_grad():
         for p in head.prior_head.parameters():
@@ -343,7 +313,7 @@ def test_prior_gradients_loss_and_detach():
     head.init_weights()
     _randomise_sft(head, std=0.1)  # the SFT path open, as after the first optimiser steps
     feats, img = [torch.randn(2, 64, 4, 5)], torch.randn(2, 3, 32, 40)
-    samples = _samples(2, 32, 40, ignore=255)
+    samples = seg_samples(2, 32, 40, ignore=255)
     grads, losses = _prior_head_grads(head, feats, img, samples)
     assert set(losses) == {'loss_ce', 'acc_seg', 'loss_prior'}
     assert grads['loss_ce'].abs().sum() > 0 and grads['loss_prior'].abs().sum() > 0  # both paths reach it

@@ -14,22 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import ROOT, fmt_t, print_header, run_case, time_and_peak  # noqa: E402  (tools/_bench.py)
 
 
 def worker(spec: dict) -> dict:
@@ -40,8 +28,6 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     dev = spec['device']
-    cuda = dev == 'cuda'
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     if spec['kind'] == 'op':
         c, s, k = spec['C'], spec['size'], spec['k']
@@ -77,38 +63,9 @@ def worker(spec: dict) -> dict:
             return out
 
     backend = ops.backend_name()
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mib()
-    times = []
-    for _ in range(spec['repeats'] + 1):
-        sync()
-        t0 = time.perf_counter()
-        res = run()
-        sync()
-        times.append(time.perf_counter() - t0)
-        del res
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    else:
-        peak = _peak_rss_mib() - base
+    times, peak = time_and_peak(run, spec['repeats'] + 1, dev == 'cuda')  # the first call is the warm-up
     best = min(times[1:]) if len(times) > 1 else times[0]
     return dict(spec, seconds=best, peak_mib=peak, backend=backend, threads=torch.get_num_threads())
-
-
-def run_case(spec: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f'benchmark case {spec} failed:\n{res.stderr[-3000:]}')
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def fmt_t(s: float) -> str:
-    return f'{s * 1e3:.1f} ms' if s < 10 else f'{s:.1f} s'
 
 
 def main() -> None:
@@ -124,10 +81,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    import torch
-    print(f'# featup_plugin op benchmark: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-          f'device {args.device}' + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else
-                                     f', {torch.get_num_threads()} threads'))
+    print_header('featup_plugin op benchmark', args.device)
     sizes = [(64, 112)] if args.quick else [(64, 112), (64, 224), (384, 112), (384, 224)]
     if args.only == 'stack':
         sizes = []
@@ -138,13 +92,13 @@ def main() -> None:
     for c, s in sizes:
         for mode in ('fwd', 'fwd+bwd'):
             base = dict(kind='op', C=c, size=s, k=7, mode=mode, device=args.device)
-            ours = run_case(dict(base, impl='ours', repeats=args.repeats))
+            ours = run_case(__file__, dict(base, impl='ours', repeats=args.repeats))
             backend = ours['backend']
             if args.no_reference:
                 print(f"| {c} | {s}² | 7 | {mode} | {fmt_t(ours['seconds'])} | - | - | {ours['peak_mib']:.0f} MiB | - | - |")
                 continue
             big = c * s * s >= 384 * 112 * 112 and args.device == 'cpu'
-            ref = run_case(dict(base, impl='reference', repeats=1 if big else args.repeats))
+            ref = run_case(__file__, dict(base, impl='reference', repeats=1 if big else args.repeats))
             print(f"| {c} | {s}² | 7 | {mode} | {fmt_t(ours['seconds'])} | {fmt_t(ref['seconds'])} | "
                   f"{ref['seconds'] / ours['seconds']:.1f}× | {ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB | "
                   f"{ref['peak_mib'] / max(ours['peak_mib'], 1):.1f}× |", flush=True)
@@ -157,13 +111,13 @@ def main() -> None:
     print('|---|---|---|---|---|---|')
     for mode in ('fwd', 'fwd+bwd'):
         base = dict(kind='stack', C=c, mode=mode, device=args.device)
-        ours = run_case(dict(base, impl='ours', repeats=args.repeats))
+        ours = run_case(__file__, dict(base, impl='ours', repeats=args.repeats))
         if args.no_reference:
             print(f"| {mode} | {fmt_t(ours['seconds'])} | - | - | {ours['peak_mib']:.0f} MiB | - |")
             backend = ours['backend']
             continue
         backend = ours['backend']
-        ref = run_case(dict(base, impl='unfold', repeats=1 if args.device == 'cpu' else args.repeats))
+        ref = run_case(__file__, dict(base, impl='unfold', repeats=1 if args.device == 'cpu' else args.repeats))
         print(f"| {mode} | {fmt_t(ours['seconds'])} | {fmt_t(ref['seconds'])} | {ref['seconds'] / ours['seconds']:.1f}× | "
               f"{ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB |", flush=True)
     print(f'\nop backend: {backend}')

@@ -19,32 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
-def _reset_peak_rss() -> None:
-    """Resets the kernel's resident-set high-water mark (VmHWM) of this process (Linux >= 4.0)."""
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-
-
-def _peak_rss_mib() -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import ROOT, fmt_t, print_header, run_case, time_and_peak  # noqa: E402  (tools/_bench.py)
 
 
 def worker(spec: dict) -> dict:
@@ -55,8 +33,6 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     dev, c, s, k = spec['device'], spec['C'], spec['size'], spec['k']
-    cuda = dev == 'cuda'
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     layer = pac.PacConv2d(c, c, k, padding=k // 2).to(dev)
     x = torch.randn(1, c, s, s, device=dev, requires_grad=True)
     g = torch.randn(1, 3, s, s, device=dev, requires_grad=True)
@@ -77,39 +53,16 @@ def worker(spec: dict) -> dict:
 
     run()  # warm-up: loads the BLAS / OpenMP code and creates the gradient buffers outside the measurement
     x.grad = g.grad = layer.weight.grad = layer.bias.grad = None
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        _reset_peak_rss()
-        base = _rss_mib()
-    times = []
-    for _ in range(spec['repeats']):
-        sync()
-        t0 = time.perf_counter()
-        res = run()
-        sync()
-        times.append(time.perf_counter() - t0)
-        del res
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda else _peak_rss_mib() - base
+    times, peak = time_and_peak(run, spec['repeats'], dev == 'cuda', reset_rss_peak=True)
     return dict(spec, seconds=min(times), peak_mib=peak, backend=backend_name(),
                 threads=torch.get_num_threads())
 
 
-def run_case(spec: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
+def run_pac_case(spec: dict) -> dict:
     # A fixed mmap threshold: glibc returns every block >= 1 MiB to the OS when freed, so the resident set after
     # the warm-up is the inputs', not the warm-up's cached heap.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 20))
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f'benchmark case {spec} failed:\n{res.stderr[-3000:]}')
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def fmt_t(sec: float) -> str:
-    return f'{sec * 1e3:.1f} ms' if sec < 10 else f'{sec:.1f} s'
+    return run_case(__file__, spec, env=env)
 
 
 def main() -> None:
@@ -123,10 +76,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    import torch
-    print(f'# PacConv2d benchmark: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-          f'device {args.device}' + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else
-                                     f', {torch.get_num_threads()} threads'))
+    print_header('PacConv2d benchmark', args.device)
     cases = [(64, 3)] if args.quick else [(64, 3), (64, 5), (256, 3), (256, 5)]
     print('\n| C | size | k | ours | taps fallback | unfold ref | speed-up vs unfold | ours peak extra | '
           'taps peak extra | unfold peak extra | unfold / ours mem |')
@@ -134,7 +84,7 @@ def main() -> None:
     backend = None
     for c, k in cases:
         base = dict(C=c, size=args.size, k=k, device=args.device, repeats=args.repeats)
-        r = {impl: run_case(dict(base, impl=impl)) for impl in ('ours', 'taps', 'unfold')}
+        r = {impl: run_pac_case(dict(base, impl=impl)) for impl in ('ours', 'taps', 'unfold')}
         backend = r['ours']['backend']
         o, t, u = r['ours'], r['taps'], r['unfold']
         print(f"| {c} | {args.size}² | {k} | {fmt_t(o['seconds'])} | {fmt_t(t['seconds'])} | {fmt_t(u['seconds'])} | "

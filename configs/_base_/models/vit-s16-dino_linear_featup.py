@@ -1,22 +1,9 @@
 # FeatUp's linear-probe protocol: frozen DINO ViT-S/16, the JBU stack (x16, to the image size) on the patch
 # tokens, a 1x1 conv head. The upsampler trains with the probe here; to start from upsampler weights trained by
 # this project, add init_cfg=dict(type='Pretrained', checkpoint='path/to/jbu.pth') to the neck.
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255)
+_base_ = './vit-s16-dino_backbone.py'
 model = dict(
-    type='GuidedEncoderDecoder',
-    data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='TimmViT',
-        model_name='vit_small_patch16_224.dino',
-        pretrained=True,  # timm's hub weights; or a local file path
-        out_indices=(-1, ),
-        frozen=True),
+    backbone=dict(frozen=True),  # the probe reads DINO's features as they are
     neck=dict(
         type='FeatUpJBU',
         in_channels=384,

@@ -1,23 +1,9 @@
 # DINO ViT-S/16 (fine-tuned) + SFTGuidedHead: a guided decoder that upsamples the stride-16 patch tokens x2 per
 # stage to the image resolution (16 -> 8 -> 4 -> 2 -> 1), each stage modulated by SFT from the RGB image at
 # that scale. No neck; GuidedEncoderDecoder hands the image to the head.
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255)
+_base_ = './vit-s16-dino_backbone.py'
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
-    type='GuidedEncoderDecoder',
-    data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='TimmViT',
-        model_name='vit_small_patch16_224.dino',
-        pretrained=True,
-        out_indices=(-1, ),
-        frozen=False),
     decode_head=dict(
         type='SFTGuidedHead',
         in_channels=384,
