@@ -4,8 +4,9 @@
     python tools/benchmark_ops.py --device cuda   # the same on a GPU
     python tools/benchmark_ops.py --quick         # small sizes only (a smoke run)
 
-Every case runs in a fresh subprocess so that its peak memory is its own: on CPU the peak resident set
-(``ru_maxrss``) above the resident set after the inputs were made; on CUDA ``torch.cuda.max_memory_allocated``
+Every case runs in a fresh subprocess so that its peak memory is its own: on CPU the resident-set high-water
+mark (VmHWM, reset once the inputs are made: ``ru_maxrss`` would carry the parent's peak across fork/exec) above
+the resident set after the inputs were made; on CUDA ``torch.cuda.max_memory_allocated``
 above the inputs. Times are the best of ``--repeats`` runs after one warm-up (reference: one run at the large
 sizes). Ratios are reference / ours, measured in this one run.
 """
@@ -63,7 +64,8 @@ def worker(spec: dict) -> dict:
             return out
 
     backend = ops.backend_name()
-    times, peak = time_and_peak(run, spec['repeats'] + 1, dev == 'cuda')  # the first call is the warm-up
+    times, peak = time_and_peak(run, spec['repeats'] + 1, dev == 'cuda',  # the first call is the warm-up
+                                reset_rss_peak=True)
     best = min(times[1:]) if len(times) > 1 else times[0]
     return dict(spec, seconds=best, peak_mib=peak, backend=backend, threads=torch.get_num_threads())
 

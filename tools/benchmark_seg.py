@@ -10,7 +10,8 @@ quality:  on the generated dataset, train the CPU configs of configs/synthetic w
           2 px) on the validation split: the difference FeatUp exists for. Cases (--cases): fcn_featup (FCN
           head after FeatUpJBU: the FeatUp neck alone), fcn_bilinear (its bilinear twin: the plain FCN head),
           sft (SFTGuidedHead, the SFT-guided decoder, without neck), sft_featup (FeatUpJBU + SFTGuidedHead),
-          sft_prior (SFTGuidedHead conditioned on its own coarse segmentation prior instead of the image).
+          sft_prior (SFTGuidedHead conditioned on its own coarse segmentation prior instead of the image),
+          sft_prior_image (conditioned on that prior and the image).
 overhead: one training step (forward, backward, optimiser) and one inference of the ViT-S/16 models of
           configs/featup (linear probe to the image size; FCN head at stride 4) at 512x512, FeatUpJBU vs its
           bilinear twin: time (median of --repeats after a warm-up) and peak memory (CPU: peak RSS above the
@@ -39,11 +40,13 @@ QUALITY_CASES = {  # name: (config, what it is)
     'sft': ('sft_r18_1xb8-400i_featup-synth-128x128.py', 'SFTGuidedHead (no neck)'),
     'sft_featup': ('sft_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FeatUpJBU + SFTGuidedHead'),
     'sft_prior': ('sft-prior_r18_1xb8-400i_featup-synth-128x128.py', "SFTGuidedHead, condition='prior'"),
+    'sft_prior_image': ('sft-prior-image_r18_1xb8-400i_featup-synth-128x128.py',
+                        "SFTGuidedHead, condition='prior+image'"),
 }
 # differences printed when both cases ran: (a, b) -> "a - b"
 QUALITY_DIFFS = [('fcn_featup', 'fcn_bilinear'), ('sft', 'fcn_bilinear'), ('sft', 'fcn_featup'),
                  ('sft_featup', 'fcn_featup'), ('sft_featup', 'sft'), ('sft_prior', 'sft'),
-                 ('sft_prior', 'fcn_bilinear')]
+                 ('sft_prior', 'fcn_bilinear'), ('sft_prior_image', 'sft')]
 VIT = {
     'linear (to image)': os.path.join(ROOT, 'configs', 'featup', 'linear_vit-s16-dino_{}_8xb2-40k_ade20k-512x512.py'),
     'fcn (stride 4)': os.path.join(ROOT, 'configs', 'featup', 'fcn_vit-s16-dino_{}_8xb2-80k_ade20k-512x512.py'),
