@@ -29,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ['Detectron2Backbone', 'INSTALL_HINT']
 
 INSTALL_HINT = 'install it with: bash tools/install_detectron2.sh (see configs/detectron2/README.md)'
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.299, 0.587, 0.114)  # PIL's convert('L'), what detectron2's readers use for INPUT.FORMAT 'L'
 # where a backbone's weights sit in the checkpoints of detectron2 models / FeatUpBackbone (tried in this order)
 _PREFIXES = ('', 'backbone.', 'backbone.bottom_up.', 'backbone.base.', 'backbone.bottom_up.base.', 'base.',

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..upsamplers.jbu import IMAGENET_MEAN, IMAGENET_STD  # what the upsamplers' guidance expects
+
 __all__ = ['IMAGE_EXTENSIONS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'list_images', 'load_image', 'denormalize']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def list_images(root: Union[str, os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS,

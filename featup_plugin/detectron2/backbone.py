@@ -15,7 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..training.checkpoint import assign_upsampler_stacks
-from ..upsamplers import ChannelNorm, JBUStack
+from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack
 from .timm_backbone import TimmBackbone
 
 __all__ = ['FeatUpBackbone', 'IMAGENET_MEAN', 'IMAGENET_STD', 'build_base_backbone', 'read_state_dict']
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 # What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics (the same
 # convention as the MMSegmentation neck FeatUpJBU).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_FORMATS = ('BGR', 'RGB', 'L')
 _STAGE_KEY = re.compile(r'^up(\d+)\.')
 

@@ -10,13 +10,9 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..training.checkpoint import assign_upsampler_stacks  # checkpoint layouts, shared with detectron2's wrapper
-from ..upsamplers import ChannelNorm, JBUStack
+from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack
 from ._proj import build_projections, resolve_out_channels
 from ._target import check_target, target_size
-
-# What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_rgb(inputs: torch.Tensor, data_mean: Optional[Sequence[float]], data_std: Optional[Sequence[float]],

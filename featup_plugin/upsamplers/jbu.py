@@ -26,7 +26,12 @@ import torch.nn.functional as F
 
 from ..ops import adaptive_conv, local_correlation
 
-__all__ = ['JBULearnedRange', 'JBUStack', 'plan_stage_sizes', 'resize_guidance']
+__all__ = ['JBULearnedRange', 'JBUStack', 'plan_stage_sizes', 'resize_guidance', 'IMAGENET_MEAN', 'IMAGENET_STD']
+
+# The guidance FeatUp's upsamplers are trained with: RGB in [0, 1] normalised with ImageNet's statistics. The one
+# definition every adapter (necks, heads, detectron2, datasets) uses to build or recover that guidance.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Size = Tuple[int, int]
 
