@@ -11,12 +11,11 @@
 # Other outputs: Detectron2Backbone.output_shapes(config_file, opts) lists channels and strides; feat_dim must
 # match (checked at build time). The checkpoint holds the stack under upsampler.*: load it with detectron2's
 # FeatUpBackbone (MODEL.FEATUP.WEIGHTS, MODEL.FEATUP.IN_FEATURES ['res5']) or the mmseg neck FeatUpJBU.
-_base_ = ['../_base_/default_runtime.py', '../_base_/schedules/featup_jbu.py']
+_base_ = ['../_base_/default_runtime.py', '../_base_/schedules/featup_jbu.py',
+          '../_base_/models/featup_jbu_trainer.py']
 image_root = 'data/images'
 image_size = 224
 model = dict(
-    type='FeatUpJBUTrainer',
-    data_preprocessor=dict(type='BaseDataPreprocessor'),
     backbone=dict(
         type='Detectron2Backbone',
         config_file=None,  # e.g. a detectron2 yaml; opts are merged after it
@@ -24,12 +23,5 @@ model = dict(
         name=None,  # default: MODEL.BACKBONE.NAME (build_resnet_backbone)
         out_feature='res5',
         weights=None),
-    feat_dim=2048, in_index=0,
-    num_stages=5, radius=3, key_dim=32,
-    downsampler='attention', downsampler_kernel=32,
-    n_views=5, max_pad=20, max_zoom=2.0, proj_dim=30, tv_weight=0.0, seed=0)
-train_dataloader = dict(
-    batch_size=4, num_workers=4, persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
-    dataset=dict(type='ImageFolderDataset', root=image_root, size=image_size))
+    feat_dim=2048, num_stages=5, downsampler_kernel=32)  # FeatUp's other defaults: _base_/models/featup_jbu_trainer.py
+train_dataloader = dict(dataset=dict(root=image_root, size=image_size))

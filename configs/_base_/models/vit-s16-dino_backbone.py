@@ -1,6 +1,6 @@
 # The part shared by every vit-s16-dino_*.py model here: timm's DINO ViT-S/16 (patch tokens of the last block,
 # fine-tuned; vit-s16-dino_linear_featup.py freezes it) behind GuidedEncoderDecoder, with mmseg's ImageNet data
-# preprocessor. The files inheriting it add the neck, the decode head and train_cfg/test_cfg.
+# preprocessor, slide inference on 512x512 crops. The files inheriting it add the neck and the decode head.
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
@@ -16,4 +16,6 @@ model = dict(
         model_name='vit_small_patch16_224.dino',
         pretrained=True,  # timm's hub weights; or a local file path
         out_indices=(-1, ),
-        frozen=False))
+        frozen=False),
+    train_cfg=dict(),
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))

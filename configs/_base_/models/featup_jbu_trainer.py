@@ -1,0 +1,16 @@
+# FeatUp's JBU upsampler training (FeatUpJBUTrainer) with FeatUp's defaults: 5 jittered views per step (reflect
+# pad <= 20 px, zoom <= 2), attention downsampler, adaptive-uncertainty loss on 30-dim random projections, no TV,
+# radius 3, key_dim 32; batch 4 of 224 px images from any folder. A config that inherits it adds the frozen
+# backbone, feat_dim, num_stages and downsampler_kernel (the backbone's stride), and the image folder.
+model = dict(
+    type='FeatUpJBUTrainer',
+    data_preprocessor=dict(type='BaseDataPreprocessor'),
+    in_index=0,
+    radius=3, key_dim=32,
+    downsampler='attention',
+    n_views=5, max_pad=20, max_zoom=2.0, proj_dim=30, tv_weight=0.0, seed=0)
+train_dataloader = dict(
+    batch_size=4, num_workers=4, persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ImageFolderDataset', root='data/images', size=224))
