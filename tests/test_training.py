@@ -453,3 +453,9 @@ def test_upsampler_stacks_are_found_in_every_checkpoint_layout():
         assign_upsampler_stacks(two, ['res3', 'res5'])
     with pytest.raises(KeyError, match='holds no upsampler weights'):
         assign_upsampler_stacks(decoy, ['0'])
+    # extract_upsampler: a checkpoint without the prefix names its top-level entries (several keys per entry)
+    from featup_plugin.training.checkpoint import extract_upsampler_state_dict
+    with pytest.raises(KeyError, match=r"no key starts with 'upsampler\.' \(top-level entries: backbone, neck\)"):
+        extract_upsampler_state_dict({'state_dict': {**under('neck.upsamplers.0.'), 'backbone.a': torch.zeros(1)}})
+    out, info = extract_upsampler_state_dict({'state_dict': layouts['upsampler']})
+    assert list(out) == list(sd) and info['feat_dim'] == 4 and info['num_stages'] == 2

@@ -129,7 +129,7 @@ def extract_upsampler_state_dict(checkpoint: Mapping[str, Any], prefix: str = 'u
     for k in sd:
         if not k.startswith(prefix):
             left[k.split('.', 1)[0]] = left.get(k.split('.', 1)[0], 0) + 1
-    if len(left) == len(sd):
+    if not any(k.startswith(prefix) for k in sd):
         heads = ', '.join(sorted(left)) or 'nothing'
         raise KeyError(f'no key starts with {prefix!r} (top-level entries: {heads}); not an upsampler-training '
                        f'checkpoint, or pass the right prefix')
