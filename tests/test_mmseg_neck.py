@@ -197,6 +197,25 @@ def test_init_cfg_refuses_partial_or_mismatched_weights(tmp_path):
         two.load_upsampler_weights(JBUStack(4, num_stages=2).state_dict())
 
 
+def test_a_stack_with_more_stages_loads_its_first_stages(monkeypatch):
+    import featup_plugin.necks.featup_jbu as neck_module
+    from featup_plugin.upsamplers import JBUStack
+    logged = []
+    monkeypatch.setattr(neck_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    torch.manual_seed(0)
+    big = JBUStack(8, num_stages=4)  # FeatUp's x16 stack, used to stride 4 of a stride-16 backbone: 2 stages
+    with torch.no_grad():
+        for p in big.parameters():
+            p.add_(torch.randn_like(p))
+    neck = FeatUpJBU(8, out_size=None, output_stride=4, feature_strides=16)
+    assert neck.num_stages == [2]
+    neck.load_upsampler_weights({'upsampler.' + k: v for k, v in big.state_dict().items()})
+    own = neck.upsamplers[0].state_dict()
+    assert all(torch.equal(own[k], v) for k, v in big.state_dict().items() if k in own)
+    assert not any(k.startswith(('up3.', 'up4.')) for k in own)
+    assert len(logged) == 1 and "stages ['up3', 'up4'] beyond the 2" in logged[0]
+
+
 @pytest.mark.parametrize('neck_type', ['FeatUpJBU', 'ResizeNeck'])
 def test_out_channels_projects_each_upsampled_level(neck_type):
     torch.manual_seed(0)

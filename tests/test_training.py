@@ -457,5 +457,9 @@ def test_upsampler_stacks_are_found_in_every_checkpoint_layout():
     from featup_plugin.training.checkpoint import extract_upsampler_state_dict
     with pytest.raises(KeyError, match=r"no key starts with 'upsampler\.' \(top-level entries: backbone, neck\)"):
         extract_upsampler_state_dict({'state_dict': {**under('neck.upsamplers.0.'), 'backbone.a': torch.zeros(1)}})
+    from featup_plugin.training.checkpoint import trim_stages
+    kept, dropped = trim_stages(JBUStack(4, num_stages=3).state_dict(), 1)
+    assert dropped == ['up2', 'up3'] and list(kept) == [k for k in kept if not k.startswith(('up2.', 'up3.'))]
+    assert any(k.startswith('up1.') for k in kept) and any(k.startswith('fixup_proj.') for k in kept)
     out, info = extract_upsampler_state_dict({'state_dict': layouts['upsampler']})
     assert list(out) == list(sd) and info['feat_dim'] == 4 and info['num_stages'] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -14,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..training.checkpoint import assign_upsampler_stacks
+from ..training.checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict
 from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack
 from .timm_backbone import TimmBackbone
 
@@ -25,7 +24,6 @@ logger = logging.getLogger(__name__)
 # What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics (the same
 # convention as the MMSegmentation neck FeatUpJBU).
 INPUT_FORMATS = ('BGR', 'RGB', 'L')
-_STAGE_KEY = re.compile(r'^up(\d+)\.')
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -46,11 +44,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             raise RuntimeError(f'could not read {path!r} with torch.load(weights_only=True): {e}') from e
     if not isinstance(ckpt, Mapping):
         raise ValueError(f'{path!r} does not hold a dict of weights (got {type(ckpt).__name__})')
-    for key in ('state_dict', 'model'):
-        if isinstance(ckpt.get(key), Mapping):
-            ckpt = ckpt[key]
-            break
-    return {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in unwrap_state_dict(ckpt).items() if isinstance(v, torch.Tensor)}
 
 
 def build_base_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
@@ -340,12 +334,10 @@ class FeatUpBackbone(Backbone):
 
     def _load_stack(self, key: str, sd: Dict[str, torch.Tensor], source: str) -> None:
         stack: JBUStack = self.upsamplers[key]
-        dropped = sorted({m.group(0) for k in sd if (m := _STAGE_KEY.match(k)) and int(m.group(1)) > stack.num_stages})
+        sd, dropped = trim_stages(sd, stack.num_stages)
         if dropped:
             logger.info('FeatUpBackbone: %s has stages %s beyond the %d the %s upsampler uses; ignored', source,
                         dropped, stack.num_stages, key)
-            sd = {k: v for k, v in sd.items()
-                  if not ((m := _STAGE_KEY.match(k)) and int(m.group(1)) > stack.num_stages)}
         own = stack.state_dict()
         bad = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in sd.items()
                if k in own and tuple(v.shape) != tuple(own[k].shape)]

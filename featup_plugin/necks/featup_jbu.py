@@ -6,10 +6,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..training.checkpoint import assign_upsampler_stacks  # checkpoint layouts, shared with detectron2's wrapper
+from ..training.checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict  # shared with detectron2
 from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack
 from ._proj import build_projections, resolve_out_channels
 from ._target import check_target, target_size
@@ -146,7 +147,8 @@ class FeatUpJBU(BaseModule):
         or one under ``upsampler.*``: a checkpoint of the upsampler training (``FeatUpJBUTrainer``, whose
         ``backbone.*``, ``downsampler.*``, ``scale_net.*`` are ignored) or an official FeatUp one.
         ``prefix`` first selects and strips keys that start with it. Channel-norm weights are optional (FeatUp
-        never trains them); every upsampler weight must be present with the right shape.
+        never trains them); every upsampler weight must be present with the right shape. Stages the file has
+        beyond those the neck builds (e.g. FeatUp's x16 stack used to stride 4) are left out, with a log line.
         """
         if isinstance(checkpoint, str):
             from mmengine.runner.checkpoint import CheckpointLoader
@@ -154,15 +156,18 @@ class FeatUpJBU(BaseModule):
             where = checkpoint
         else:
             state, where = checkpoint, 'the given state dict'
-        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-            state = state['state_dict']
         if not isinstance(state, dict):
             raise TypeError(f'FeatUpJBU: {where} does not hold a state dict')
+        state = unwrap_state_dict(state)
         stacks = assign_upsampler_stacks(state, [str(i) for i in range(len(self.upsamplers))], prefix or '',
                                          who='FeatUpJBU', where=where)
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
         wanted = {}
         for i, (root, stack) in stacks.items():
+            stack, dropped = trim_stages(stack, self.upsamplers[int(i)].num_stages)
+            if dropped:
+                print_log(f'FeatUpJBU: {where} has stages {dropped} beyond the {self.upsamplers[int(i)].num_stages} '
+                          f'upsampler {i} builds; they are not used', logger='current')
             wanted.update({f'upsamplers.{i}.{k}': v for k, v in stack.items()})
             if root.endswith(f'upsamplers.{i}'):  # this neck's layout: its channel norms are beside the stacks
                 norms = root[:-len(f'upsamplers.{i}')] + f'norms.{i}.'

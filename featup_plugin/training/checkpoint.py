@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['extract_upsampler_state_dict', 'find_upsampler_stacks', 'assign_upsampler_stacks',
+__all__ = ['extract_upsampler_state_dict', 'find_upsampler_stacks', 'assign_upsampler_stacks', 'trim_stages',
            'UpsamplerWeightsError']
 
 _STAGE = re.compile(r'^up(\d+)$')
@@ -114,6 +114,21 @@ def assign_upsampler_stacks(state: Mapping[str, Any], names: Sequence[str], pref
     raise UpsamplerWeightsError(
         f'{who}: {where} does not hold JBUStack weights for {names} with prefix {prefix!r}: it has stacks under '
         f'{[r + "." for r in stacks]}; set the prefix to {hint + "."!r}')
+
+
+def trim_stages(stack: Mapping[str, torch.Tensor], num_stages: int) -> Tuple[StackDict, list]:
+    """``(stack, dropped)``: a stack state dict without its stages ``up<N>`` beyond ``num_stages`` (a model that
+    upsamples less, e.g. FeatUp's x16 stack used for x4, uses the first stages and the fixup), and the sorted
+    names of the dropped stages."""
+    kept: StackDict = OrderedDict()
+    dropped = set()
+    for k, v in stack.items():
+        m = _STAGE.match(k.split('.', 1)[0])
+        if m and int(m.group(1)) > num_stages:
+            dropped.add(m.group(0))
+        else:
+            kept[k] = v
+    return kept, sorted(dropped, key=lambda s: int(s[2:]))
 
 
 def extract_upsampler_state_dict(checkpoint: Mapping[str, Any], prefix: str = 'upsampler.'
