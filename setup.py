@@ -78,7 +78,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md')).read() if os.path.exists(os.path.join(HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
     license='MIT',
-    python_requires='>=3.8',
+    python_requires='>=3.9',
     packages=find_packages(exclude=('tests', 'tests.*', 'tools', 'configs')),
     package_data={'featup_plugin.ops': ['csrc/**/*.cpp', 'csrc/**/*.cu', 'csrc/**/*.cuh', 'csrc/**/*.hpp', 'csrc/**/*.h']},
     include_package_data=True,

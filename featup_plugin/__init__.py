@@ -1,28 +1,17 @@
 """featup_plugin: FeatUp (features at any resolution) for MMSegmentation and Detectron2.
 
-The core (``featup_plugin.ops``, ``featup_plugin.upsamplers``, ``featup_plugin.layers``) needs only PyTorch.
-The framework adapters register themselves when their framework is importable.
-"""
-import importlib.util
+The core (``ops``, ``upsamplers``, ``layers``, ``training``, ``checkpoint``, ``data``, ``evaluation``,
+``featurizers``) needs only PyTorch (numpy, PIL and timm where said). The adapters:
 
-from .version import __version__
+* :mod:`featup_plugin.mmseg` registers the MMSegmentation modules. ``import featup_plugin`` does not import
+  mmseg; it registers the adapter as soon as mmseg is imported (at once if it already is), so a config's
+  ``custom_imports = dict(imports=['featup_plugin'])`` is all a user writes.
+* :mod:`featup_plugin.detectron2` registers the detectron2 modules when imported.
+"""
 from . import layers, ops, upsamplers
+from ._adapters import register_mmseg_adapter_on_import
+from .version import __version__
 
 __all__ = ['__version__', 'layers', 'ops', 'upsamplers']
 
-# MMSegmentation adapters: registered when mmseg is importable (custom_imports=dict(imports=['featup_plugin'])).
-def _mmseg_available() -> bool:
-    try:
-        if importlib.util.find_spec('mmseg') is None:
-            return False
-        import mmseg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# Framework-free helpers that the adapters build on (generated dataset, boundary metric) live in
-# featup_plugin.datasets / featup_plugin.evaluation; their mmseg registrations load with the adapters.
-if _mmseg_available():
-    from . import backbones, datasets, evaluation, heads, necks, segmentors, trainers  # noqa: F401
-    __all__ += ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors', 'trainers']
+register_mmseg_adapter_on_import()

@@ -24,21 +24,6 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-
-def parse_kwargs(items):
-    out = {}
-    for item in items or []:
-        if '=' not in item:
-            raise SystemExit(f'--model-kwargs expects key=value, got {item!r}')
-        k, v = item.split('=', 1)
-        try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
-    return out
 
 
 def build_parser():
@@ -112,14 +97,14 @@ def main(argv=None):
     args = resolve(build_parser().parse_args(argv))
     import torch
 
-    from featup_plugin.datasets.images import load_image
-    from featup_plugin.training.featurizer import TimmFeaturizer
+    from featup_plugin.data.images import load_image
+    from featup_plugin.featurizers import TimmFeaturizer, parse_model_kwargs
     from featup_plugin.training.implicit import fit_implicit
     for path in args.images:
         if not osp.isfile(path):
             raise SystemExit(f'no such image: {path}')
     featurizer = TimmFeaturizer(args.model, pretrained=args.pretrained, weights=args.weights,
-                                **parse_kwargs(args.model_kwargs)).to(args.device)
+                                **parse_model_kwargs(args.model_kwargs)).to(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
     for path in args.images:
         img = load_image(path, args.size)[None].to(args.device)
@@ -133,7 +118,7 @@ def main(argv=None):
         dt = time.time() - t0
         out = osp.join(args.out_dir, f'{name}.implicit.pt')
         model.save(out, extra=dict(source=osp.abspath(path), backbone=args.model,
-                                   model_kwargs=parse_kwargs(args.model_kwargs), steps=args.steps,
+                                   model_kwargs=parse_model_kwargs(args.model_kwargs), steps=args.steps,
                                    views=args.views, view_bank=args.view_bank, fit_size=args.fit_size,
                                    seconds=dt))
         first = sum(losses[:10]) / max(1, len(losses[:10])) if losses else float('nan')

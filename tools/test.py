@@ -12,8 +12,6 @@ import os.path as osp
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 from mmengine.config import DictAction  # noqa: E402
 
@@ -39,7 +37,7 @@ def parse_args(argv=None):
 def build_cfg(args):
     from mmengine.config import Config
 
-    from featup_plugin.engine import use_gloo_without_cuda
+    from featup_plugin.mmseg.engine import use_gloo_without_cuda
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -78,8 +76,8 @@ def main(argv=None):
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
-    from featup_plugin.datasets.prepare import prepare_generated_datasets
-    from featup_plugin.engine import use_mmengine_checkpoint_loader
+    from featup_plugin.data.prepare import prepare_generated_datasets
+    from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
 
     register_all_modules(init_default_scope=False)
     use_mmengine_checkpoint_loader()  # torch >= 2.6 refuses mmengine's checkpoints by default

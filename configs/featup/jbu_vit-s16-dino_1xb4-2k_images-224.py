@@ -6,7 +6,7 @@
 #   torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch --cfg-options ...   # DDP
 # The checkpoint (work_dirs/.../iter_2000.pth) holds the stack under upsampler.*: load it with
 #   neck=dict(type='FeatUpJBU', ..., init_cfg=dict(type='Pretrained', checkpoint='.../iter_2000.pth'))
-# or MODEL.FEATUP.WEIGHTS in detectron2, or extract it: python3 tools/extract_upsampler.py CKPT jbu.pth
+# or MODEL.FEATUP.WEIGHTS in detectron2, or extract it: python3 tools/model_converters/extract_upsampler.py CKPT jbu.pth
 _base_ = ['../_base_/default_runtime.py', '../_base_/schedules/featup_jbu.py',
           '../_base_/models/featup_jbu_trainer.py']
 image_root = 'data/images'

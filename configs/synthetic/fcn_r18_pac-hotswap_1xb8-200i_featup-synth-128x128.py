@@ -4,7 +4,7 @@
 #   python3 tools/train.py configs/synthetic/fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py
 #   python3 tools/train.py configs/synthetic/fcn_r18_pac-hotswap_1xb8-200i_featup-synth-128x128.py \
 #       --cfg-options load_from=work_dirs/fcn_r18_bilinear_1xb8-400i_featup-synth-128x128/iter_400.pth
-# (or: python3 tools/pac_hotswap.py <any segmentor config> <its checkpoint> --targets ... --guidance ...)
+# (or: python3 tools/model_converters/pac_hotswap.py <any segmentor config> <its checkpoint> --targets ... --guidance ...)
 _base_ = './fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py'
 model = dict(
     _delete_=True,

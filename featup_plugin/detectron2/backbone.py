@@ -13,31 +13,31 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..training.checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict
-from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack
+from ..checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict
+from ..layers.freeze import FrozenPartsMixin
+from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack, num_x2_stages
+from ..upsamplers.guidance import CHANNEL_ORDERS, imagenet_guidance, recover_rgb
 from .timm_backbone import TimmBackbone
 
 __all__ = ['FeatUpBackbone', 'IMAGENET_MEAN', 'IMAGENET_STD', 'build_base_backbone', 'read_state_dict']
 
 logger = logging.getLogger(__name__)
 
-# What FeatUp's upsamplers are trained on: RGB in [0, 1], normalised with ImageNet statistics (the same
-# convention as the MMSegmentation neck FeatUpJBU).
-INPUT_FORMATS = ('BGR', 'RGB', 'L')
+INPUT_FORMATS = CHANNEL_ORDERS  # detectron2's INPUT.FORMAT values that the guidance can be recovered from
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (``torch.save`` or ``.safetensors``), unwrapping a ``state_dict`` / ``model``
     entry (Lightning, detectron2 and mmengine checkpoints). Read with ``weights_only=True``: no code runs, except
     for mmengine checkpoints, fully unpickled only when they reference nothing but what mmengine saves
-    (``featup_plugin.engine.load_mmengine_checkpoint``)."""
+    (``featup_plugin.checkpoint.load_mmengine_checkpoint``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'upsampler weights {path!r} do not exist')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         ckpt = load_file(path, device='cpu')
     else:
-        from ..engine.checkpoint import load_mmengine_checkpoint
+        from ..checkpoint import load_mmengine_checkpoint
         try:  # weights_only=True, or mmengine's checkpoints (e.g. of tools/train.py's upsampler training)
             ckpt = load_mmengine_checkpoint(path, map_location='cpu')
         except Exception as e:  # noqa: BLE001
@@ -79,7 +79,7 @@ def build_base_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbon
 
 
 @BACKBONE_REGISTRY.register()
-class FeatUpBackbone(Backbone):
+class FeatUpBackbone(FrozenPartsMixin, Backbone):
     """Wraps a detectron2 :class:`Backbone` and upsamples chosen output(s) with FeatUp's JBU stack, guided by
     the input image.
 
@@ -181,7 +181,7 @@ class FeatUpBackbone(Backbone):
                 raise ValueError(f'FeatUpBackbone: output stride {s} is coarser than {name}\'s stride {base_stride}: '
                                  'the JBU stack only upsamples')
             self.output_strides[name] = s
-            stages[name] = int(num_stages) if num_stages else max(1, math.ceil(math.log2(base_stride / s) - 1e-9))
+            stages[name] = int(num_stages) if num_stages else num_x2_stages(base_stride / s)
 
         # modules (keyed by feature name; dots are not allowed in module names)
         self.upsamplers = nn.ModuleDict()
@@ -206,7 +206,7 @@ class FeatUpBackbone(Backbone):
         self._size_divisibility = math.lcm(base_div, *(int(base_shapes[n].stride) for n in self.in_features),
                                            *self.output_strides.values())
 
-        # guidance: x -> ImageNet-normalised RGB, a per-channel affine map after picking the source channels
+        # guidance: ImageNet-normalised RGB recovered from the normalised batch (featup_plugin.upsamplers.guidance)
         fmt = str(input_format).upper()
         if fmt not in INPUT_FORMATS:
             raise ValueError(f'FeatUpBackbone: input_format must be one of {INPUT_FORMATS}, got {input_format!r}')
@@ -217,20 +217,11 @@ class FeatUpBackbone(Backbone):
         self.input_format = fmt
         self.pixel_mean = tuple(float(m) for m in pixel_mean)
         self.pixel_std = tuple(float(s) for s in pixel_std)
-        src = {'BGR': [2, 1, 0], 'RGB': [0, 1, 2], 'L': [0, 0, 0]}[fmt]
-        self.register_buffer('_guide_src', torch.tensor(src), persistent=False)
-        mean = torch.tensor(self.pixel_mean)[src]
-        std = torch.tensor(self.pixel_std)[src]
-        self.register_buffer('_rgb_scale', (std / 255.0).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('_rgb_shift', (mean / 255.0).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('_imnet_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('_imnet_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
         self.freeze_upsampler = bool(freeze_upsampler)
         self.freeze_base = bool(freeze_base)
         if weights:
             self.load_upsampler_weights(weights, weights_prefix)
-        self._apply_freezing()
+        self.freeze_parts()
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
@@ -282,16 +273,11 @@ class FeatUpBackbone(Backbone):
     # -- guidance ---------------------------------------------------------------------------------------------
     def recover_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] (``[B, 3, H, W]``) from the normalised batch the backbone receives."""
-        if x.dim() != 4 or x.shape[1] != (1 if self.input_format == 'L' else 3):
-            raise ValueError(f'FeatUpBackbone expects a [B, C, H, W] batch in {self.input_format} format, got '
-                             f'{tuple(x.shape)}')
-        x = x.index_select(1, self._guide_src)
-        return x * self._rgb_scale.to(x.dtype) + self._rgb_shift.to(x.dtype)
+        return recover_rgb(x, self.pixel_mean, self.pixel_std, self.input_format, who='FeatUpBackbone')
 
     def guidance(self, x: torch.Tensor) -> torch.Tensor:
         """The JBU guidance: ImageNet-normalised RGB recovered from the normalised batch."""
-        rgb = self.recover_rgb(x)
-        return (rgb - self._imnet_mean.to(rgb.dtype)) / self._imnet_std.to(rgb.dtype)
+        return imagenet_guidance(x, self.pixel_mean, self.pixel_std, self.input_format, who='FeatUpBackbone')
 
     # -- forward ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -314,7 +300,7 @@ class FeatUpBackbone(Backbone):
 
         ``path_or_state``: a file (``torch.save`` / ``.safetensors``; a ``state_dict`` or ``model`` entry is
         unwrapped) or a dict of tensors. Only keys starting with ``prefix`` are used, with the prefix removed.
-        The stacks are found by :func:`featup_plugin.training.checkpoint.assign_upsampler_stacks` (the layouts
+        The stacks are found by :func:`featup_plugin.checkpoint.assign_upsampler_stacks` (the layouts
         the mmseg neck reads too): one stack per upsampled feature under ``<feature>.`` (what
         ``self.upsamplers.state_dict()`` saves) or ``...upsamplers.<feature>.`` (a checkpoint of a detectron2
         model with this backbone), or, for a backbone upsampling one feature, a single bare ``JBUStack``
@@ -351,15 +337,6 @@ class FeatUpBackbone(Backbone):
         logger.info('FeatUpBackbone: loaded the %s upsampler from %s', key, source)
 
     # -- freezing ---------------------------------------------------------------------------------------------
-    def _apply_freezing(self) -> None:
-        parts = ([self.upsamplers, self.norms] if self.freeze_upsampler else []) + ([self.base] if self.freeze_base
-                                                                                     else [])
-        for module in parts:
-            module.eval()
-            for p in module.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._apply_freezing()
-        return self
+    def frozen_parts(self):
+        return ([self.upsamplers, self.norms] if self.freeze_upsampler else []) + \
+            ([self.base] if self.freeze_base else [])

@@ -5,7 +5,7 @@
 the MMSegmentation configs too. The dataset is generated on first use when that root holds none (200 train /
 50 val images of 128x128, seed 0: the MMSegmentation configs' ``synthetic_data``), under a file lock so that
 the processes of a distributed run generate it once. An existing complete dataset is used as it is, whatever
-its parameters (``python3 tools/generate_dataset.py --out ROOT ...`` makes other ones).
+its parameters (``python3 tools/dataset_converters/generate_dataset.py --out ROOT ...`` makes other ones).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ..datasets.prepare import prepare_generated_datasets
-from ..datasets.synthetic import CLASSES, PALETTE, dataset_is_complete, read_meta
+from ..data.prepare import prepare_generated_datasets
+from ..data.synthetic import CLASSES, PALETTE, dataset_is_complete, read_meta
 
 __all__ = ['DEFAULT_ROOT', 'DEFAULT_GENERATE', 'IGNORE_LABEL', 'load_featup_synthetic', 'register_featup_synthetic']
 
@@ -42,7 +42,7 @@ def load_featup_synthetic(root: str, split: str, generate: Optional[Dict] = None
     if not dataset_is_complete(root):
         if generate is None:
             raise FileNotFoundError(f'no generated dataset in {root!r}. Create it with: '
-                                    f'python3 tools/generate_dataset.py --out {root}')
+                                    f'python3 tools/dataset_converters/generate_dataset.py --out {root}')
         prepare_generated_datasets({'synthetic_data': dict(root=root, **generate)})
     img_dir = osp.join(root, 'img_dir', split)
     ann_dir = osp.join(root, 'ann_dir', split)

@@ -1,6 +1,8 @@
-"""Framework-free building blocks (plain ``torch.nn``) for guided decoders."""
-from .sft import (CONDITION_SIGNALS, ResBlockSFT, SFTConditionNet, SFTLayer, resize_condition,
-                  sobel_magnitude)
+"""Framework-free building blocks (plain ``torch.nn``): SFT conditioning, the PAC hot-swap, freezing."""
+from .freeze import FrozenPartsMixin, freeze
+from .pac_hotswap import GuidanceSource, PacHotSwapConv2d, pac_hot_swap, swapped_layers
+from .sft import CONDITION_SIGNALS, ResBlockSFT, SFTConditionNet, SFTLayer, resize_condition, sobel_magnitude
 
 __all__ = ['SFTLayer', 'ResBlockSFT', 'SFTConditionNet', 'sobel_magnitude', 'resize_condition',
-           'CONDITION_SIGNALS']
+           'CONDITION_SIGNALS', 'pac_hot_swap', 'PacHotSwapConv2d', 'GuidanceSource', 'swapped_layers', 'freeze',
+           'FrozenPartsMixin']

@@ -1,6 +1,6 @@
 """Framework-free pieces of FeatUp's training: jitter views, losses (torch only).
 
-The mmengine model that trains a JBU stack with them is :mod:`featup_plugin.models.jbu_trainer` (registered when
+The mmengine model that trains a JBU stack with them is :mod:`featup_plugin.mmseg.trainers.jbu_trainer` (registered when
 mmengine/mmseg are importable); the implicit per-image upsampler is :mod:`featup_plugin.training.implicit`.
 """
 from .jitter import JitterParams, apply_jitter, reflect_pad, sample_jitter

@@ -137,7 +137,7 @@ class ImplicitFeatUp(nn.Module):
         Computes ``self.net(self.inputs_at(size))`` in a pixels-by-channels layout: the inputs are constant, so
         their normalisation is cached, and the first norm's affine and the channel dropout fold into the first
         layer's weights (no gradient is computed for the inputs). 2-3x faster than the 1x1-convolution
-        layout on CPU, same parameters, same result (tests/test_implicit.py)."""
+        layout on CPU, same parameters, same result (tests/training/test_implicit.py)."""
         if size is None:
             size = self.image.shape[-2:]
         elif isinstance(size, int):

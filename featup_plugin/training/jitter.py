@@ -11,7 +11,7 @@ map it is applied to), so the same ``t`` applies to the 224 px image and to high
 With ``zoom == 1`` steps 1-4 are integer slicing and flipping, so ``t`` commutes *exactly* with any per-pixel
 map (e.g. a 1x1 conv or a random projection). Maps of different resolutions see the same geometry up to the
 rounding of the pixel amounts; a flip and a crop at offsets that are whole pixels at both sizes match exactly
-(tests/test_training.py). This is FeatUp's ``sample_transform`` / ``apply_jitter`` (the paper's jitter), written
+(tests/training/test_multiview.py). This is FeatUp's ``sample_transform`` / ``apply_jitter`` (the paper's jitter), written
 from its description.
 """
 from __future__ import annotations

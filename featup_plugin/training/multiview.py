@@ -1,7 +1,7 @@
 """FeatUp's multi-view reconstruction loss for a JBU (or any) upsampler (framework-free: torch only).
 
 :func:`multiview_loss` is one training step's loss; ``FeatUpJBUTrainer`` (mmengine) and
-``tools/benchmark_quality.py`` (a plain loop) both call it.
+``tools/benchmarks/benchmark_quality.py`` (a plain loop) both call it.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Framework-free upsampler modules (plain ``torch.nn``)."""
-from .jbu import IMAGENET_MEAN, IMAGENET_STD, JBULearnedRange, JBUStack, plan_stage_sizes, resize_guidance
-from .layers import ChannelNorm
-
-__all__ = ['JBULearnedRange', 'JBUStack', 'ChannelNorm', 'plan_stage_sizes', 'resize_guidance', 'IMAGENET_MEAN',
-           'IMAGENET_STD']
+"""Framework-free upsampler modules (plain ``torch.nn``): FeatUp's JBU stack, its downsamplers, the guidance."""
 from .downsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
+from .guidance import IMAGENET_MEAN, IMAGENET_STD, imagenet_guidance, recover_rgb
+from .jbu import JBULearnedRange, JBUStack, num_x2_stages, plan_stage_sizes, resize_guidance
+from .layers import ChannelNorm
+from .target import check_target, target_size
 
-__all__ += ['AttentionDownsampler', 'BlurDownsampler', 'build_downsampler', 'gaussian_blur']
+__all__ = ['JBULearnedRange', 'JBUStack', 'ChannelNorm', 'plan_stage_sizes', 'num_x2_stages', 'resize_guidance',
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'imagenet_guidance', 'recover_rgb', 'check_target', 'target_size',
+           'AttentionDownsampler', 'BlurDownsampler', 'build_downsampler', 'gaussian_blur']

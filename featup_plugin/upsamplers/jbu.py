@@ -11,7 +11,7 @@ A stage upsamples ``source`` features to the size of its ``guidance`` image with
 normalised to sum 1, plus ``0.1 * fixup_proj(cat(kernel, guidance))`` (not renormalised). The source is
 bicubic-resized to the guidance size, reflect-padded by ``radius`` and filtered with
 :func:`featup_plugin.ops.adaptive_conv`. Parameter names and shapes match FeatUp's ``JBULearnedRange`` and
-``JBUStack``, so FeatUp state dicts load (see ``tools/convert_featup_checkpoint.py``).
+``JBUStack``, so FeatUp state dicts load (see ``tools/model_converters/convert_featup_checkpoint.py``).
 
 Beyond FeatUp, the stack reaches any output size; see :func:`plan_stage_sizes`.
 """
@@ -26,12 +26,7 @@ import torch.nn.functional as F
 
 from ..ops import adaptive_conv, local_correlation
 
-__all__ = ['JBULearnedRange', 'JBUStack', 'plan_stage_sizes', 'resize_guidance', 'IMAGENET_MEAN', 'IMAGENET_STD']
-
-# The guidance FeatUp's upsamplers are trained with: RGB in [0, 1] normalised with ImageNet's statistics. The one
-# definition every adapter (necks, heads, detectron2, datasets) uses to build or recover that guidance.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ['JBULearnedRange', 'JBUStack', 'plan_stage_sizes', 'num_x2_stages', 'resize_guidance']
 
 Size = Tuple[int, int]
 
@@ -56,6 +51,15 @@ def resize_guidance(image: torch.Tensor, size: Size) -> torch.Tensor:
     return F.adaptive_avg_pool2d(image, size)
 
 
+def num_x2_stages(factor: float, minimum: int = 1) -> int:
+    """The x2 stages that reach an upsampling ``factor``: ``ceil(log2(factor))`` (exact powers of two are not
+    rounded up by float error), at least ``minimum``."""
+    factor = float(factor)
+    if not factor > 0:
+        raise ValueError(f'the upsampling factor must be positive, got {factor!r}')
+    return max(int(minimum), math.ceil(math.log2(factor) - 1e-9) if factor > 1 else 0)
+
+
 def plan_stage_sizes(in_size: Sequence[int], out_size: Sequence[int], max_stages: Optional[int] = None) -> List[Size]:
     """Output sizes of the successive JBU stages that take ``in_size`` features to ``out_size``.
 
@@ -71,7 +75,7 @@ def plan_stage_sizes(in_size: Sequence[int], out_size: Sequence[int], max_stages
     if oh < h or ow < w:
         raise ValueError(f'the JBU stack only upsamples: output {oh}x{ow} is smaller than the features {h}x{w}')
     factor = max(oh / h, ow / w)
-    n = max(1, math.ceil(math.log2(factor) - 1e-9))
+    n = num_x2_stages(factor)
     if max_stages is not None and n > max_stages:
         raise ValueError(f'upsampling {h}x{w} -> {oh}x{ow} (x{factor:g}) needs {n} x2 stages but the stack has '
                          f'{max_stages}; build it with num_stages={n} or more')

@@ -1,6 +1,6 @@
-# The project's generated dataset (featup_plugin.datasets.synthetic): 10 classes with thin structures, small
+# The project's generated dataset (featup_plugin.data.synthetic): 10 classes with thin structures, small
 # objects and textured regions, 128x128 PNGs in mmseg's layout. tools/train.py and tools/test.py generate it
-# from `synthetic_data` when data_root is missing (or: python3 tools/generate_dataset.py --out data/featup_synth).
+# from `synthetic_data` when data_root is missing (or: python3 tools/dataset_converters/generate_dataset.py --out data/featup_synth).
 dataset_type = 'FeatUpSyntheticDataset'
 data_root = 'data/featup_synth'
 synthetic_data = dict(root=data_root, num_train=200, num_val=50, size=128, seed=0)

@@ -1,0 +1,19 @@
+"""The MMSegmentation 1.x adapter: every module of featup_plugin that imports mmseg, mmengine or mmcv.
+
+``import featup_plugin.mmseg`` registers all of them in mmseg's registries. A config needs only
+``custom_imports = dict(imports=['featup_plugin'])``: ``import featup_plugin`` registers this adapter as soon as
+mmseg is (or gets) imported.
+"""
+from . import backbones, datasets, evaluation, heads, necks, segmentors, trainers
+from .backbones import Detectron2Backbone, TimmViT
+from .datasets import FeatUpSyntheticDataset, ImageFolderDataset
+from .evaluation import BoundaryFScore
+from .heads import LinearProbeHead, SFTGuidedHead
+from .necks import FeatUpJBU, ResizeNeck
+from .segmentors import GuidedEncoderDecoder, GuidedFeatures, build_pac_hot_swap
+from .trainers import FeatUpJBUTrainer
+
+__all__ = ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors', 'trainers', 'TimmViT',
+           'Detectron2Backbone', 'FeatUpSyntheticDataset', 'ImageFolderDataset', 'BoundaryFScore',
+           'LinearProbeHead', 'SFTGuidedHead', 'FeatUpJBU', 'ResizeNeck', 'GuidedEncoderDecoder', 'GuidedFeatures',
+           'build_pac_hot_swap', 'FeatUpJBUTrainer']

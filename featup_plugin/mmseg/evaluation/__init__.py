@@ -1,0 +1,4 @@
+"""MMSegmentation metrics (``METRICS``)."""
+from .boundary_metric import BoundaryFScore
+
+__all__ = ['BoundaryFScore']

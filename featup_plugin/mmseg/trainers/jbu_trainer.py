@@ -1,0 +1,162 @@
+"""``model=dict(type='FeatUpJBUTrainer', ...)``: FeatUp's multi-view training of a JBU upsampler, as an mmengine
+model trained by mmengine's Runner (``tools/train.py``).
+
+Per step (FeatUp's ``JBUFeatUp.training_step``, from the paper and its MIT code): the frozen backbone's features
+``F = norm(backbone(x))`` are upsampled once, ``F_hr = upsampler(F, x)`` at the image size; then for each of
+``n_views`` jittered views ``t`` (:func:`~featup_plugin.training.sample_jitter`: reflect pad, zoom, crop, flip)
+the loss compares ``P · downsampler(t(F_hr))`` with ``P · norm(backbone(t(x)))`` (``P``: a fresh random
+projection to ``proj_dim`` dims) under the adaptive-uncertainty loss, plus optional TV of ``|P · t(F_hr)|^2``.
+The sum over views is averaged (one backward per step, so DDP works unchanged; FeatUp re-runs the upsampler per
+view only to save memory).
+
+Trainable: ``upsampler`` (a :class:`~featup_plugin.upsamplers.JBUStack`), ``downsampler``, ``scale_net``. The
+backbone and the channel norm are frozen (eval mode, no gradients). Checkpoints hold the stack under
+``upsampler.*`` (as FeatUp's), which ``FeatUpJBU(init_cfg=dict(type='Pretrained', checkpoint=...))`` and the
+detectron2 wrapper (``MODEL.FEATUP.WEIGHTS``) load directly.
+
+Reproducibility: every random draw of a step (views, projections, dropout) comes from a seed derived from
+``(seed, step, rank)``; ``step`` is a buffer saved in checkpoints, so a resumed run continues with exactly the
+draws of an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmseg.registry import MODELS
+
+from ...layers.freeze import FrozenPartsMixin
+from ...training import UncertaintyHead
+from ...training.multiview import multiview_loss
+from ...upsamplers import ChannelNorm, JBUStack, build_downsampler
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2 ** 62)
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+@MODELS.register_module()
+class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
+    """Trains a :class:`~featup_plugin.upsamplers.JBUStack` on a frozen backbone (FeatUp's JBU training).
+
+    Args:
+        backbone: config of the frozen backbone in mmseg's ``MODELS`` (``TimmViT``, ``ResNetV1c``,
+            ``Detectron2Backbone`` for any detectron2 backbone, ...), or an ``nn.Module``. Its output may be a
+            tensor, a tuple/list or a dict.
+        feat_dim: channels of the upsampled feature (checked at build time against the backbone's
+            ``out_channels`` where it has one).
+        in_index: which output of the backbone (an index for tuples/lists, a key for dicts).
+        num_stages, radius, key_dim: the stack (FeatUp: 4, 3, 32).
+        downsampler: ``'attention'`` (FeatUp's default) or ``'blur'``; ``downsampler_kernel``: its window
+            (FeatUp: 16 for stride-16 backbones at 224 px; the backbone's stride is a good choice).
+        n_views, max_pad, max_zoom: the jitter (FeatUp: 5 views, 20 px, 2.0).
+        proj_dim: random projection width (FeatUp: 30; 0 or None: no projection).
+        tv_weight: weight of the TV of the projected HR features' magnitude (FeatUp: 0 for the JBU).
+        channel_norm: LayerNorm over channels on the backbone features (FeatUp's ``use_norm``; frozen identity).
+        seed: base of the per-step seeds.
+    """
+
+    def __init__(self, backbone: Union[dict, nn.Module], feat_dim: int, in_index: Union[int, str] = -1,
+                 num_stages: int = 4, radius: int = 3, key_dim: int = 32, downsampler: str = 'attention',
+                 downsampler_kernel: int = 16, n_views: int = 5, max_pad: int = 20, max_zoom: float = 2.0,
+                 proj_dim: Optional[int] = 30, tv_weight: float = 0.0, channel_norm: bool = True, seed: int = 0,
+                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if n_views < 1:
+            raise ValueError(f'n_views must be >= 1, got {n_views}')
+        if max_pad < 0 or max_zoom < 1:
+            raise ValueError(f'need max_pad >= 0 and max_zoom >= 1, got {max_pad}, {max_zoom}')
+        self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        if not isinstance(self.backbone, nn.Module):
+            raise TypeError(f'backbone must be a config dict or an nn.Module, got {type(backbone).__name__}')
+        self.feat_dim, self.in_index = int(feat_dim), in_index
+        self._check_feat_dim()
+        self.norm = ChannelNorm(self.feat_dim) if channel_norm else nn.Identity()
+        self.upsampler = JBUStack(self.feat_dim, num_stages=num_stages, radius=radius, key_dim=key_dim)
+        self.downsampler = build_downsampler(downsampler, self.feat_dim, downsampler_kernel)
+        self.scale_net = UncertaintyHead(self.feat_dim)
+        self.n_views, self.max_pad, self.max_zoom = int(n_views), int(max_pad), float(max_zoom)
+        self.proj_dim, self.tv_weight, self.seed = proj_dim, float(tv_weight), int(seed)
+        self.register_buffer('step', torch.zeros((), dtype=torch.long))
+        self.freeze_parts()
+
+    def _check_feat_dim(self) -> None:
+        """Fails at build time when the backbone says what it returns (``out_channels``: an int, e.g.
+        ``Detectron2Backbone``, or a list indexed by ``in_index``, e.g. ``TimmViT``) and it is not ``feat_dim``."""
+        channels = getattr(self.backbone, 'out_channels', None)
+        if isinstance(channels, (list, tuple)) and isinstance(self.in_index, int):
+            try:
+                channels = channels[self.in_index]
+            except IndexError:
+                raise ValueError(f'in_index {self.in_index} is out of range: the backbone has {len(channels)} '
+                                 f'outputs (out_channels {list(channels)})') from None
+        if isinstance(channels, int) and channels != self.feat_dim:
+            what = getattr(self.backbone, 'out_feature', self.in_index)
+            raise ValueError(f'feat_dim={self.feat_dim} but the backbone output {what!r} has {channels} channels '
+                             f'({type(self.backbone).__name__}); set feat_dim={channels}')
+
+    # -- frozen parts ------------------------------------------------------------------------------------------
+    def frozen_parts(self):
+        return (self.backbone, self.norm)
+
+    def init_weights(self):
+        super().init_weights()
+        self.freeze_parts()
+
+    # -- features ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def extract_lr(self, img: torch.Tensor) -> torch.Tensor:
+        """Channel-normed low-resolution features of the frozen backbone, ``[B, feat_dim, h, w]``."""
+        out = self.backbone(img)
+        if isinstance(out, dict):
+            if self.in_index not in out:
+                raise KeyError(f'backbone output has keys {sorted(out)}, in_index is {self.in_index!r}')
+            out = out[self.in_index]
+        elif isinstance(out, (list, tuple)):
+            out = out[self.in_index]
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] != self.feat_dim:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f'backbone output {self.in_index!r} must be [B, {self.feat_dim}, h, w] (feat_dim), '
+                             f'got {shape}')
+        return self.norm(out)
+
+    def upsample(self, img: torch.Tensor, lr: Optional[torch.Tensor] = None, output_size=None) -> torch.Tensor:
+        """High-resolution features of ``img`` (default: at the image size)."""
+        lr = self.extract_lr(img) if lr is None else lr
+        return self.upsampler(lr, img, output_size=output_size or tuple(img.shape[-2:]))
+
+    # -- mmengine interface ------------------------------------------------------------------------------------
+    def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = 'tensor'):
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[1] != 3:
+            raise ValueError('FeatUpJBUTrainer expects inputs [B, 3, H, W] (ImageNet-normalised RGB), got '
+                             f'{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}')
+        if mode == 'loss':
+            return self.loss(inputs)
+        if mode in ('tensor', 'predict'):
+            return self.upsample(inputs)
+        raise ValueError(f"mode must be 'loss', 'tensor' or 'predict', got {mode!r}")
+
+    def loss(self, img: torch.Tensor) -> Dict[str, torch.Tensor]:
+        seed = _step_seed(self.seed, int(self.step), _rank())
+        devices = [img.device.index if img.device.index is not None else torch.cuda.current_device()] \
+            if img.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # dropout masks of this step
+            gen = torch.Generator().manual_seed(seed)  # views and projections (drawn on the CPU)
+            losses = self._loss(img, gen)
+        if self.training:
+            self.step += 1
+        return losses
+
+    def _loss(self, img: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
+        return multiview_loss(img, self.extract_lr, lambda lr, im: self.upsample(im, lr), self.downsampler,
+                              self.scale_net, gen, n_views=self.n_views, max_pad=self.max_pad, max_zoom=self.max_zoom,
+                              proj_dim=self.proj_dim, tv_weight=self.tv_weight)

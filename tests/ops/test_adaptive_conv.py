@@ -1,0 +1,317 @@
+"""The JBU op: exactness against the unfold reference, float64 gradients, errors, backends."""
+import os
+import random
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import featup_plugin.ops as ops
+from featup_plugin.ops import _backend, adaptive_conv, local_correlation
+from featup_plugin.ops.adaptive_conv import flip_taps
+from featup_plugin.ops.reference import (adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps,
+                                         local_correlation_unfold)
+
+from tests import ROOT
+
+# fp32 tolerance: each output sums k*k*(1 or C) products; we compare with
+# |ours - ref| <= FP32_ATOL + FP32_RTOL * |ref|, generous for accumulation-order differences.
+FP32_ATOL, FP32_RTOL = 1e-4, 1e-4
+
+
+def make(b, c, h, w, k, dtype=torch.float64, device='cpu', requires_grad=False):
+    x = torch.randn(b, c, h + k - 1, w + k - 1, dtype=dtype, device=device, requires_grad=requires_grad)
+    f = torch.randn(b, h, w, k, k, dtype=dtype, device=device, requires_grad=requires_grad)
+    return x, f
+
+
+def test_compiled_backend_is_used():
+    # Unless the reference is requested, the tests must exercise compiled code, not the fallback.
+    if os.environ.get('FEATUP_OPS', 'auto') == 'reference':
+        pytest.skip('FEATUP_OPS=reference requested')
+    assert _backend.get_ext() is not None, ops.backend_name()
+    assert not ops.backend_name().startswith('reference')
+
+
+@pytest.mark.parametrize('k', [1, 3, 5, 7])
+@pytest.mark.parametrize('shape', [(1, 1, 1, 1), (2, 3, 5, 6), (1, 4, 7, 3), (3, 2, 2, 9)])
+def test_forward_matches_unfold_reference_float64(shape, k):
+    x, f = make(*shape, k)
+    torch.testing.assert_close(adaptive_conv(x, f), adaptive_conv_unfold(x, f), rtol=1e-12, atol=1e-12)
+    g = torch.randn(shape[0], shape[1], shape[2], shape[3], dtype=torch.float64)
+    torch.testing.assert_close(local_correlation(g, x), local_correlation_unfold(g, x), rtol=1e-12, atol=1e-12)
+
+
+def test_randomised_float32_against_reference():
+    rng = random.Random(1234)
+    for trial in range(40):
+        b, c = rng.randint(1, 3), rng.randint(1, 64)
+        h, w = rng.randint(1, 45), rng.randint(1, 45)  # odd, even, non-square, wider than one vector block
+        k = rng.choice([3, 5, 7])
+        x, f = make(b, c, h, w, k, dtype=torch.float32)
+        layout = trial % 4
+        if layout == 1:  # channels_last input
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == 2:  # non-contiguous slices of bigger tensors
+            x = torch.randn(b, c + 2, h + k + 1, w + k + 3)[:, 1:c + 1, 1:h + k, 2:w + k + 1]
+            f = torch.randn(b, h, w, k + 1, k + 1)[..., :k, 1:]
+            assert not x.is_contiguous() and not f.is_contiguous()
+        elif layout == 3:  # filters as a permuted tap-major tensor (what the JBU upsampler passes)
+            f = torch.randn(b, k * k, h, w).permute(0, 2, 3, 1).reshape(b, h, w, k, k)
+        ref = adaptive_conv_unfold(x.double(), f.double())
+        out = adaptive_conv(x, f)
+        assert out.dtype == torch.float32 and out.shape == (b, c, h, w)
+        assert (out.double() - ref).abs().le(FP32_ATOL + FP32_RTOL * ref.abs()).all(), (b, c, h, w, k, layout)
+        if layout == 1:
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        g = torch.randn(b, c, h, w)
+        refc = local_correlation_unfold(g.double(), x.double())
+        outc = local_correlation(g, x)
+        tol = FP32_ATOL * c ** 0.5 + FP32_RTOL * refc.abs()
+        assert (outc.double() - refc).abs().le(tol).all(), (b, c, h, w, k, layout)
+
+
+@pytest.mark.parametrize('k', [3, 5, 7])
+@pytest.mark.parametrize('shape', [(1, 2, 3, 4), (2, 3, 5, 2)])
+def test_gradcheck_float64(shape, k):
+    x, f = make(*shape, k, requires_grad=True)
+    assert torch.autograd.gradcheck(adaptive_conv, (x, f), eps=1e-6, atol=1e-8)
+    g = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(local_correlation, (g, x), eps=1e-6, atol=1e-8)
+
+
+def test_every_filter_tap_gets_the_right_gradient():
+    # FeatUp's CUDA kernel indexes taps with blockIdx.z * blockIdx.z, so only taps {0,1,4,...,36} got gradient.
+    x, f = make(2, 5, 6, 7, 7, requires_grad=True)
+    go = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    adaptive_conv(x, f).backward(go)
+    gx, gf = x.grad.clone(), f.grad.clone()
+    x.grad = f.grad = None
+    adaptive_conv_unfold(x, f).backward(go)
+    torch.testing.assert_close(gf, f.grad)
+    torch.testing.assert_close(gx, x.grad)
+    assert (gf.abs().sum((0, 1, 2)) > 0).all()
+
+
+def test_gradgradcheck_float64():
+    x, f = make(1, 2, 3, 3, 3, requires_grad=True)
+    assert torch.autograd.gradgradcheck(adaptive_conv, (x, f), eps=1e-6, atol=1e-7)
+
+
+def test_flip_taps_definition():
+    k, kernel = 3, torch.randn(2, 9, 4, 5, dtype=torch.float64)
+    out = flip_taps(kernel, k)
+    assert out.shape == (2, 9, 6, 7)
+    for i in range(k):
+        for j in range(k):
+            for y in range(6):
+                for x in range(7):
+                    h, w = y + i - (k - 1), x + j - (k - 1)
+                    want = kernel[:, (k - 1 - i) * k + (k - 1 - j), h, w] if 0 <= h < 4 and 0 <= w < 5 else 0
+                    torch.testing.assert_close(out[:, i * k + j, y, x], torch.as_tensor(want).expand(2).double())
+
+
+def test_tap_loop_reference_equals_unfold_reference():
+    x, f = make(2, 3, 4, 5, 5)
+    torch.testing.assert_close(adaptive_conv_taps(x, f), adaptive_conv_unfold(x, f))
+    g = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(local_correlation_taps(g, x), local_correlation_unfold(g, x))
+
+
+@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
+def test_every_cpu_code_path(isa):
+    ext = _backend.get_ext()
+    if ext is None or not hasattr(ext, 'set_cpu_isa'):
+        pytest.skip('reference backend in use')
+    before = ext.cpu_isa()
+    try:
+        ext.set_cpu_isa(isa)
+    except RuntimeError as exc:
+        assert 'does not support' in str(exc)
+        pytest.skip(f'this CPU has no {isa} path')
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            for (b, c, h, w, k) in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
+                x, f = make(b, c, h, w, k, dtype=torch.float64)
+                ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double())
+                tol = 1e-10 if dtype == torch.float64 else 1e-3 if dtype == torch.float32 else 0.5
+                torch.testing.assert_close(adaptive_conv(x.to(dtype), f.to(dtype)).double(), ref, rtol=tol, atol=tol)
+                g = torch.randn(b, c, h, w, dtype=torch.float64)
+                refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
+                torch.testing.assert_close(local_correlation(g.to(dtype), x.to(dtype)).double(), refc,
+                                           rtol=tol, atol=tol * c)
+    finally:
+        ext.set_cpu_isa(before)
+    with pytest.raises(RuntimeError, match='unknown CPU code path'):
+        ext.set_cpu_isa('sse9')
+
+
+def test_bfloat16_cpu_close_to_float32():
+    x, f = make(1, 8, 9, 10, 3, dtype=torch.float32)
+    out = adaptive_conv(x.bfloat16(), f.bfloat16())
+    assert out.dtype == torch.bfloat16
+    ref = adaptive_conv_unfold(x.bfloat16().float(), f.bfloat16().float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('make_args, exc, match', [
+    (lambda: (torch.randn(2, 3, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'input must be 4-D'),
+    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 9)), ValueError, 'filters must be 5-D'),
+    (lambda: (torch.randn(2, 3, 9, 9), torch.randn(2, 6, 6, 4, 4)), ValueError, 'must be odd'),
+    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 5)), ValueError, 'square'),
+    (lambda: (torch.randn(2, 3, 9, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'spatial size'),
+    (lambda: (torch.randn(3, 3, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'batch size'),
+    (lambda: (torch.randn(2, 0, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'empty'),
+    (lambda: (torch.randn(0, 3, 8, 8), torch.randn(0, 6, 6, 3, 3)), ValueError, 'empty'),
+    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 3).double()), TypeError, 'same dtype'),
+    (lambda: (torch.randint(0, 3, (2, 3, 8, 8)), torch.randn(2, 6, 6, 3, 3)), TypeError, 'floating point'),
+    (lambda: (torch.randn(2, 3, 8, 8, device='meta'), torch.randn(2, 6, 6, 3, 3)), ValueError, 'same device'),
+    (lambda: ([[1.0]], torch.randn(2, 6, 6, 3, 3)), TypeError, 'torch.Tensor'),
+])
+def test_adaptive_conv_bad_inputs(make_args, exc, match):
+    with pytest.raises(exc, match=match):
+        adaptive_conv(*make_args())
+
+
+@pytest.mark.parametrize('make_args, exc, match', [
+    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 9)), ValueError, 'same odd window'),
+    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 9, 9)), ValueError, 'same odd window'),
+    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4, 8, 8)), ValueError, 'channel'),
+    (lambda: (torch.randn(2, 3, 6), torch.randn(2, 3, 8, 8)), ValueError, '4-D'),
+    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 8).half()), TypeError, 'same dtype'),
+    (lambda: (torch.randn(2, 0, 6, 6), torch.randn(2, 0, 8, 8)), ValueError, 'empty'),
+])
+def test_local_correlation_bad_inputs(make_args, exc, match):
+    with pytest.raises(exc, match=match):
+        local_correlation(*make_args())
+
+
+def test_compiled_entry_points_check_too():
+    # The C++ layer validates on its own (defence in depth for direct callers of the extension).
+    ext = _backend.get_ext()
+    if ext is None:
+        pytest.skip('reference backend in use')
+    with pytest.raises(RuntimeError, match='same dtype'):
+        ext.adaptive_conv_forward(torch.randn(1, 2, 5, 5), torch.randn(1, 9, 3, 3).double())
+    with pytest.raises(RuntimeError, match='k\\*k taps'):
+        ext.adaptive_conv_forward(torch.randn(1, 2, 5, 5), torch.randn(1, 8, 3, 3))
+
+
+def _run(code, **env):
+    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), **env)
+    return subprocess.run([sys.executable, '-c', code], env=full, capture_output=True, text=True, timeout=900)
+
+
+def test_env_var_forces_reference():
+    code = ('import torch, warnings\n'
+            'import featup_plugin.ops as o\n'
+            'warnings.simplefilter("error")  # the op itself must not warn when the reference is requested\n'
+            'x = torch.randn(1, 2, 6, 6); f = torch.randn(1, 4, 4, 3, 3)\n'
+            'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
+            'print(o.backend_name())')
+    res = _run(code, FEATUP_OPS='reference')
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == 'reference (FEATUP_OPS=reference)'
+
+
+def test_invalid_env_var_is_an_error():
+    res = _run('import torch, featup_plugin.ops as o; o.adaptive_conv(torch.randn(1,1,3,3), torch.randn(1,1,1,3,3))',
+               FEATUP_OPS='fast')
+    assert res.returncode != 0 and "FEATUP_OPS='fast' is not one of" in res.stderr
+
+
+def test_fallback_warns_once_and_is_correct(monkeypatch):
+    # Hide the prebuilt extension and make the JIT build fail: the reference must run, with ONE warning.
+    import featup_plugin
+    monkeypatch.setitem(sys.modules, 'featup_plugin._ext', None)
+    monkeypatch.delattr(featup_plugin, '_ext', raising=False)
+    monkeypatch.setattr(_backend, '_jit_build', lambda with_cuda: (_ for _ in ()).throw(OSError('no compiler')))
+    monkeypatch.setenv('FEATUP_OPS', 'auto')
+    _backend._reset_for_tests()
+    try:
+        x, f = make(1, 2, 4, 4, 3)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter('always')
+            out1 = adaptive_conv(x, f)
+            out2 = adaptive_conv(x, f)
+            g = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+            corr = local_correlation(g, x)
+        msgs = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+        assert len(msgs) == 1 and 'pure-PyTorch reference' in msgs[0] and 'no compiler' in msgs[0]
+        assert ops.backend_name() == 'reference (fallback)'
+        torch.testing.assert_close(out1, adaptive_conv_unfold(x, f))
+        torch.testing.assert_close(out2, out1)
+        torch.testing.assert_close(corr, local_correlation_unfold(g, x))
+    finally:
+        _backend._reset_for_tests()
+
+
+def test_build_error_message_names_the_compiler_error():
+    log = ("Error building extension 'x': [1/2] c++ -c a.cpp\nFAILED: a.o\n"
+           "a.cpp:3:1: error: 'foo' was not declared in this scope\nninja: build stopped: subcommand failed.")
+    assert _backend._first_error_line(log) == "a.cpp:3:1: error: 'foo' was not declared in this scope"
+    assert _backend._first_error_line('') == 'unknown error'
+
+
+def test_jit_build_path(tmp_path):
+    # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds).
+    code = ('import torch, featup_plugin.ops as o\n'
+            'x = torch.randn(2, 5, 9, 10, dtype=torch.float64); f = torch.randn(2, 5, 6, 5, 5, dtype=torch.float64)\n'
+            'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
+            'print(o.backend_name())')
+    res = _run(code, FEATUP_OPS='jit', TORCH_EXTENSIONS_DIR=str(tmp_path), MAX_JOBS='2')
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1].startswith('jit')
+
+
+def test_reference_backend_onnx_friendly_trace():
+    # Under tracing the tap-loop reference runs (plain slicing/mul/add ops), so exports need no custom op.
+    x, f = make(1, 2, 4, 4, 3, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        traced = torch.jit.trace(adaptive_conv, (x, f))
+    torch.testing.assert_close(traced(x, f), adaptive_conv_unfold(x, f))
+    kinds = {node.kind() for node in traced.graph.nodes()}
+    assert 'prim::PythonOp' not in kinds and 'aten::mul' in kinds
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize('k', [3, 5, 7])
+def test_cuda_gradcheck_float64(k):
+    x, f = make(2, 3, 5, 4, k, device='cuda', requires_grad=True)
+    assert torch.autograd.gradcheck(adaptive_conv, (x, f), eps=1e-6, atol=1e-8)
+    g = torch.randn(2, 3, 5, 4, dtype=torch.float64, device='cuda', requires_grad=True)
+    assert torch.autograd.gradcheck(local_correlation, (g, x), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 8e-2)])
+def test_cuda_matches_cpu_reference(dtype, tol):
+    rng = random.Random(7)
+    for _ in range(12):
+        b, c, h, w, k = rng.randint(1, 3), rng.randint(1, 70), rng.randint(1, 40), rng.randint(1, 40), rng.choice([3, 5, 7])
+        x, f = make(b, c, h, w, k, dtype=torch.float32)
+        f = f.softmax(-1)
+        ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double()).float()
+        out = adaptive_conv(x.to(dtype).cuda(), f.to(dtype).cuda()).float().cpu()
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+        g = torch.randn(b, c, h, w)
+        refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double()).float()
+        outc = local_correlation(g.to(dtype).cuda(), x.to(dtype).cuda()).float().cpu()
+        torch.testing.assert_close(outc, refc, rtol=tol, atol=tol * c ** 0.5)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_matches_reference_float32():
+    x, f = make(2, 33, 29, 31, 7, dtype=torch.float32, device='cuda', requires_grad=True)
+    go = torch.randn(2, 33, 29, 31, device='cuda')
+    adaptive_conv(x, f).backward(go)
+    gx, gf = x.grad, f.grad
+    x2, f2 = x.detach().clone().requires_grad_(), f.detach().clone().requires_grad_()
+    adaptive_conv_unfold(x2, f2).backward(go)
+    torch.testing.assert_close(gx, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gf, f2.grad, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The linters CI runs (and .pre-commit-config.yaml runs per commit): ruff for lint, import order and format,
+# clang-format for the C++/CUDA sources. Exit status non-zero on any violation.
+#   bash tools/lint.sh          check
+#   bash tools/lint.sh --fix    fix what the tools can fix (ruff --fix, ruff format, clang-format -i)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+CSRC=$(git ls-files 'featup_plugin/ops/csrc/*.cpp' 'featup_plugin/ops/csrc/*.cu' 'featup_plugin/ops/csrc/*.cuh' \
+       'featup_plugin/ops/csrc/*.hpp' 'featup_plugin/ops/csrc/*.h' 2>/dev/null || find featup_plugin/ops/csrc -type f)
+status=0
+if [ "${1:-}" = "--fix" ]; then
+  $PY -m ruff check --fix . || status=1
+  $PY -m ruff format . || status=1
+  clang-format -i $CSRC || status=1
+  exit $status
+fi
+echo "[lint] ruff check";  $PY -m ruff check . || status=1
+echo "[lint] ruff format --check"; $PY -m ruff format --check . || status=1
+echo "[lint] clang-format"; clang-format --dry-run --Werror $CSRC || status=1
+[ $status -eq 0 ] && echo "[lint] clean" || echo "[lint] violations found (bash tools/lint.sh --fix fixes most)"
+exit $status

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Fine-tune a pretrained mmseg segmentor with some of its Conv2d layers hot-swapped to PAC layers.
+
+    python3 tools/model_converters/pac_hotswap.py CONFIG CHECKPOINT --targets 'backbone.layer4.*.conv2' 'decode_head.convs.0.conv' \
+        [--guidance backbone:input] [--kernel-type gaussian] [--init-scale 1.0] [--work-dir DIR] \
+        [--cfg-options k=v ...] [--launcher pytorch]
+
+CONFIG is the segmentor's ordinary config; the script wraps its model in ``dict(type='PacHotSwap', ...)``
+(``featup_plugin.mmseg.segmentors.pac_hotswap``), sets ``load_from=CHECKPOINT`` (the swapped layers keep the Conv2d's
+state-dict keys, so the checkpoint loads into them; at that point the model computes exactly what the checkpoint
+did) and runs the config's training schedule, with evaluation as the config sets it. ``--dry-run`` prints the
+swapped layers and exits. Targets are module names or glob patterns (``fnmatch``) of Conv2d layers of the
+segmentor, e.g. ``'backbone.layer4.*.conv2'``; the paper's FCN-VGG16 recipe is conv3_3, conv4_3 and conv5_3 with
+guidance from an early layer.
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config')
+    p.add_argument('checkpoint', help="the original segmentor's checkpoint ('none' to start from the config's init)")
+    p.add_argument('--targets', nargs='+', required=True, help='Conv2d names or glob patterns to swap')
+    p.add_argument('--guidance', default='backbone:input',
+                   help="'input', a module name (its output), '<name>[i]' or '<name>:input'")
+    p.add_argument('--kernel-type', default='gaussian')
+    p.add_argument('--init-scale', type=float, default=1.0)
+    p.add_argument('--work-dir')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    p.add_argument('--dry-run', action='store_true', help='build the swapped model, list the swapped layers, exit')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import featup_plugin  # noqa: F401  registers PacHotSwap and the other modules
+    from mmengine.config import ConfigDict
+    from mmengine.runner import Runner
+    from mmseg.utils import register_all_modules
+
+    from featup_plugin.data.prepare import prepare_generated_datasets
+    from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
+    from featup_plugin.layers.pac_hotswap import swapped_layers
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import train as train_tool
+
+    register_all_modules(init_default_scope=False)
+    use_mmengine_checkpoint_loader()
+    train_args = train_tool.parse_args([args.config] + (['--work-dir', args.work_dir] if args.work_dir else [])
+                                       + ['--launcher', args.launcher])
+    train_args.cfg_options = args.cfg_options
+    cfg = train_tool.build_cfg(train_args)
+    if cfg.model.get('type') == 'PacHotSwap':
+        raise ValueError(f'{args.config} is already a PacHotSwap config; run it with tools/train.py')
+    cfg.model = ConfigDict(type='PacHotSwap', model=cfg.model, targets=list(args.targets), guidance=args.guidance,
+                           kernel_type=args.kernel_type, init_scale=args.init_scale)
+    if args.checkpoint.lower() != 'none':
+        if not osp.isfile(args.checkpoint):
+            raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+        cfg.load_from, cfg.resume = args.checkpoint, False
+    if args.dry_run:
+        from mmseg.registry import MODELS
+        from mmengine.registry import init_default_scope
+        init_default_scope('mmseg')
+        model = MODELS.build(cfg.model)
+        print('swapped:', ', '.join(swapped_layers(model)))
+        return
+    prepare_generated_datasets(cfg)
+    runner = Runner.from_cfg(cfg)
+    print('swapped:', ', '.join(swapped_layers(runner.model)), flush=True)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
