@@ -328,6 +328,7 @@ def test_cli_in_process_check(tmp_path, capsys):
     assert err.startswith('error: wrong number of JBU stages') and not (tmp_path / 'x.pth').exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess(tmp_path, untrusted_ckpt):
     out = tmp_path / 'neck.pth'
     res = _run_cli([str(untrusted_ckpt), str(out), '--prefix', 'upsamplers.0.'])

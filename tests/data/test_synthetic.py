@@ -276,6 +276,7 @@ def test_bad_root_and_unknown_parameters(tmp_path):
     assert not dataset_is_complete(tmp_path / 'missing')
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     out = tmp_path / 'cli'
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'dataset_converters', 'generate_dataset.py'), '--out', str(out), '--num-train',

@@ -104,6 +104,7 @@ def test_invalid_targets_raise():
 
 
 # -- training and inference of SemanticSegmentor ----------------------------------------------------------------
+@pytest.mark.slow
 def test_semantic_segmentor_train_step_and_inference(synth_names):
     cfg = make_cfg(SEMSEG_YAML, 'DATASETS.TRAIN', (synth_names[0],), 'DATASETS.TEST', (synth_names[1],),
                    'INPUT.MIN_SIZE_TRAIN', (64,), 'INPUT.MAX_SIZE_TRAIN', 64)
@@ -403,6 +404,7 @@ def _load_train_net():
     return mod
 
 
+@pytest.mark.slow
 def test_train_net_d2_yaml_train_then_eval_only(synth_names, tmp_path):
     tool = _load_train_net()
     out = str(tmp_path / 'run')
@@ -420,6 +422,7 @@ def test_train_net_d2_yaml_train_then_eval_only(synth_names, tmp_path):
     assert again['sem_seg']['mIoU'] == pytest.approx(res['sem_seg']['mIoU'])
 
 
+@pytest.mark.slow
 def test_lazy_config_trains_and_evaluates(synth_names, tmp_path):
     cfg = LazyConfig.load(os.path.join(CONFIGS, 'semantic_fpn_R18_featup_synth.py'))
     bb = instantiate(cfg.model.backbone)
@@ -436,6 +439,7 @@ def test_lazy_config_trains_and_evaluates(synth_names, tmp_path):
     assert math.isfinite(res['sem_seg']['mIoU']) and os.path.isfile(os.path.join(out, 'model_final.pth'))
 
 
+@pytest.mark.slow
 def test_featup_plugin_alone_does_not_import_detectron2():
     """``import featup_plugin`` leaves detectron2 alone; ``featup_plugin.detectron2`` without it names the installer.
     (MMSegmentation's stack is blocked only to keep the subprocess fast: it is not what is tested here.)"""

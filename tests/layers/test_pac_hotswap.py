@@ -150,6 +150,7 @@ def test_selection_errors_and_stale_guidance():
         net2(torch.randn(1, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_mmseg_hotswap_tool_finetunes_from_a_checkpoint(tmp_path):
     pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
     import os

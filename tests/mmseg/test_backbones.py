@@ -282,6 +282,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', list(CASES))
 def test_segmentor_train_val_slide(case):
     backbone, neck, head = CASES[case]

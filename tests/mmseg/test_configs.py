@@ -124,6 +124,7 @@ def _expected_neck(path):
     return 'FeatUpJBU' if '_featup_' in name else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', ALL, ids=NAMES)
 def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     cfg = Config.fromfile(path)
@@ -160,6 +161,7 @@ def test_bilinear_twin_differs_only_in_the_upsampler(path):
     assert da == db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SYNTH, ids=lambda p: os.path.basename(p))
 def test_generated_data_configs_run_as_configured(path, tmp_path):
     """The CPU configs, unchanged except for a smaller generated set and one iteration, train and evaluate."""

@@ -34,6 +34,7 @@ def _run(args, cwd, timeout=600):
     return out
 
 
+@pytest.mark.slow
 def test_train_generates_data_trains_evaluates_then_test_tool(tmp_path):
     data_root, work = str(tmp_path / 'data'), str(tmp_path / 'work')
     assert not os.path.exists(data_root)
@@ -68,6 +69,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     data_root, work = str(tmp_path / 'data'), str(tmp_path / 'work')
     out = _run(['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',

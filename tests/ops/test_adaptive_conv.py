@@ -205,6 +205,7 @@ def _run(code, **env):
     return subprocess.run([sys.executable, '-c', code], env=full, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_env_var_forces_reference():
     code = ('import torch, warnings\n'
             'import featup_plugin.ops as o\n'
@@ -217,6 +218,7 @@ def test_env_var_forces_reference():
     assert res.stdout.strip() == 'reference (FEATUP_OPS=reference)'
 
 
+@pytest.mark.slow
 def test_invalid_env_var_is_an_error():
     res = _run('import torch, featup_plugin.ops as o; o.adaptive_conv(torch.randn(1,1,3,3), torch.randn(1,1,1,3,3))',
                FEATUP_OPS='fast')
@@ -256,6 +258,7 @@ def test_build_error_message_names_the_compiler_error():
     assert _backend._first_error_line('') == 'unknown error'
 
 
+@pytest.mark.slow
 def test_jit_build_path(tmp_path):
     # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds).
     code = ('import torch, featup_plugin.ops as o\n'

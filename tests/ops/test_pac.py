@@ -94,6 +94,7 @@ def test_float32_random_shapes_against_reference():
                                    pac_conv2d_unfold(x, kern, wt, None, k, s, p, d), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('geom', GEOMS[:3])
 def test_gradcheck_compiled_op(geom):
     k, s, p, d = geom
@@ -105,6 +106,7 @@ def test_gradcheck_compiled_op(geom):
     assert torch.autograd.gradcheck(lambda xx, kk: pac_pool2d(xx, kk, k, s, p, d), (x, kern))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kernel_type,normalize', [('gaussian', False), ('inv_0.5_-1', True),
                                                    ('inv_1_-2_asym', False)])
 def test_gradcheck_input_guidance_weight(kernel_type, normalize):
@@ -120,6 +122,7 @@ def test_gradcheck_input_guidance_weight(kernel_type, normalize):
     assert torch.autograd.gradcheck(f, (x, g, w))
 
 
+@pytest.mark.slow
 def test_gradcheck_transposed_and_shared():
     x = torch.randn(1, 2, 4, 3, dtype=D, requires_grad=True)
     layer = PacConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, normalize_kernel=True).double()

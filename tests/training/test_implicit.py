@@ -142,6 +142,7 @@ def test_view_bank_runs_the_backbone_only_for_the_pca_views_and_fit_size_is_the_
             fit_implicit(img, net, steps=1, fit_size=bad, pca_views=2, pca_dim=4, hidden=8)
 
 
+@pytest.mark.slow
 def test_fit_implicit_tool_cpu_preset(tmp_path):
     import os
     import subprocess
@@ -149,7 +150,7 @@ def test_fit_implicit_tool_cpu_preset(tmp_path):
     from PIL import Image
     from featup_plugin.data.synthetic import generate_scene
     Image.fromarray(generate_scene(3, (40, 40))[0]).save(tmp_path / 'scene.png')
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests import ROOT as root
     cmd = [sys.executable, os.path.join(root, 'tools', 'fit_implicit.py'), str(tmp_path / 'scene.png'),
            '--out-dir', str(tmp_path / 'out'), '--preset', 'cpu', '--steps', '3', '--size', '32', '--pca-views', '4',
            '--model', 'vit_small_patch8_224', '--model-kwargs', 'depth=1', 'embed_dim=32', 'num_heads=2',

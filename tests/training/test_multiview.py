@@ -312,6 +312,7 @@ def _train(cfg):
     return runner, rec.values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', JBU_CONFIGS, ids=lambda p: os.path.basename(p))
 def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
     _mmseg()
@@ -331,6 +332,7 @@ def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
     assert not model.backbone.training and all(not p.requires_grad for p in model.backbone.parameters())
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp_path, capsys):
     _mmseg()
     from mmengine.config import Config
@@ -382,6 +384,7 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
 
 
+@pytest.mark.slow
 def test_resume_gives_the_next_step_loss_of_an_uninterrupted_run(synth_root, tmp_path):
     _mmseg()
     from mmengine.config import Config
@@ -397,6 +400,7 @@ def test_resume_gives_the_next_step_loss_of_an_uninterrupted_run(synth_root, tmp
     assert straight[2] != pytest.approx(straight[1], rel=1e-4)  # steps differ: the comparison can fail
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_through_tools_train(synth_root, tmp_path):
     """tools/train.py with torchrun (2 processes, gloo on CPU): DDP over the trainer, one checkpoint."""
     _mmseg()
