@@ -1,31 +1,9 @@
-"""A generated semantic-segmentation dataset in which feature *resolution* matters.
+"""A generated semantic-segmentation dataset in which feature *resolution* matters: textured regions, 1-3 px thin
+structures and 2-10 px objects with overlapping colours, every scene determined by ``(seed, size)``, labels exactly
+consistent with the image. Framework-free (numpy + PIL only); the MMSegmentation adapter lives in
+:mod:`featup_plugin.mmseg.datasets.featup_synthetic`.
 
-Framework-free (numpy + PIL only): no torch, mmengine or mmseg import here; the MMSegmentation adapter lives
-in :mod:`featup_plugin.mmseg.datasets.featup_synthetic`.
-
-Every scene is fully determined by ``(seed, size)`` and contains
-
-* large textured regions (``grass``, ``water``, ``brick``, ``sand`` on a ``background`` of smooth noise), whose
-  classes differ by texture (streaks, waves, a brick grid, speckle) as well as by colour;
-* thin structures 1-3 px wide: straight ``pole``\\ s (with the odd cross-bar), sagging ``wire``\\ s and curved
-  ``vine``\\ s;
-* small objects from 2 to 10 px: round ``pebble``\\ s and ``marker``\\ s (squares, diamonds, crosses, triangles).
-
-Colours overlap on purpose (``vine`` is a darker ``grass`` green, ``pole`` grey sits inside the ``background``
-range, ``sand`` carries dark speckles like ``wire``, plus per-instance colour jitter, a per-image colour gain and
-per-pixel noise), so a per-pixel colour lookup does not solve the task; shape, texture and context do.
-
-Geometry is rasterised once, without anti-aliasing, into an instance map; the label map is a lookup of that
-map and every image pixel takes its colour from the texture of its own class. Labels are therefore exactly
-consistent with the image: there is no mixed pixel and no ignore pixel (255 is never written).
-
-Layout written by :func:`generate_dataset` (MMSegmentation's ``img_dir``/``ann_dir`` convention)::
-
-    root/img_dir/{train,val}/00000.png   RGB, uint8
-    root/ann_dir/{train,val}/00000.png   mode 'L', value = class index
-    root/meta.json                       written last: its presence marks a complete dataset
-
-Image ``i`` of split ``s`` is ``generate_scene(scene_seed(seed, s, i), size)``.
+Derivation / details: docs/data.md
 """
 import json
 import math

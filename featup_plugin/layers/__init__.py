@@ -1,4 +1,7 @@
-"""Framework-free building blocks (plain ``torch.nn``): SFT conditioning, the PAC hot-swap, freezing."""
+"""Framework-free building blocks (plain ``torch.nn``): SFT conditioning, the PAC hot-swap, freezing.
+
+Derivation / details: docs/sft.md#sft-layers, docs/pac.md#hot-swap
+"""
 from .freeze import FrozenPartsMixin, freeze
 from .pac_hotswap import GuidanceSource, PacHotSwapConv2d, pac_hot_swap, swapped_layers
 from .sft import CONDITION_SIGNALS, ResBlockSFT, SFTConditionNet, SFTLayer, resize_condition, sobel_magnitude

@@ -1,31 +1,9 @@
-"""Hot-swap: turn selected ``nn.Conv2d`` layers of a (pretrained) model into pixel-adaptive convolutions.
+"""Hot-swap: turn selected ``nn.Conv2d`` layers of a (pretrained) model into pixel-adaptive convolutions, guided by
+a tensor captured during the model's own forward, that start as the original layers and keep its state-dict keys::
 
     model = pac_hot_swap(model, ['layer3.*.conv2', 'layer4.*.conv2'], guidance='layer1')
 
-Each selected Conv2d becomes a :class:`PacHotSwapConv2d` (a :class:`~featup_plugin.ops.PacConv2d` with the same
-``weight`` / ``bias`` tensors, names and shapes, so the model's state-dict keys are unchanged; two parameters
-per layer are added). The guidance is captured with hooks during the model's own forward and resized
-(bilinear) to each swapped layer's input size:
-
-* ``guidance='input'``: the model's first tensor argument (or its ``inputs=`` / ``x=`` keyword), e.g. the image;
-* ``guidance='<module name>'``: that submodule's output (the first tensor of a tuple / list / dict output, or
-  ``'<name>[i]'`` for element ``i``);
-* ``guidance='<module name>:input'``: that submodule's first tensor input (for an mmseg segmentor,
-  ``'backbone:input'`` is the normalised image of the current crop, also under slide inference).
-
-The guidance module must run before the swapped layers in each forward.
-
-Initialisation: the adapting kernel of a swapped layer is ``K = 1 + blend * (K_pac(guidance_scale * f) - 1)``
-with ``blend`` (a learnable scalar) initialised to 0, so ``K == 1`` and the swapped model computes exactly
-what the original did (up to float summation order). ``guidance_scale`` (learnable scalar, init ``init_scale``)
-sets the bandwidth of the Gaussian. Why not a guidance scale initialised to 0, the obvious alternative: the
-Gaussian depends on the squared scale, so its gradient at 0 is exactly 0 and the layers would never leave the
-plain convolution; ``d out / d blend = conv(v; (K_pac - 1) W)`` is non-zero from the first step.
-
-The paper's FCN recipe (swap conv3_3, conv4_3 and conv5_3 of the VGG-16 encoder, guidance from an early layer)
-is one call, e.g. for torchvision's VGG-16 (``features.14/21/28`` are conv3_3/4_3/5_3)::
-
-    pac_hot_swap(vgg, ['features.14', 'features.21', 'features.28'], guidance='features.3')
+Derivation / details: docs/pac.md#hot-swap
 """
 from __future__ import annotations
 
@@ -141,7 +119,8 @@ class GuidanceSource:
 
 class PacHotSwapConv2d(PacConv2d):
     """A PacConv2d that takes its guidance from a :class:`GuidanceSource` and blends its adapting kernel with
-    1: ``K = 1 + blend * (K_pac(guidance_scale * f) - 1)``; ``forward(input)`` like the Conv2d it replaces."""
+    1: ``K = 1 + blend * (K_pac(guidance_scale * f) - 1)``; ``forward(input)`` like the Conv2d it replaces.
+    ``blend`` starts at 0, so the layer starts as the Conv2d (why ``blend``: docs/pac.md#initialisation-why-blend)."""
 
     def __init__(self, *args, init_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -216,9 +195,30 @@ def pac_hot_swap(model: nn.Module, targets: Targets, guidance: str = 'input', ke
                  init_scale: float = 1.0, detach_guidance: bool = False,
                  smooth_kernel_type: str = 'none') -> nn.Module:
     """Replaces the ``targets`` Conv2d layers of ``model`` (in place) by :class:`PacHotSwapConv2d` guided by
-    ``guidance``; returns ``model``. See the module docstring. Grouped convolutions, even kernel sizes,
-    non-zero padding modes and Conv2d subclasses with their own forward (timm's ``Conv2dSame``, weight-standardised
-    convs) are refused with a ``ValueError`` naming the layer."""
+    ``guidance``; returns ``model``. At initialisation the swapped model computes what the original did.
+
+    Args:
+        model: any ``nn.Module``.
+        targets: a layer name or glob pattern (``'layer4.*.conv2'``), a list of them, or a predicate
+            ``(name, module) -> bool``.
+        guidance: ``'input'`` (the model's first tensor argument, or its ``inputs=`` / ``x=`` keyword), a module
+            name (its output; ``'<name>[i]'`` for element ``i`` of a tuple / list / dict output) or
+            ``'<name>:input'`` (that module's first tensor input; ``'backbone:input'`` in an mmseg segmentor is the
+            current crop). It is resized (bilinear) to each swapped layer's input and must be produced before the
+            swapped layers run in each forward.
+        kernel_type, smooth_kernel_type: as :class:`~featup_plugin.ops.PacConv2d`.
+        init_scale: initial ``guidance_scale`` (the Gaussian's bandwidth).
+        detach_guidance: no gradient into the guidance.
+
+    Raises:
+        ValueError: a target matching no Conv2d, a guidance naming no submodule, or a layer that cannot be swapped
+            (grouped convolutions, even kernel sizes, non-zero padding modes, Conv2d subclasses with their own
+            forward such as timm's ``Conv2dSame`` or weight-standardised convs), naming the layer.
+        TypeError: a ``model`` that is not an ``nn.Module``, malformed ``targets`` (or one naming a module that is
+            not a Conv2d), a ``guidance`` that is not a string.
+
+    Details and the paper's VGG-16 FCN recipe: docs/pac.md#hot-swap
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f'pac_hot_swap: model must be an nn.Module, got {type(model).__name__}')
     names = _select(model, targets)

@@ -1,19 +1,8 @@
-"""Spatial feature transform (SFT) layers, plain ``torch.nn`` (no framework import).
+"""Spatial feature transform (SFT; Wang et al., CVPR 2018) layers, plain ``torch.nn`` (no framework import):
+:class:`SFTLayer` (``out = x * (1 + gamma) + beta`` from a condition map, the identity at initialisation), SFTGAN's
+:class:`ResBlockSFT`, and :class:`SFTConditionNet` (guidance -> one condition map per scale).
 
-SFT (Wang et al., "Recovering Realistic Texture in Image Super-resolution by Deep Spatial Feature Transform",
-CVPR 2018) modulates features with a per-pixel affine transform predicted from a condition map:
-``out = x * (1 + gamma) + beta`` with ``(gamma, beta)`` from 1x1 convolutions of the condition (the ``1 +``
-form of SFTGAN's PyTorch release; the paper writes ``x * gamma + beta``). A condition network turns a guidance
-signal into one condition map per scale, shared by every SFT layer at that scale.
-
-* :class:`SFTLayer`: the modulation. Its last 1x1 convolutions start at zero, so a fresh layer is the identity
-  (``gamma = beta = 0``); note that the condition then gets no gradient until those convolutions have moved
-  away from zero (one optimiser step), like any zero-initialised branch.
-* :class:`ResBlockSFT`: SFTGAN's residual block, an SFT layer before each of its two 3x3 convolutions.
-* :class:`SFTConditionNet`: guidance ``[B, C, H, W]`` (or several maps of any sizes, concatenated along the
-  channels after resizing) -> one condition per requested size. At each size the guidance is area-pooled (or
-  bilinearly enlarged), optionally turned into Sobel edge magnitudes, and fed to a small convolutional trunk
-  shared by all scales, followed by a per-scale 1x1 convolution.
+Derivation / details: docs/sft.md#sft-layers
 """
 from __future__ import annotations
 
@@ -163,16 +152,10 @@ class ResBlockSFT(nn.Module):
 
 
 class SFTConditionNet(nn.Module):
-    """Guidance -> one condition map per requested size (shared by all SFT layers at that size).
-
-    At each size the guidance is resized (:func:`resize_condition`: area average when shrinking, bilinear when
-    enlarging). The guidance may also be a list/tuple of maps ``[B, C_i, H_i, W_i]`` of different sizes (e.g. a
-    coarse segmentation prior and the image): each is resized to the size on its own, then they are
-    concatenated along the channels (``sum(C_i) == in_channels``). ``signal`` picks what the trunk sees there:
-    ``'raw'`` the resized guidance, ``'edges'`` its per-channel Sobel magnitude (:func:`sobel_magnitude`,
-    computed at that size, so each scale sees its own edges), ``'raw+edges'`` both concatenated. The trunk
-    (``num_convs`` 3x3 convolutions with LeakyReLU) is shared by all scales; a per-scale 1x1 convolution gives
-    the ``cond_channels`` condition.
+    """Guidance -> one condition map per requested size (shared by all SFT layers at that size):
+    ``forward(guidance, sizes)``. The guidance (a map, or a list/tuple of maps of any sizes with
+    ``sum(C_i) == in_channels``) is resized to each size, turned into ``signal`` and fed to a trunk shared by all
+    scales, then a per-scale 1x1 convolution. Details: docs/sft.md#sftconditionnet
 
     Args:
         in_channels: guidance channels (3 for an RGB image; the sum over the maps for a list of maps).
@@ -180,7 +163,8 @@ class SFTConditionNet(nn.Module):
         hidden_channels: trunk width (default ``cond_channels``).
         num_scales: number of sizes ``forward`` is called with (one output convolution each).
         num_convs: 3x3 convolutions in the trunk (>= 1).
-        signal: ``'raw'``, ``'edges'`` or ``'raw+edges'``.
+        signal: ``'raw'`` (the resized guidance), ``'edges'`` (its per-channel Sobel magnitude at that size) or
+            ``'raw+edges'`` (both).
         negative_slope: LeakyReLU slope.
     """
 

@@ -1,4 +1,7 @@
-"""The math of featup_plugin: autograd functions over C++/CUDA kernels, with pure-PyTorch references."""
+"""The math of featup_plugin: autograd functions over C++/CUDA kernels, with pure-PyTorch references.
+
+Derivation / details: docs/ops.md (the JBU primitives, backend selection, kernels), docs/pac.md (PAC layers).
+"""
 from ._backend import backend_name
 from .adaptive_conv import (adaptive_conv, adaptive_conv_reference, local_correlation,
                             local_correlation_reference)

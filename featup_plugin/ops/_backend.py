@@ -1,14 +1,8 @@
-"""Finds the compiled JBU op: prebuilt extension, then a JIT build with ninja, then the PyTorch reference.
+"""Finds the compiled JBU op: prebuilt extension, then a JIT build with ninja, then the PyTorch reference (one
+``RuntimeWarning``). The environment variable ``FEATUP_OPS`` (``auto``, ``ext``, ``jit`` or ``reference``; read once,
+at the first call of an op) forces a choice.
 
-Select with the environment variable ``FEATUP_OPS`` (read once, at the first call of an op):
-
-* ``auto`` (default): the extension built by ``setup.py`` (``featup_plugin._ext``); if it is missing or
-  cannot load, a JIT build of ``ops/csrc`` with ``torch.utils.cpp_extension.load`` (needs ninja and a C++
-  compiler, CUDA sources added when a GPU and ``nvcc`` are present); if that fails too, the pure-PyTorch
-  reference, announced by one ``RuntimeWarning``.
-* ``ext``: the prebuilt extension only; an ``ImportError`` if it is missing.
-* ``jit``: skip the prebuilt extension and JIT-build.
-* ``reference``: the pure-PyTorch implementation, no compiled code (no warning: you asked for it).
+Derivation / details: docs/ops.md#backend-selection-featup_ops
 """
 from __future__ import annotations
 

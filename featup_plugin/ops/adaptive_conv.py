@@ -1,19 +1,8 @@
-"""The JBU primitive: a per-pixel ``k x k`` filter shared by all channels ("adaptive convolution").
+"""The JBU primitives as autograd functions over the compiled kernels: ``adaptive_conv`` (a per-pixel ``k x k``
+filter shared by all channels) and ``local_correlation`` (its filter gradient, and the JBU range-kernel logits).
+Each is the other's gradient, so the backward passes reuse the same two kernels (double backward works).
 
-``adaptive_conv(input, filters)``: ``input [B, C, H+k-1, W+k-1]`` (already padded), ``filters [B, H, W, k, k]``
-(odd ``k``) -> ``[B, C, H, W]`` with ``out[b,c,h,w] = sum_{i,j} filters[b,h,w,i,j] * input[b,c,h+i,w+j]``.
-
-``local_correlation(center, padded)``: ``center [B, C, H, W]``, ``padded [B, C, H+k-1, W+k-1]`` ->
-``[B, k*k, H, W]`` with ``out[b,i*k+j,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]``. It is the
-filter gradient of ``adaptive_conv`` and, in the JBU upsampler, the range-kernel logits (the dot products of
-each pixel's key with its neighbours') without unfolding the keys.
-
-The two are each other's gradients, so the backward passes reuse the same two kernels, and the backward
-functions are themselves differentiable (double backward works).
-
-Errors: wrong ndim, non-square or even windows, inconsistent sizes and empty tensors raise ``ValueError``;
-non-floating or mismatched dtypes raise ``TypeError``; tensors on different devices raise ``ValueError``.
-Non-contiguous and channels_last inputs are accepted (the output follows the input's memory format).
+Derivation / details: docs/ops.md#adaptive-convolution-and-local-correlation
 """
 from __future__ import annotations
 
@@ -89,12 +78,9 @@ def _check_local_correlation(center: torch.Tensor, padded: torch.Tensor) -> int:
 
 
 def flip_taps(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """Re-indexes a tap-major kernel ``[B, k*k, H, W]`` for the transposed op.
-
-    Returns ``K'`` of shape ``[B, k*k, H+k-1, W+k-1]`` with
-    ``K'[b, i*k+j, y, x] = K[b, (k-1-i)*k + (k-1-j), y+i-(k-1), x+j-(k-1)]`` (zero outside), so that
-    ``sum_{i,j} K[b, i*k+j, y-i, x-j] * G[b, c, y-i, x-j] = adaptive_conv(pad(G, k-1), K')``.
-    Costs ``O(k*k*H*W)`` memory, independent of the channel count.
+    """Re-indexes a tap-major kernel ``[B, k*k, H, W]`` for the transposed op: returns ``K'``
+    ``[B, k*k, H+k-1, W+k-1]`` such that the input gradient is ``adaptive_conv(pad(G, k-1), K')``. ``O(k*k*H*W)``
+    memory. Derivation: docs/ops.md#gradients-the-two-ops-are-each-others-gradients
     """
     b, t, h, w = kernel.shape
     p = k - 1
@@ -177,9 +163,19 @@ def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Per-pixel ``k x k`` filtering of an already padded ``input`` with ``filters [B, H, W, k, k]``.
+    """Per-pixel ``k x k`` filtering of an already padded ``input`` with ``filters``:
+    ``out[b,c,h,w] = sum_{i,j} filters[b,h,w,i,j] * input[b,c,h+i,w+j]``.
 
-    See the module docstring for the formula, shapes and errors.
+    Args:
+        input: ``[B, C, H+k-1, W+k-1]``, floating point (non-contiguous and channels_last tensors accepted).
+        filters: ``[B, H, W, k, k]`` with odd ``k``, same dtype and device as ``input``.
+
+    Returns:
+        ``[B, C, H, W]`` in the input's memory format; differentiable in both arguments (double backward too).
+
+    Raises:
+        ValueError: wrong ndim, non-square or even windows, inconsistent sizes, empty tensors, different devices.
+        TypeError: non-tensor, non-floating or mismatched dtypes.
     """
     k = _check_adaptive_conv(input, filters)
     if not _use_compiled(input):
@@ -191,7 +187,19 @@ def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 
 def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-    """Dot products of each pixel of ``center`` with its ``k x k`` neighbours in ``padded``: ``[B, k*k, H, W]``."""
+    """Dot products of each pixel of ``center`` with its ``k x k`` neighbours in ``padded``:
+    ``out[b,i*k+j,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]``.
+
+    Args:
+        center: ``[B, C, H, W]``, floating point.
+        padded: ``[B, C, H+k-1, W+k-1]`` (odd ``k``), same dtype and device as ``center``.
+
+    Returns:
+        ``[B, k*k, H, W]`` (tap ``i*k + j``); differentiable in both arguments (double backward too).
+
+    Raises:
+        ValueError, TypeError: as :func:`adaptive_conv`.
+    """
     _check_local_correlation(center, padded)
     if not _use_compiled(center):
         return local_correlation_taps(center, padded)

@@ -1,38 +1,9 @@
-"""Pixel-adaptive convolution (PAC; Su et al., CVPR 2019, arXiv 1904.05373), written from the paper.
+"""Pixel-adaptive convolution (PAC; Su et al., CVPR 2019, arXiv 1904.05373), written from the paper:
+``v'_i = sum_{j in window(i)} K(f_i, f_j) * W[p_i - p_j] * v_j + b``, as ``PacConv2d``, ``PacConvTranspose2d`` and
+``PacPool2d`` (``nn.Conv2d`` / ``nn.ConvTranspose2d`` weights) over a tiled implicit-GEMM compiled op that never
+unfolds the input (``O(C * H * W + tile)`` memory).
 
-    v'_i = sum_{j in window(i)} K(f_i, f_j) * W[p_i - p_j] * v_j + b
-
-``v`` is the input, ``f`` the guidance ("adapting features"), ``W`` an ordinary convolution weight and ``K`` the
-adapting kernel, one value per (output pixel, tap) shared by all channels:
-
-* ``'gaussian'``: ``K = exp(-1/2 * ||f_i - f_j||^2)``;
-* ``'inv_{alpha}_{lambda}'``: ``K = alpha + (||f_i - f_j||^2 + 1e-4)^(lambda / 2)``, alpha and lambda learnable
-  (initialised from the name), or fixed buffers with the suffix ``'_fixed'``;
-* suffix ``'_asym'``: the difference is rectified first, ``relu(f_j - f_i)``.
-* ``smooth_kernel_type``: ``'none'`` uses ``f_i`` itself as the centre; ``'gaussian'`` (3x3 binomial),
-  ``'average_{s}'`` or ``'full_{s}'`` (learnable, initialised to the average) compare the neighbours with a
-  smoothed centre feature instead.
-* ``normalize_kernel``: ``K`` divided by its sum over the taps of each output pixel.
-
-Taps that fall outside the input (zero padding) always get ``K = 0`` (they multiply zero inputs anyway; it
-matters for the normalisation). With ``K == 1`` everywhere PAC is exactly ``nn.Conv2d``.
-
-Layout: the adapting kernel is ``[B, kh*kw, Ho, Wo]`` (tap ``t = ty*kw + tx``); the pacnet-style
-``[B, 1, kh, kw, Ho, Wo]`` is accepted too. ``PacConv2d`` takes guidance at the input resolution and has
-``nn.Conv2d``'s ``weight [O, C, kh, kw]`` / ``bias [O]``, so a Conv2d state dict loads as is (``from_conv``);
-``PacConvTranspose2d`` takes guidance at the output resolution and has ``nn.ConvTranspose2d``'s
-``weight [C, O, kh, kw]``; with ``K == 1`` it equals ``nn.ConvTranspose2d`` (the zero-inserted input is
-correlated with the flipped weight, as ``conv_transpose2d`` does). ``PacPool2d`` has no weight:
-``out_c = sum_t K_t * v_c,shifted``. ``shared_filters=True`` uses one ``k x k`` filter for all channels
-(``weight [1, 1, kh, kw]``, ``in_channels == out_channels``).
-
-Implementation: the adapting kernel is computed once per call in PyTorch (a loop over taps, ``O(C_f * Ho * Wo)``
-memory per tap, never an unfold of the guidance); the convolution itself runs in the compiled extension
-(``featup_plugin._ext``: tiles of kernel-weighted columns gathered on the fly and multiplied with ATen's GEMM, so
-memory stays ``O(C * H * W + tile)`` instead of the ``O(C * k^2 * Ho * Wo)`` of an unfold). The tile size is
-``FEATUP_PAC_TILE_MB`` MiB (default 8 on CPU, 64 on CUDA). Without the extension (``FEATUP_OPS=reference``,
-tracing, ONNX export) a pure-PyTorch tap loop with the same memory bound runs. float16/bfloat16 inputs are
-computed in float32 by the compiled op. Gradients are first order (``once_differentiable``).
+Derivation / details: docs/pac.md#the-layer
 """
 from __future__ import annotations
 
@@ -334,10 +305,7 @@ def pac_conv_transpose2d(input: torch.Tensor, kernel: torch.Tensor, weight: torc
                          shared_filters: bool = False) -> torch.Tensor:
     """Transposed PAC. ``weight [C, O, kh, kw]`` as ``nn.ConvTranspose2d``; ``kernel [B, kh*kw, Ho, Wo]`` at the
     output resolution, tap ``t`` comparing output pixel ``i`` with output position ``i + (t - centre) * d``.
-
-    Computed as the stride-1 PAC of the zero-inserted input (see ``_zero_insert``) with the flipped, transposed
-    weight: the same arithmetic as ``conv_transpose2d`` (exactly it when ``kernel == 1``), plus ``s^2`` times the
-    input in zeros; never an unfold.
+    Equals ``conv_transpose2d`` when ``kernel == 1``; never an unfold. Derivation: docs/pac.md#transposed-pac
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError('pac_conv_transpose2d: weight must be a 4-D tensor [C, O, kh, kw]')
@@ -440,7 +408,23 @@ class _PacModule(nn.Module):
 
 class PacConv2d(_PacModule):
     """Pixel-adaptive ``nn.Conv2d``: ``forward(input, guidance)`` (guidance ``[B, C_f, H, W]`` at the input's
-    resolution) or ``forward(input, kernel=K)`` with a precomputed adapting kernel. See the module docstring."""
+    resolution) or ``forward(input, kernel=K)`` with a precomputed adapting kernel ``[B, kh*kw, Ho, Wo]``.
+
+    Args:
+        in_channels, out_channels, kernel_size (odd), stride, padding, dilation, bias: as ``nn.Conv2d``, with its
+            ``weight [O, C, kh, kw]`` / ``bias [O]`` names, shapes and initialisation (a Conv2d state dict loads;
+            see :meth:`from_conv`). Taps in the zero padding get ``K = 0``; with ``K == 1`` this is ``nn.Conv2d``.
+        kernel_type: ``'gaussian'`` (``K = exp(-||f_i - f_j||^2 / 2)``) or ``'inv_{alpha}_{lambda}'``
+            (``K = alpha + (||f_i - f_j||^2 + 1e-4)^(lambda / 2)``, alpha / lambda learnable, or buffers with the
+            suffix ``'_fixed'``); suffix ``'_asym'``: rectified differences ``relu(f_j - f_i)``.
+        smooth_kernel_type: ``'none'``, or compare the neighbours with a smoothed centre: ``'gaussian'`` (3x3
+            binomial), ``'average_{s}'`` or ``'full_{s}'`` (learnable, initialised to the average).
+        normalize_kernel: divide ``K`` by its sum over the taps of each output pixel.
+        shared_filters: one ``k x k`` filter for all channels (``weight [1, 1, kh, kw]``, needs
+            ``in_channels == out_channels``).
+
+    Details: docs/pac.md#adapting-kernels
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair = 0, dilation: IntOrPair = 1, bias: bool = True, kernel_type: str = 'gaussian',
@@ -493,7 +477,11 @@ class PacConv2d(_PacModule):
 
 
 class PacConvTranspose2d(_PacModule):
-    """Pixel-adaptive ``nn.ConvTranspose2d``; guidance ``[B, C_f, Ho, Wo]`` at the OUTPUT resolution."""
+    """Pixel-adaptive ``nn.ConvTranspose2d``; guidance ``[B, C_f, Ho, Wo]`` at the OUTPUT resolution.
+
+    Arguments as ``nn.ConvTranspose2d`` (``weight [C, O, kh, kw]``; with ``K == 1`` it equals
+    ``nn.ConvTranspose2d``) plus the adapting-kernel options of :class:`PacConv2d`. Details: docs/pac.md#transposed-pac
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair = 0, output_padding: IntOrPair = 0, dilation: IntOrPair = 1, bias: bool = True,

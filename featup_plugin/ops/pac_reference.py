@@ -1,15 +1,8 @@
-"""Pure-PyTorch pixel-adaptive convolution (PAC), two ways.
+"""Pure-PyTorch pixel-adaptive convolution (PAC), two ways: ``pac_conv2d_unfold`` (the literal ``F.unfold``
+formula: test oracle, benchmark baseline) and ``pac_conv2d_taps`` (a loop over the taps, ``O(C * Ho * Wo)`` memory
+per tap: the fallback without the compiled op, and what tracing / ONNX export records).
 
-Shapes: ``input [B, C, H, W]``; adapting kernel ``kernel [B, kh*kw, Ho, Wo]`` (tap ``t = ty*kw + tx``);
-``weight [O, C, kh, kw]`` (as ``nn.Conv2d``); output ``[B, O, Ho, Wo]`` with the ``nn.Conv2d`` output size.
-Tap ``t`` of output pixel ``(oy, ox)`` reads ``input[..., oy*sh - ph + ty*dh, ox*sw - pw + tx*dw]`` (zero outside):
-
-    out[b, o, p] = bias[o] + sum_{c, t} weight[o, c, t] * kernel[b, t, p] * input[b, c, src(p, t)]
-
-* ``*_unfold``: the literal ``F.unfold`` formula. Materialises ``B * C * kh*kw * Ho * Wo`` values (what users of
-  the original PAC code ran out of memory on); kept as the test oracle and benchmark baseline.
-* ``*_taps``: a loop over the ``kh*kw`` taps of strided views, ``O(C * Ho * Wo)`` extra memory per tap. The
-  fallback when no compiled op is available (``FEATUP_OPS=reference``), and what tracing / ONNX export records.
+Derivation / details: docs/pac.md#pytorch-references
 """
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""Pure-PyTorch implementations of the JBU primitives.
+"""Pure-PyTorch JBU primitives: ``*_unfold`` (the literal ``F.unfold`` + ``einsum`` formulas: test oracle, benchmark
+baseline) and ``*_taps`` (a loop over the ``k*k`` taps, ``O(C*H*W)`` memory: the fallback, traceable to ONNX).
 
-* ``adaptive_conv_unfold`` / ``local_correlation_unfold``: the literal ``F.unfold`` + ``einsum`` formulas.
-  They materialise ``B*C*k*k*H*W`` values and serve as the test oracle and benchmark baseline.
-* ``adaptive_conv_taps`` / ``local_correlation_taps``: the same sums as a loop over the ``k*k`` taps of
-  shifted views, ``O(C*H*W)`` extra memory. This is the fallback used when no compiled op is available, and
-  it traces to plain ONNX ops (Slice, Mul, Add, ReduceSum).
-
-Shapes: ``input``/``padded`` ``[B, C, H+k-1, W+k-1]``; ``filters`` ``[B, H, W, k, k]``;
-``center`` ``[B, C, H, W]``; the correlation is returned as ``[B, k*k, H, W]`` (tap ``t = i*k + j``).
+Derivation / details: docs/ops.md#pytorch-references
 """
 from __future__ import annotations
 

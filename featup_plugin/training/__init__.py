@@ -2,6 +2,8 @@
 
 The mmengine model that trains a JBU stack with them is :mod:`featup_plugin.mmseg.trainers.jbu_trainer` (registered when
 mmengine/mmseg are importable); the implicit per-image upsampler is :mod:`featup_plugin.training.implicit`.
+
+Derivation / details: docs/training.md
 """
 from .jitter import JitterParams, apply_jitter, reflect_pad, sample_jitter
 from .losses import (UncertaintyHead, blur_loss, magnitude_tv_loss, project, random_projection, total_variation,

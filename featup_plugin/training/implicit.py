@@ -1,21 +1,8 @@
-"""Implicit FeatUp: a per-image implicit upsampler (framework-free: torch only).
+"""Implicit FeatUp: a per-image implicit upsampler (framework-free: torch only). An MLP on Fourier features of
+every pixel's position and colour, fitted to one image by FeatUp's multi-view reconstruction (:func:`fit_implicit`),
+renders the image's features at any resolution (:meth:`ImplicitFeatUp.features`).
 
-An MLP maps Fourier features of every pixel's position and colour ``(x, y, r, g, b)`` to the image's features,
-so it answers at ANY resolution: render at ``(H, W)`` by sampling the image there. It is fitted to one image by
-FeatUp's multi-view reconstruction (the same jitter, downsampler and uncertainty loss as the JBU training,
-:mod:`featup_plugin.training.jitter`, :mod:`featup_plugin.training.losses`):
-
-* the backbone's low-resolution features of jittered views are reduced by a PCA fitted on ``pca_views`` views
-  (FeatUp: 50 views, 128 dims); the model predicts those PCA coordinates, ``features()`` maps them back;
-* per step, the features are rendered at the image size once, each of ``views`` jittered views ``t`` compares
-  ``downsampler(t(F))`` with ``PCA(backbone(t(image)))`` under the adaptive-uncertainty loss, plus
-  ``0.001 * mean |F|^2 + 0.05 * TV(|F|^2) + 0.1 * mean (F - blur(F))^2`` (FeatUp's regularisers);
-* FeatUp's defaults: 1200 steps x 10 views, ``max_pad`` 30, ``max_zoom`` 1.8, NAdam, 30 frequencies
-  ``exp(linspace(-2, 10, 30))`` (5 inputs x 30 x sin/cos + raw colour = 303 channels), MLP
-  ``ChannelNorm -> Dropout2d(0.2) -> 1x1 conv 303->128 -> ReLU -> Dropout2d(0.2) -> ChannelNorm -> 1x1 conv
-  128->128 -> ReLU -> 1x1 conv 128->D``.
-
-The MLP and the PCA are small; :meth:`ImplicitFeatUp.save` also stores the image, which rendering needs.
+Derivation / details: docs/training.md#implicit-featup
 """
 from __future__ import annotations
 
@@ -134,10 +121,8 @@ class ImplicitFeatUp(nn.Module):
     def forward(self, size: Optional[Union[int, Sequence[int]]] = None) -> torch.Tensor:
         """PCA-space features ``[1, k, H, W]`` at ``size`` (default: the image's size).
 
-        Computes ``self.net(self.inputs_at(size))`` in a pixels-by-channels layout: the inputs are constant, so
-        their normalisation is cached, and the first norm's affine and the channel dropout fold into the first
-        layer's weights (no gradient is computed for the inputs). 2-3x faster than the 1x1-convolution
-        layout on CPU, same parameters, same result (tests/training/test_implicit.py)."""
+        Computes ``self.net(self.inputs_at(size))``, 2-3x faster on CPU with the same result (how:
+        docs/training.md#model)."""
         if size is None:
             size = self.image.shape[-2:]
         elif isinstance(size, int):
@@ -217,15 +202,12 @@ def fit_implicit(image: torch.Tensor, backbone: Backbone, steps: int = 1200, vie
     ``downsampler_kernel`` defaults to the backbone's stride at the fitting resolution (fit height / feature
     height).
 
-    Two options make it CPU-sized (FeatUp's defaults have both off):
+    Two options make it CPU-sized (FeatUp's defaults have both off; details: docs/training.md#fitting-fit_implicit):
 
-    * ``view_bank=True``: the ``pca_views`` jittered views computed for the PCA (their transforms and backbone
-      features) are kept, and each step draws its ``views`` targets from them instead of running the backbone
-      on fresh views: the backbone runs ``pca_views`` times in all instead of ``steps * views`` times.
-    * ``fit_size``: render the features at this size (int or ``(H, W)``) while fitting instead of the image's
-      size (the jitter is in fractions of the side, so a view means the same at any size). The model stays
-      implicit: it still answers at any resolution, but detail finer than ``fit_size`` is only constrained by
-      the colour inputs. Cost per step scales with ``fit_size``'s area."""
+    * ``view_bank=True``: each step draws its ``views`` targets from the ``pca_views`` views computed for the PCA,
+      so the backbone runs ``pca_views`` times in all instead of ``steps * views`` times.
+    * ``fit_size``: render the features at this size (int or ``(H, W)``) while fitting; the model still answers at
+      any resolution, but detail finer than ``fit_size`` is only constrained by the colour inputs."""
     if image.dim() != 4 or image.shape[:2] != (1, 3):
         raise ValueError(f'fit_implicit expects one image [1, 3, H, W], got {tuple(image.shape)}')
     if steps < 0 or views < 1 or pca_views < 1:

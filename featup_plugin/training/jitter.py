@@ -1,18 +1,8 @@
-"""Jitter views for FeatUp's multi-view reconstruction training (framework-free: torch only).
+"""Jitter views for FeatUp's multi-view reconstruction training (framework-free: torch only): a view's transform
+(reflect pad, zoom, crop, flip) is a :class:`JitterParams` in fractions of the side, so the same view applies to the
+image and to features of any size; :func:`sample_jitter` draws one as FeatUp does, :func:`apply_jitter` applies it.
 
-A view's transform ``t`` is described by :class:`JitterParams` in *normalised* units (fractions of the side of the
-map it is applied to), so the same ``t`` applies to the 224 px image and to high-resolution features of any size:
-
-1. reflect-pad every side by ``pad * side`` pixels (rounded; FeatUp: ``max_pad`` = 20 px at 224 px),
-2. if ``zoom > 1``: bilinear resize of the padded map by ``zoom``,
-3. crop back to the original size at offset ``(offset_y * H, offset_x * W)`` (rounded, clamped in range),
-4. if ``flip``: mirror horizontally.
-
-With ``zoom == 1`` steps 1-4 are integer slicing and flipping, so ``t`` commutes *exactly* with any per-pixel
-map (e.g. a 1x1 conv or a random projection). Maps of different resolutions see the same geometry up to the
-rounding of the pixel amounts; a flip and a crop at offsets that are whole pixels at both sizes match exactly
-(tests/training/test_multiview.py). This is FeatUp's ``sample_transform`` / ``apply_jitter`` (the paper's jitter), written
-from its description.
+Derivation / details: docs/training.md#jitter-views
 """
 from __future__ import annotations
 
@@ -80,7 +70,8 @@ def reflect_pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:
 
 
 def apply_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
-    """Apply one view's transform to an ``[B, C, H, W]`` map (image or features); the output has its size."""
+    """Apply one view's transform (reflect pad, zoom, crop, flip) to an ``[B, C, H, W]`` map (image or features);
+    the output has its size."""
     if not isinstance(params, JitterParams):
         raise TypeError(f'apply_jitter expects JitterParams, got {type(params).__name__}')
     if x.dim() != 4:

@@ -1,12 +1,8 @@
-"""Losses of FeatUp's training (framework-free: torch only).
+"""Losses of FeatUp's training (framework-free: torch only): the adaptive-uncertainty reconstruction loss
+(:class:`UncertaintyHead`, :func:`uncertainty_loss`), random projections of the features, and the total-variation,
+magnitude and blur regularisers.
 
-* :class:`UncertaintyHead` + :func:`uncertainty_loss`: the adaptive-uncertainty reconstruction loss
-  ``mean(|pred - target|^2 / (2 s^2) + log s)`` with ``s = exp(conv1x1(target features) + 0.1)`` predicted per
-  pixel from the jittered view's backbone features (FeatUp's ``scale_net``).
-* :func:`random_projection` / :func:`project`: features projected on ``dim`` random unit directions per view
-  (FeatUp: 30), so the loss cost does not grow with the backbone width.
-* :func:`total_variation`, :func:`magnitude_tv_loss`: optional smoothness terms; :func:`blur_loss`: the implicit
-  model's ``(F - blur(F))^2`` term.
+Derivation / details: docs/training.md#losses
 """
 from __future__ import annotations
 

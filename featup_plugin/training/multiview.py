@@ -2,6 +2,8 @@
 
 :func:`multiview_loss` is one training step's loss; ``FeatUpJBUTrainer`` (mmengine) and
 ``tools/benchmarks/benchmark_quality.py`` (a plain loop) both call it.
+
+Derivation / details: docs/training.md#multi-view-loss
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Framework-free upsampler modules (plain ``torch.nn``): FeatUp's JBU stack, its downsamplers, the guidance."""
+"""Framework-free upsampler modules (plain ``torch.nn``): FeatUp's JBU stack, its downsamplers, the guidance.
+
+Derivation / details: docs/jbu.md, docs/training.md#downsamplers
+"""
 from .downsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
 from .guidance import IMAGENET_MEAN, IMAGENET_STD, imagenet_guidance, recover_rgb
 from .jbu import JBULearnedRange, JBUStack, num_x2_stages, plan_stage_sizes, resize_guidance

@@ -1,17 +1,8 @@
-"""Learned downsamplers for FeatUp's training (framework-free: torch only, any device).
+"""Learned downsamplers for FeatUp's training (framework-free: torch only, any device): ``BlurDownsampler`` and
+``AttentionDownsampler`` model how the backbone pools high-resolution features into its output, so the training
+loss can compare ``downsampler(t(upsampled features))`` with ``backbone(t(image))``.
 
-They model how the backbone turns high-resolution features into its low-resolution output: the training loss
-compares ``downsampler(t(upsampled features))`` with ``backbone(t(image))``. Both take ``hr [B, C, H, W]`` and
-an output size ``(h, w)``, and pool ``kernel_size``-wide windows placed with stride
-``s = (H - kernel_size) // (h - 1)`` per axis (FeatUp: 224 px, kernel 16, 14 patches -> stride 16).
-
-* :class:`BlurDownsampler` (FeatUp's ``SimpleDownsampler``): one learned ``k x k`` kernel, made non-negative
-  (absolute value) and normalised to sum 1, shared by all channels.
-* :class:`AttentionDownsampler` (FeatUp's ``AttentionDownsampler``): features blurred by a 5x5 Gaussian
-  (sigma 1), each window's taps scored by ``Linear(Dropout(feature))``; the scores, scaled by a learned
-  ``k x k`` weight ``w`` and shifted by a learned bias ``b`` (and, in training, dropped per window with p=0.2),
-  go through a softmax over the window; the output is the attention-weighted average. FeatUp builds ``w``/``b``
-  with ``.cuda()``; here they follow the module's device like any parameter.
+Derivation / details: docs/training.md#downsamplers
 """
 from __future__ import annotations
 
@@ -85,7 +76,8 @@ class BlurDownsampler(nn.Module):
 
 
 class AttentionDownsampler(nn.Module):
-    """Attention pooling over ``k x k`` windows (FeatUp's ``AttentionDownsampler``; see the module docstring).
+    """Attention pooling over ``k x k`` windows (FeatUp's ``AttentionDownsampler``): a softmax over each window of
+    learned saliency logits weights the (blurred) features. Details: docs/training.md#downsamplers
 
     Args:
         dim: feature channels (the saliency is ``Linear(dim, 1)``).
@@ -136,11 +128,9 @@ class AttentionDownsampler(nn.Module):
         return self._pool_disjoint(hr, (h, w), (sy, sx))
 
     def _pool_disjoint(self, hr: torch.Tensor, out_size: Tuple[int, int], stride: Tuple[int, int]) -> torch.Tensor:
-        """The same result when windows do not overlap (stride >= kernel, e.g. FeatUp's 224 px / 16): every
-        pixel belongs to at most one window, so the saliency is scored per pixel (a 1x1 conv on the map), only the
-        one-channel logits are cut into windows for the softmax, and the weighted sum is a sum-pool of the map
-        times the folded-back weights. No ``[B, h, w, k*k, C]`` copy of the features is made (5-10x less time and
-        memory on CPU)."""
+        """The same result when windows do not overlap (stride >= kernel, e.g. FeatUp's 224 px / 16), without a
+        ``[B, h, w, k*k, C]`` copy of the features (5-10x less time and memory on CPU; how:
+        docs/training.md#downsamplers)."""
         b, c, hh, ww = hr.shape
         if c != self.dim:
             raise ValueError(f'AttentionDownsampler({self.dim}) got {c}-channel features')

@@ -1,5 +1,8 @@
 """The upsamplers' guidance image: RGB in [0, 1] normalised with ImageNet's statistics (what FeatUp's trained
-upsamplers see), and its recovery from the normalised batches that mmseg and detectron2 feed their models."""
+upsamplers see), and its recovery from the normalised batches that mmseg and detectron2 feed their models.
+
+Details: docs/jbu.md#guidance-image
+"""
 from __future__ import annotations
 
 from typing import Optional, Sequence

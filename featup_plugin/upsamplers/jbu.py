@@ -1,19 +1,8 @@
-"""FeatUp's joint bilateral upsampler (JBU): one stage and the stack.
+"""FeatUp's joint bilateral upsampler (JBU): one stage (``JBULearnedRange``: a learned range kernel times a spatial
+Gaussian, filtering bicubic-upsampled features) and the stack (``JBUStack``), with FeatUp's parameter names and
+forward pass, so FeatUp state dicts load; beyond FeatUp, the stack reaches any output size (:func:`plan_stage_sizes`).
 
-A stage upsamples ``source`` features to the size of its ``guidance`` image with a per-pixel ``k x k`` kernel
-(``k = 2 * radius + 1``) that is the product of
-
-* a learned range kernel: ``softmax_t(exp(range_temp) * <q(p), q(p + t)>)`` with keys
-  ``q = range_proj(guidance)`` (1x1 conv -> GELU -> Dropout2d -> 1x1 conv), temperature clamped to
-  ``[1e-4, 1e4]``, and
-* a spatial Gaussian ``exp(-|d|^2 / (2 sigma^2))`` over a ``linspace(-1, 1, k)`` grid, learnable sigma,
-
-normalised to sum 1, plus ``0.1 * fixup_proj(cat(kernel, guidance))`` (not renormalised). The source is
-bicubic-resized to the guidance size, reflect-padded by ``radius`` and filtered with
-:func:`featup_plugin.ops.adaptive_conv`. Parameter names and shapes match FeatUp's ``JBULearnedRange`` and
-``JBUStack``, so FeatUp state dicts load (see ``tools/model_converters/convert_featup_checkpoint.py``).
-
-Beyond FeatUp, the stack reaches any output size; see :func:`plan_stage_sizes`.
+Derivation / details: docs/jbu.md#one-stage-jbulearnedrange
 """
 from __future__ import annotations
 
@@ -40,11 +29,8 @@ def _pad(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def resize_guidance(image: torch.Tensor, size: Size) -> torch.Tensor:
-    """The guidance for a stage of output ``size``: ``adaptive_avg_pool2d`` of the image, as FeatUp does.
-
-    When a side must grow (an output larger than the image, e.g. DINOv2's 224 px input -> 16 x 16 patches
-    -> 256 px), adaptive average pooling repeats pixels; FeatUp's trained upsamplers saw exactly that, so it is
-    kept for all sizes (official checkpoints then give FeatUp's outputs)."""
+    """The guidance for a stage of output ``size``: ``adaptive_avg_pool2d`` of the image, as FeatUp does, also
+    when a side grows (why: docs/jbu.md#guidance-per-stage-resize_guidance)."""
     size = (int(size[0]), int(size[1]))
     if tuple(image.shape[-2:]) == size:
         return image
@@ -61,12 +47,10 @@ def num_x2_stages(factor: float, minimum: int = 1) -> int:
 
 
 def plan_stage_sizes(in_size: Sequence[int], out_size: Sequence[int], max_stages: Optional[int] = None) -> List[Size]:
-    """Output sizes of the successive JBU stages that take ``in_size`` features to ``out_size``.
-
-    Stages double the size (as FeatUp's trained stages do) while a doubling stays below the target, and the
-    last stage lands exactly on ``out_size``: ``n = max(1, ceil(log2(max(H/h, W/w))))`` stages, stage
-    ``i < n`` of size ``(min(h*2^i, H), min(w*2^i, W))``. Examples: 14x14 -> 224x224 (x16) gives 28, 56, 112,
-    224; 16x16 -> 224x224 (x14, DINOv2) gives 32, 64, 128, 224; 8x12 -> 20x30 gives 16x24, 20x30.
+    """Output sizes of the successive JBU stages that take ``in_size`` features to ``out_size``: x2 stages, the
+    last one landing exactly on ``out_size`` (14x14 -> 224x224 gives 28, 56, 112, 224; 16x16 -> 224x224 gives 32,
+    64, 128, 224). ``ValueError`` for non-positive sizes, a downsampling, or more stages than ``max_stages``.
+    Derivation: docs/jbu.md#stage-planning-plan_stage_sizes
     """
     h, w = int(in_size[0]), int(in_size[1])
     oh, ow = int(out_size[0]), int(out_size[1])
@@ -161,11 +145,9 @@ class JBUStack(nn.Module):
     With the defaults (4 stages, radius 3, key_dim 32, 3-channel guidance) the parameters and the forward pass
     are those of FeatUp's ``JBUStack(feat_dim)``.
 
-    ``fuse_fixup`` (default True) evaluates the final ``out + 0.1 * conv1x1(dropout2d(out))`` on the last
-    stage's *input* instead of its output. Bicubic resizing, padding and the adaptive convolution act on each
-    channel alike and linearly, so they commute with a 1x1 channel mix and with a per-channel dropout mask: the
-    result is the same (up to float rounding, tested) at a quarter of the cost for a x2 last stage, the largest
-    saving in the stack at high resolution.
+    ``fuse_fixup`` (default True) evaluates the final fixup on the last stage's *input* instead of its output: the
+    same result (up to float rounding) at a quarter of the cost for a x2 last stage
+    (why: docs/jbu.md#the-fused-final-fixup-fuse_fixup).
     """
 
     def __init__(self, feat_dim: int, num_stages: int = 4, radius: int = 3, key_dim: int = 32,

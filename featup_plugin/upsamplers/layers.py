@@ -1,4 +1,4 @@
-"""Small layers shared by the upsamplers."""
+"""Small layers shared by the upsamplers. Details: docs/jbu.md#channelnorm"""
 from __future__ import annotations
 
 import torch

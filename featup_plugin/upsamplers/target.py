@@ -1,4 +1,7 @@
-"""Where a neck's upsampled level ends up: shared by FeatUpJBU and its bilinear twin, so both give equal sizes."""
+"""Where a neck's upsampled level ends up: shared by FeatUpJBU and its bilinear twin, so both give equal sizes.
+
+Details: docs/jbu.md#target-sizes-of-the-necks
+"""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple

@@ -1,4 +1,7 @@
-"""``decode_head=dict(type='SFTGuidedHead', ...)``: a guided decoder, conditioned with SFT at every scale."""
+"""``decode_head=dict(type='SFTGuidedHead', ...)``: a guided decoder, conditioned with SFT at every scale.
+
+Derivation / details: docs/sft.md#sft-guided-decode-head
+"""
 from __future__ import annotations
 
 import math
@@ -27,24 +30,12 @@ MISSING_GUIDANCE = missing_guidance_message('SFTGuidedHead', 'head')
 class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
     """Upsamples decoder features stage by stage (×2 per stage) towards the image, modulating every stage with
     spatial feature transforms (SFT, ``x * (1 + gamma) + beta``) predicted from a guidance signal at that scale.
+    The SFT layers start as the identity, so a fresh head is a plain convolutional upsampling decoder. The forward
+    pass, stage sizes and conditions: docs/sft.md#sft-guided-decode-head
 
-    Per forward pass::
-
-        x = ConvModule3x3(input)                                    # at the input's scale
-        for each scale s (the input's, then each x2 stage up to the output size):
-            if s is not the first: x = ConvModule3x3(resize_bilinear(x, size_s))
-            x = ResBlockSFT(x, cond_s)  (num_blocks times)           # SFT before each 3x3 conv
-        logits = conv_seg(dropout(x))
-        cond_1..cond_n = SFTConditionNet(guidance, [size_1, ..., size_n])
-        # condition='prior': guidance = softmax(prior_logits), prior_logits = prior_head(input)   (SFTGAN-style)
-
-    The SFT layers start as the identity (zero-initialised last 1×1 convolutions), so a fresh head is a plain
-    convolutional upsampling decoder and learns how much to follow the guidance.
-
-    Needs ``model = dict(type='GuidedEncoderDecoder')``: that segmentor hands the preprocessed input batch (each
-    crop in slide inference) to heads whose ``forward`` takes ``guidance``; the head undoes the data
-    preprocessor's mean/std/channel order (``set_data_normalization``) and works on ImageNet-normalised RGB.
-    Works with any neck or none (with ``FeatUpJBU`` give the neck's output stride as ``feature_stride``).
+    Needs ``model = dict(type='GuidedEncoderDecoder')`` (it hands the input image to the head, each crop in slide
+    inference). Works with any neck or none (with ``FeatUpJBU`` give the neck's output stride as
+    ``feature_stride``).
 
     Args:
         in_channels, channels, num_classes, in_index, input_transform: as ``BaseDecodeHead``; ``channels`` is the
@@ -54,22 +45,18 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
         feature_stride: stride of the (first) chosen input relative to the image, e.g. 32 for ResNet's last
             stage, 16 for ViT-S/16, 4 after ``FeatUpJBU(output_stride=4)``.
         output_stride: stride of the output logits (1: image resolution, default). The head builds
-            ``n = ceil(log2(feature_stride / output_stride))`` ×2 stages (0 if the input is already there);
-            stage ``i < n`` has size ``min(feat * 2^i, target)`` and the last one is exactly
-            ``ceil(image / output_stride)``, so non-square images and sizes not divisible by the strides work.
+            ``ceil(log2(feature_stride / output_stride))`` ×2 stages, the last one landing exactly on
+            ``ceil(image / output_stride)`` (docs/sft.md#stages).
         stage_channels: widths of the ``n + 1`` scales from the input's to the output's (default: ``channels``
             at every scale); the last one must equal ``channels``.
         num_blocks: ``ResBlockSFT`` blocks per scale.
         condition: what the condition network sees: ``'image'`` (RGB, default), ``'edges'`` (per-channel Sobel
             magnitude of the RGB image at each scale), ``'image+edges'`` (both), or ``'features'`` (input level
             ``condition_index`` with ``condition_channels`` channels, e.g. FeatUpJBU's upsampled features with
-            ``mode='append'``); it is resized to every scale. ``'prior'``: as SFTGAN conditions on segmentation
-            probability maps, the head predicts a coarse segmentation prior from its input (``prior_head``,
-            ``num_classes`` logits at the input's stride) and conditions on its softmax; ``'prior+image'``: that
-            softmax and the RGB image, each resized to the scale on its own and concatenated. An *external* prior
-            (e.g. another model's class probabilities, or a neck's) needs no new code: let it reach the head as
-            an input level and use ``condition='features'`` with ``condition_index`` / ``condition_channels``
-            (its number of classes).
+            ``mode='append'``); it is resized to every scale. ``'prior'``: the softmax of a coarse segmentation
+            prior the head predicts from its input (``prior_head``, ``num_classes`` logits at the input's stride;
+            SFTGAN-style); ``'prior+image'``: that softmax and the RGB image. An external prior: use
+            ``'features'`` (docs/sft.md#conditions).
         condition_index, condition_channels: the level and its width for ``condition='features'``.
         prior_loss_weight: ``'prior'`` / ``'prior+image'`` only (default 0.4, >= 0): weight of the auxiliary
             cross-entropy ``loss_prior`` of the prior logits (resized to the label size, ``ignore_index``

@@ -1,4 +1,7 @@
-"""``model = dict(type='GuidedEncoderDecoder', ...)``: an EncoderDecoder whose neck and heads see the input image."""
+"""``model = dict(type='GuidedEncoderDecoder', ...)``: an EncoderDecoder whose neck and heads see the input image.
+
+Details (the guidance hand-over): docs/jbu.md#guidance-hand-over-in-mmseg-guidedencoderdecoder
+"""
 from __future__ import annotations
 
 import inspect
@@ -30,12 +33,9 @@ class GuidedEncoderDecoder(EncoderDecoder):
     """mmseg's ``EncoderDecoder``, but ``extract_feat`` also hands the (preprocessed) input batch to a neck
     whose ``forward`` takes ``guidance``, such as ``FeatUpJBU``, and to decode / auxiliary heads whose
     ``forward`` takes ``guidance``, such as ``SFTGuidedHead`` (the features then arrive as a
-    :class:`GuidedFeatures` tuple carrying the batch). Whole and slide inference both go through
-    ``extract_feat``, so in slide mode each crop guides its own features; test-time augmentation calls the
-    segmentor per augmented image and works unchanged.
-
-    The data preprocessor's ``mean``/``std`` and channel order are handed to each guided module that has
-    ``set_data_normalization``, so it can recover the RGB image.
+    :class:`GuidedFeatures` tuple carrying the batch). In slide inference each crop guides its own features;
+    test-time augmentation works unchanged. The data preprocessor's ``mean``/``std`` and channel order are handed
+    to each guided module that has ``set_data_normalization``, so it can recover the RGB image.
     """
 
     def __init__(self, *args, **kwargs):

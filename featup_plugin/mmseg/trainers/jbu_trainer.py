@@ -1,22 +1,8 @@
-"""``model=dict(type='FeatUpJBUTrainer', ...)``: FeatUp's multi-view training of a JBU upsampler, as an mmengine
-model trained by mmengine's Runner (``tools/train.py``).
+"""``model=dict(type='FeatUpJBUTrainer', ...)``: FeatUp's multi-view training of a JBU upsampler on a frozen
+backbone, as an mmengine model trained by mmengine's Runner (``tools/train.py``); checkpoints hold the stack under
+``upsampler.*`` and a resumed run continues with exactly the random draws of an uninterrupted one.
 
-Per step (FeatUp's ``JBUFeatUp.training_step``, from the paper and its MIT code): the frozen backbone's features
-``F = norm(backbone(x))`` are upsampled once, ``F_hr = upsampler(F, x)`` at the image size; then for each of
-``n_views`` jittered views ``t`` (:func:`~featup_plugin.training.sample_jitter`: reflect pad, zoom, crop, flip)
-the loss compares ``P · downsampler(t(F_hr))`` with ``P · norm(backbone(t(x)))`` (``P``: a fresh random
-projection to ``proj_dim`` dims) under the adaptive-uncertainty loss, plus optional TV of ``|P · t(F_hr)|^2``.
-The sum over views is averaged (one backward per step, so DDP works unchanged; FeatUp re-runs the upsampler per
-view only to save memory).
-
-Trainable: ``upsampler`` (a :class:`~featup_plugin.upsamplers.JBUStack`), ``downsampler``, ``scale_net``. The
-backbone and the channel norm are frozen (eval mode, no gradients). Checkpoints hold the stack under
-``upsampler.*`` (as FeatUp's), which ``FeatUpJBU(init_cfg=dict(type='Pretrained', checkpoint=...))`` and the
-detectron2 wrapper (``MODEL.FEATUP.WEIGHTS``) load directly.
-
-Reproducibility: every random draw of a step (views, projections, dropout) comes from a seed derived from
-``(seed, step, rank)``; ``step`` is a buffer saved in checkpoints, so a resumed run continues with exactly the
-draws of an uninterrupted one.
+Derivation / details: docs/training.md#featupjbutrainer
 """
 from __future__ import annotations
 
