@@ -15,10 +15,10 @@
 namespace featup {
 
 struct PacGeom {
-  int64_t B, C, H, W;      // input
-  int64_t kh, kw;          // window
+  int64_t B, C, H, W;  // input
+  int64_t kh, kw;      // window
   int64_t sh, sw, ph, pw, dh, dw;
-  int64_t Ho, Wo;          // output
+  int64_t Ho, Wo;  // output
   int64_t taps() const { return kh * kw; }
   int64_t pixels() const { return Ho * Wo; }
 };
@@ -33,13 +33,13 @@ void pac_gather_cpu(const at::Tensor& input, const at::Tensor& kernel, at::Tenso
                     const PacTile& tile);
 // From dcol [C*T, nb*n] (the gradient of col): grad_input[b, c, src] += K * dcol (if defined) and
 // grad_kernel[b, t, p] = sum_c dcol * v[b, c, src] (if defined; written, not accumulated).
-void pac_scatter_cpu(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel,
-                     at::Tensor& grad_input, at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile);
+void pac_scatter_cpu(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& grad_input,
+                     at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile);
 #ifdef WITH_CUDA
 void pac_gather_cuda(const at::Tensor& input, const at::Tensor& kernel, at::Tensor& col, const PacGeom& g,
                      const PacTile& tile);
-void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel,
-                      at::Tensor& grad_input, at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile);
+void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& grad_input,
+                      at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile);
 #endif
 
 }  // namespace featup

@@ -25,14 +25,13 @@ namespace {
 void check_common(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
   TORCH_CHECK(a.dim() == 4, an, " must be 4-D, got ", a.dim(), "-D");
   TORCH_CHECK(b.dim() == 4, bn, " must be 4-D, got ", b.dim(), "-D");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ",
-              a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(at::isFloatingType(a.scalar_type()), an, " must be a floating point tensor, got ",
-              a.scalar_type());
-  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
-              " and ", b.device());
-  TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0),
-              " and ", b.size(0));
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ", a.scalar_type(),
+              " and ", b.scalar_type());
+  TORCH_CHECK(at::isFloatingType(a.scalar_type()), an, " must be a floating point tensor, got ", a.scalar_type());
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(), " and ",
+              b.device());
+  TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0), " and ",
+              b.size(0));
   TORCH_CHECK(a.numel() > 0 && b.numel() > 0, an, " and ", bn, " must not be empty");
 }
 
@@ -44,8 +43,7 @@ at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kern
   const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
   TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
   TORCH_CHECK(input.size(2) == kernel.size(2) + k - 1 && input.size(3) == kernel.size(3) + k - 1,
-              "input spatial size must be kernel size + k - 1: input ", input.sizes(), ", kernel ",
-              kernel.sizes());
+              "input spatial size must be kernel size + k - 1: input ", input.sizes(), ", kernel ", kernel.sizes());
   auto x = input.contiguous();
   auto kt = kernel.contiguous();
   if (x.is_cuda()) {
@@ -62,8 +60,8 @@ at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor&
   check_common(center, "center", padded, "padded");
   const int64_t k = padded.size(2) - center.size(2) + 1;
   TORCH_CHECK(k >= 1 && k % 2 == 1 && padded.size(3) - center.size(3) + 1 == k,
-              "padded must be center padded by the same odd window on both axes: center ",
-              center.sizes(), ", padded ", padded.sizes());
+              "padded must be center padded by the same odd window on both axes: center ", center.sizes(), ", padded ",
+              padded.sizes());
   TORCH_CHECK(center.size(1) == padded.size(1), "center and padded must have the same channels");
   auto g = center.contiguous();
   auto x = padded.contiguous();

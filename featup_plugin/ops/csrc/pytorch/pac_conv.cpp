@@ -31,8 +31,8 @@ PacGeom make_geom(const at::Tensor& input, const at::Tensor& kernel, const std::
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "pac: the compiled op supports float32 and float64, got ", input.scalar_type());
   TORCH_CHECK(input.device() == kernel.device(), "pac: input and kernel must be on the same device");
-  PacGeom g{input.size(0), input.size(1), input.size(2), input.size(3), geom[0], geom[1], geom[2], geom[3],
-            geom[4], geom[5], geom[6], geom[7], 0, 0};
+  PacGeom g{input.size(0), input.size(1), input.size(2), input.size(3), geom[0], geom[1], geom[2],
+            geom[3],       geom[4],       geom[5],       geom[6],       geom[7], 0,       0};
   TORCH_CHECK(g.kh > 0 && g.kw > 0 && g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 && g.ph >= 0 && g.pw >= 0,
               "pac: invalid geometry");
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
@@ -81,8 +81,8 @@ void gather(const at::Tensor& input, const at::Tensor& kernel, at::Tensor& col, 
   pac_gather_cpu(input, kernel, col, g, t);
 }
 
-void scatter(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& gi,
-             at::Tensor& gk, const PacGeom& g, const PacTile& t) {
+void scatter(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& gi, at::Tensor& gk,
+             const PacGeom& g, const PacTile& t) {
   if (input.is_cuda()) {
 #ifdef WITH_CUDA
     return pac_scatter_cuda(dcol, input, kernel, gi, gk, g, t);
@@ -141,8 +141,8 @@ std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tens
   const at::Tensor wm = weight_matrix(weight, g, input);
   const int64_t T = g.taps(), P = g.pixels();
   const int64_t O = wm.defined() ? wm.size(0) : g.C;
-  TORCH_CHECK(grad_out_.dim() == 4 && grad_out_.size(0) == g.B && grad_out_.size(1) == O &&
-                  grad_out_.size(2) == g.Ho && grad_out_.size(3) == g.Wo,
+  TORCH_CHECK(grad_out_.dim() == 4 && grad_out_.size(0) == g.B && grad_out_.size(1) == O && grad_out_.size(2) == g.Ho &&
+                  grad_out_.size(3) == g.Wo,
               "pac: grad_out has shape ", grad_out_.sizes(), ", expected [", g.B, ", ", O, ", ", g.Ho, ", ", g.Wo, "]");
   const at::Tensor grad_out = grad_out_.to(input.scalar_type()).contiguous().view({g.B, O, P});
   need_weight = need_weight && wm.defined();
@@ -160,9 +160,9 @@ std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tens
       gw.addmm_(dout, col.t());
     }
     if (need_input || need_kernel) {
-      at::Tensor dcol = wm.defined() ? at::mm(wm.t(), dout)
-                                     : dout.reshape({g.C, 1, t.cols()}).expand({g.C, T, t.cols()}).reshape(
-                                           {g.C * T, t.cols()});
+      at::Tensor dcol = wm.defined()
+                            ? at::mm(wm.t(), dout)
+                            : dout.reshape({g.C, 1, t.cols()}).expand({g.C, T, t.cols()}).reshape({g.C * T, t.cols()});
       dcol = dcol.contiguous();
       scatter(dcol, input, kernel, gi, gk, g, t);
     }

@@ -15,8 +15,8 @@ std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out, const at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adaptive_conv_forward", &featup::adaptive_conv_forward,
-        "out[b,c,h,w] = sum_t kernel[b,t,h,w] * input[b,c,h+i,w+j] (kernel tap-major [B,k*k,H,W])",
-        py::arg("input"), py::arg("kernel"));
+        "out[b,c,h,w] = sum_t kernel[b,t,h,w] * input[b,c,h+i,w+j] (kernel tap-major [B,k*k,H,W])", py::arg("input"),
+        py::arg("kernel"));
   m.def("local_correlation_forward", &featup::local_correlation_forward,
         "out[b,t,h,w] = sum_c center[b,c,h,w] * padded[b,c,h+i,w+j]", py::arg("center"), py::arg("padded"));
   m.def("with_cuda", &featup::with_cuda, "whether the extension was compiled with CUDA kernels");

@@ -39,13 +39,13 @@
 
 namespace featup {
 
-constexpr int kThreadsX = 32;                      // tile width  (output columns per block)
-constexpr int kThreadsY = 8;                       // tile height (output rows per block)
-constexpr int kThreads = kThreadsX * kThreadsY;    // threads per block
-constexpr int kChunkFast = 8;                      // channels staged per barrier, K = 3, 5, 7 kernels
-constexpr int kChunkGeneric = 4;                   // channels staged per barrier, generic-k kernels
-constexpr int kTapGroup = 8;                       // taps per block in the generic correlation kernel
-constexpr int kDirectThreads = 256;                // block size of the direct kernels
+constexpr int kThreadsX = 32;                    // tile width  (output columns per block)
+constexpr int kThreadsY = 8;                     // tile height (output rows per block)
+constexpr int kThreads = kThreadsX * kThreadsY;  // threads per block
+constexpr int kChunkFast = 8;                    // channels staged per barrier, K = 3, 5, 7 kernels
+constexpr int kChunkGeneric = 4;                 // channels staged per barrier, generic-k kernels
+constexpr int kTapGroup = 8;                     // taps per block in the generic correlation kernel
+constexpr int kDirectThreads = 256;              // block size of the direct kernels
 
 // Decoded position of a tiled block: batch, tile origin, and the split (channel group / tap group).
 struct TileCoord {
@@ -74,9 +74,8 @@ __device__ __forceinline__ TileCoord decode_block(int tiles_x, int tiles_y, int 
 // input edge (only in the last tile row / column) are zero. With SH / SW compile-time constants the
 // index divisions become multiplications.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_window(acc_t* __restrict__ dst, const scalar_t* __restrict__ src,
-                                             int64_t plane, int nch, int SH, int SW, int Hp, int Wp, int h0,
-                                             int w0, int tid) {
+__device__ __forceinline__ void stage_window(acc_t* __restrict__ dst, const scalar_t* __restrict__ src, int64_t plane,
+                                             int nch, int SH, int SW, int Hp, int Wp, int h0, int w0, int tid) {
   const int per = SH * SW;
   const int total = nch * per;
   for (int idx = tid; idx < total; idx += kThreads) {
@@ -100,8 +99,8 @@ __device__ __forceinline__ void stage_window(acc_t* __restrict__ dst, const scal
 template <typename scalar_t, int K, int CS, int ROWS>
 __global__ void __launch_bounds__(kThreads, sizeof(at::opmath_type<scalar_t>) == 4 ? 2 : 1)
     adaptive_conv_forward_cuda_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ kernel,
-                                      scalar_t* __restrict__ output, int C, int H, int W, int tiles_x,
-                                      int tiles_y, int groups, int group_size) {
+                                      scalar_t* __restrict__ output, int C, int H, int W, int tiles_x, int tiles_y,
+                                      int groups, int group_size) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int KK = K * K;
   constexpr int TH = kThreadsY * ROWS;
@@ -173,10 +172,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(at::opmath_type<scalar_t>) ==
 // -------------------------------------------------------------------------------------------------
 template <typename scalar_t, int CS>
 __global__ void __launch_bounds__(kThreads)
-    adaptive_conv_forward_generic_cuda_kernel(const scalar_t* __restrict__ input,
-                                              const scalar_t* __restrict__ kernel, scalar_t* __restrict__ output,
-                                              int C, int H, int W, int k, int tiles_x, int tiles_y, int groups,
-                                              int group_size) {
+    adaptive_conv_forward_generic_cuda_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ kernel,
+                                              scalar_t* __restrict__ output, int C, int H, int W, int k, int tiles_x,
+                                              int tiles_y, int groups, int group_size) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char featup_dyn_smem[];
   acc_t* window = reinterpret_cast<acc_t*>(featup_dyn_smem);
@@ -385,8 +383,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t>
 __global__ void __launch_bounds__(kDirectThreads)
     adaptive_conv_forward_direct_cuda_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ kernel,
-                                             scalar_t* __restrict__ output, int64_t total, int C, int H, int W,
-                                             int k) {
+                                             scalar_t* __restrict__ output, int64_t total, int C, int H, int W, int k) {
   using acc_t = at::opmath_type<scalar_t>;
   const int Hp = H + k - 1, Wp = W + k - 1;
   const int64_t HW = static_cast<int64_t>(H) * W;

@@ -10,7 +10,7 @@ namespace featup {
 
 struct PacDevGeom {
   int64_t C, H, W, kw, T, sh, sw, ph, pw, dh, dw, Wo, P;  // T = kh * kw, P = Ho * Wo
-  int64_t b0, p0, n, ncol;                               // the tile
+  int64_t b0, p0, n, ncol;                                // the tile
 };
 
 // Source offset of tap t for tile column j, or -1 outside the input; also the (b, p) of the column.
@@ -37,8 +37,8 @@ __global__ void pac_gather_cuda_kernel(const T* __restrict__ v, const T* __restr
 }
 
 template <typename T>
-__global__ void pac_scatter_input_cuda_kernel(const T* __restrict__ dcol, const T* __restrict__ K,
-                                              T* __restrict__ gi, PacDevGeom g, int64_t total) {
+__global__ void pac_scatter_input_cuda_kernel(const T* __restrict__ dcol, const T* __restrict__ K, T* __restrict__ gi,
+                                              PacDevGeom g, int64_t total) {
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t j = idx % g.ncol, r = idx / g.ncol, c = r / g.T, t = r % g.T;
@@ -49,8 +49,8 @@ __global__ void pac_scatter_input_cuda_kernel(const T* __restrict__ dcol, const 
 }
 
 template <typename T>
-__global__ void pac_scatter_kernel_cuda_kernel(const T* __restrict__ dcol, const T* __restrict__ v,
-                                               T* __restrict__ gk, PacDevGeom g, int64_t total) {
+__global__ void pac_scatter_kernel_cuda_kernel(const T* __restrict__ dcol, const T* __restrict__ v, T* __restrict__ gk,
+                                               PacDevGeom g, int64_t total) {
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t j = idx % g.ncol, t = idx / g.ncol;

@@ -130,8 +130,8 @@ FEATUP_INLINE void fwd_block_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_c
 // One output row (fixed b, h) for C channels. Pointers are at (b, c0, h, 0). Column blocks are the outer loop so
 // the block's k*k kernel vectors stay in L1 while every channel of the tile passes through.
 template <typename scalar_t, int VBYTES>
-FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t C, int64_t H,
-                                int64_t W, int64_t Hp, int64_t Wp, int k) {
+FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t C, int64_t H, int64_t W,
+                                int64_t Hp, int64_t Wp, int k) {
   constexpr int WB = block_width<scalar_t, VBYTES>();
   const int64_t x_cs = Hp * Wp, hw = H * W;
   for (int64_t w = 0; w < W; w += WB) {
@@ -182,7 +182,8 @@ FEATUP_INLINE void corr_block_tail(const scalar_t* FEATUP_RESTRICT g, int64_t g_
 
 template <typename scalar_t, int VBYTES, int JB>
 FEATUP_INLINE void corr_block_simd(const scalar_t* FEATUP_RESTRICT g, int64_t g_cs, const scalar_t* FEATUP_RESTRICT x,
-                                   int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C, bool accumulate) {
+                                   int64_t x_cs, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t C,
+                                   bool accumulate) {
   using S = Simd<scalar_t, VBYTES>;
   using vec = typename S::vec;
   constexpr int L = S::lanes;
@@ -222,8 +223,8 @@ FEATUP_INLINE void corr_taps(const scalar_t* g, int64_t g_cs, const scalar_t* x,
 // g at (b, c0, h, 0), x at (b, c0, 0, 0), out at (b, 0, h, 0). Column blocks are the outer loop: the tile's
 // center vectors and its k input rows for one block stay in L1 across all k*k taps.
 template <typename scalar_t, int VBYTES>
-FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t* out, int64_t C, int64_t H,
-                                 int64_t W, int64_t Hp, int64_t Wp, int64_t h, int k, bool acc) {
+FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t* out, int64_t C, int64_t H, int64_t W,
+                                 int64_t Hp, int64_t Wp, int64_t h, int k, bool acc) {
   constexpr int WB = block_width<scalar_t, VBYTES>();
   const int64_t hw = H * W, x_cs = Hp * Wp;
   for (int64_t w = 0; w < W; w += WB) {
@@ -234,10 +235,18 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
         scalar_t* o = out + (i * k + j0) * hw + w;
         const scalar_t* xs = xr + j0;
         switch (std::min(kJB, k - j0)) {
-          case 4: corr_taps<scalar_t, VBYTES, 4>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
-          case 3: corr_taps<scalar_t, VBYTES, 3>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
-          case 2: corr_taps<scalar_t, VBYTES, 2>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
-          default: corr_taps<scalar_t, VBYTES, 1>(g + w, hw, xs, x_cs, o, hw, C, n, acc); break;
+          case 4:
+            corr_taps<scalar_t, VBYTES, 4>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            break;
+          case 3:
+            corr_taps<scalar_t, VBYTES, 3>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            break;
+          case 2:
+            corr_taps<scalar_t, VBYTES, 2>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            break;
+          default:
+            corr_taps<scalar_t, VBYTES, 1>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            break;
         }
       }
     }
@@ -245,22 +254,24 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
 }
 
 // ISA entry points: the same templates compiled for each instruction set with its own block width.
-#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES)                                                                    \
-  template <typename T>                                                                                      \
-  ATTR void fwd_row_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,    \
-                           int64_t Wp, int k) {                                                              \
-    fwd_row_impl<T, VBYTES>(x, kt, out, C, H, W, Hp, Wp, k);                               \
-  }                                                                                                          \
-  template <typename T>                                                                                      \
-  ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp,    \
-                            int64_t Wp, int64_t h, int k, bool acc) {                                        \
-    corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                       \
+#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES)                                                                        \
+  template <typename T>                                                                                              \
+  ATTR void fwd_row_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
+                           int k) {                                                                                  \
+    fwd_row_impl<T, VBYTES>(x, kt, out, C, H, W, Hp, Wp, k);                                                         \
+  }                                                                                                                  \
+  template <typename T>                                                                                              \
+  ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
+                            int64_t h, int k, bool acc) {                                                            \
+    corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                 \
   }
 
 FEATUP_DEFINE_ISA(base, , 16)
 #if FEATUP_X86_DISPATCH
 FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32)
-FEATUP_DEFINE_ISA(avx512, FEATUP_TARGET("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,tune=skylake-avx512,prefer-vector-width=512"), 64)
+FEATUP_DEFINE_ISA(
+    avx512, FEATUP_TARGET("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,tune=skylake-avx512,prefer-vector-width=512"),
+    64)
 #endif
 #undef FEATUP_DEFINE_ISA
 
@@ -286,22 +297,28 @@ template <typename T>
 void fwd_row(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int k) {
   switch (isa_in_use().load(std::memory_order_relaxed)) {
 #if FEATUP_X86_DISPATCH
-    case kAvx512: return fwd_row_avx512<T>(x, kt, out, C, H, W, Hp, Wp, k);
-    case kAvx2: return fwd_row_avx2<T>(x, kt, out, C, H, W, Hp, Wp, k);
+    case kAvx512:
+      return fwd_row_avx512<T>(x, kt, out, C, H, W, Hp, Wp, k);
+    case kAvx2:
+      return fwd_row_avx2<T>(x, kt, out, C, H, W, Hp, Wp, k);
 #endif
-    default: return fwd_row_base<T>(x, kt, out, C, H, W, Hp, Wp, k);
+    default:
+      return fwd_row_base<T>(x, kt, out, C, H, W, Hp, Wp, k);
   }
 }
 
 template <typename T>
-void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t h,
-              int k, bool acc) {
+void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t h, int k,
+              bool acc) {
   switch (isa_in_use().load(std::memory_order_relaxed)) {
 #if FEATUP_X86_DISPATCH
-    case kAvx512: return corr_row_avx512<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
-    case kAvx2: return corr_row_avx2<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+    case kAvx512:
+      return corr_row_avx512<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+    case kAvx2:
+      return corr_row_avx2<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
 #endif
-    default: return corr_row_base<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+    default:
+      return corr_row_base<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
   }
 }
 
@@ -352,8 +369,8 @@ at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& 
         const int64_t c0 = tc * t.ct, nc = std::min(t.ct, C - c0);
         const int64_t h0 = th * t.ht, h1 = std::min(H, h0 + t.ht);
         for (int64_t h = h0; h < h1; ++h)
-          fwd_row(x + ((b * C + c0) * Hp + h) * Wp, kt + b * k * k * H * W + h * W, o + ((b * C + c0) * H + h) * W,
-                  nc, H, W, Hp, Wp, static_cast<int>(k));
+          fwd_row(x + ((b * C + c0) * Hp + h) * Wp, kt + b * k * k * H * W + h * W, o + ((b * C + c0) * H + h) * W, nc,
+                  H, W, Hp, Wp, static_cast<int>(k));
       }
     });
   });

@@ -90,8 +90,8 @@ void pac_gather_cpu(const at::Tensor& input, const at::Tensor& kernel, at::Tenso
   });
 }
 
-void pac_scatter_cpu(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel,
-                     at::Tensor& grad_input, at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile) {
+void pac_scatter_cpu(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& grad_input,
+                     at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile) {
   FEATUP_CHECK_CPU_INPUT(dcol);
   FEATUP_CHECK_CPU_INPUT(input);
   FEATUP_CHECK_CPU_INPUT(kernel);

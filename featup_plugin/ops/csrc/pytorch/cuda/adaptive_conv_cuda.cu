@@ -81,15 +81,13 @@ Split split_channels(int64_t base_blocks, int64_t C, int64_t chunk) {
   const int64_t sms = sm_count();
   const int64_t target = kBlocksPerSM * sms;
   int64_t n = 1;
-  if (base_blocks < target)
-    n = std::min(ceil_div(target, base_blocks), std::max<int64_t>(1, C / kMinChannelsPerSplit));
+  if (base_blocks < target) n = std::min(ceil_div(target, base_blocks), std::max<int64_t>(1, C / kMinChannelsPerSplit));
   const int64_t size = ceil_div(ceil_div(C, n), chunk) * chunk;
   return {ceil_div(C, size), size};
 }
 
 int64_t checked_grid(int64_t blocks) {
-  TORCH_CHECK(blocks >= 1 && blocks <= kIntMax, "featup CUDA adaptive conv: grid of ", blocks,
-              " blocks is too large");
+  TORCH_CHECK(blocks >= 1 && blocks <= kIntMax, "featup CUDA adaptive conv: grid of ", blocks, " blocks is too large");
   return blocks;
 }
 
@@ -115,9 +113,8 @@ void launch_adaptive_conv_fast(const scalar_t* x, const scalar_t* kt, scalar_t* 
   const dim3 block(kThreadsX, kThreadsY);
   const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(rows) * s.count)));
   adaptive_conv_forward_cuda_kernel<scalar_t, K, kChunkFast, rows><<<grid, block, 0, stream>>>(
-      x, kt, out, static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
-      static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(rows)), static_cast<int>(s.count),
-      static_cast<int>(s.size));
+      x, kt, out, static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.tiles_x()),
+      static_cast<int>(g.tiles_y(rows)), static_cast<int>(s.count), static_cast<int>(s.size));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -222,10 +219,18 @@ at::Tensor adaptive_conv_forward_cuda(const at::Tensor& input, const at::Tensor&
     const scalar_t* kt = kernel.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     switch (k) {
-      case 3: launch_adaptive_conv_fast<scalar_t, 3>(x, kt, o, g, stream); break;
-      case 5: launch_adaptive_conv_fast<scalar_t, 5>(x, kt, o, g, stream); break;
-      case 7: launch_adaptive_conv_fast<scalar_t, 7>(x, kt, o, g, stream); break;
-      default: launch_adaptive_conv_other<scalar_t>(x, kt, o, g, stream); break;
+      case 3:
+        launch_adaptive_conv_fast<scalar_t, 3>(x, kt, o, g, stream);
+        break;
+      case 5:
+        launch_adaptive_conv_fast<scalar_t, 5>(x, kt, o, g, stream);
+        break;
+      case 7:
+        launch_adaptive_conv_fast<scalar_t, 7>(x, kt, o, g, stream);
+        break;
+      default:
+        launch_adaptive_conv_other<scalar_t>(x, kt, o, g, stream);
+        break;
     }
   });
   return out;
@@ -238,16 +243,25 @@ at::Tensor local_correlation_forward_cuda(const at::Tensor& center, const at::Te
   const Geometry g = make_geometry(center.size(0), center.size(1), center.size(2), center.size(3), k);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, center.scalar_type(), "local_correlation_forward_cuda", [&] {
-    const scalar_t* gc = center.const_data_ptr<scalar_t>();
-    const scalar_t* xp = padded.const_data_ptr<scalar_t>();
-    switch (k) {
-      case 3: out = launch_local_correlation_fast<scalar_t, 3>(center, gc, xp, g, stream); break;
-      case 5: out = launch_local_correlation_fast<scalar_t, 5>(center, gc, xp, g, stream); break;
-      case 7: out = launch_local_correlation_fast<scalar_t, 7>(center, gc, xp, g, stream); break;
-      default: out = launch_local_correlation_other<scalar_t>(center, gc, xp, g, stream); break;
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, center.scalar_type(), "local_correlation_forward_cuda",
+                                  [&] {
+                                    const scalar_t* gc = center.const_data_ptr<scalar_t>();
+                                    const scalar_t* xp = padded.const_data_ptr<scalar_t>();
+                                    switch (k) {
+                                      case 3:
+                                        out = launch_local_correlation_fast<scalar_t, 3>(center, gc, xp, g, stream);
+                                        break;
+                                      case 5:
+                                        out = launch_local_correlation_fast<scalar_t, 5>(center, gc, xp, g, stream);
+                                        break;
+                                      case 7:
+                                        out = launch_local_correlation_fast<scalar_t, 7>(center, gc, xp, g, stream);
+                                        break;
+                                      default:
+                                        out = launch_local_correlation_other<scalar_t>(center, gc, xp, g, stream);
+                                        break;
+                                    }
+                                  });
   return out;
 }
 

@@ -17,13 +17,13 @@ namespace {
 constexpr int kPacThreads = 256;
 
 unsigned pac_blocks(int64_t total) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((total + kPacThreads - 1) / kPacThreads,
-                                                                      int64_t(1) << 20)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((total + kPacThreads - 1) / kPacThreads, int64_t(1) << 20)));
 }
 
 PacDevGeom dev_geom(const PacGeom& g, const PacTile& t) {
-  return {g.C, g.H, g.W, g.kw, g.taps(), g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.Wo, g.pixels(),
-          t.b0, t.p0, t.n, t.cols()};
+  return {g.C,  g.H,  g.W,  g.kw,       g.taps(), g.sh, g.sw, g.ph,    g.pw,
+          g.dh, g.dw, g.Wo, g.pixels(), t.b0,     t.p0, t.n,  t.cols()};
 }
 
 }  // namespace
@@ -45,8 +45,8 @@ void pac_gather_cuda(const at::Tensor& input, const at::Tensor& kernel, at::Tens
   });
 }
 
-void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel,
-                      at::Tensor& grad_input, at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile) {
+void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at::Tensor& kernel, at::Tensor& grad_input,
+                      at::Tensor& grad_kernel, const PacGeom& g, const PacTile& tile) {
   FEATUP_CHECK_CUDA_INPUT(dcol);
   FEATUP_CHECK_CUDA_INPUT(input);
   FEATUP_CHECK_CUDA_INPUT(kernel);
@@ -58,16 +58,16 @@ void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at:
       FEATUP_CHECK_CUDA_INPUT(grad_input);
       const int64_t total = g.C * g.taps() * tile.cols();
       pac_scatter_input_cuda_kernel<scalar_t><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-          dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
-          grad_input.mutable_data_ptr<scalar_t>(), dg, total);
+          dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+          dg, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_kernel.defined()) {
       FEATUP_CHECK_CUDA_INPUT(grad_kernel);
       const int64_t total = g.taps() * tile.cols();
       pac_scatter_kernel_cuda_kernel<scalar_t><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-          dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-          grad_kernel.mutable_data_ptr<scalar_t>(), dg, total);
+          dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), grad_kernel.mutable_data_ptr<scalar_t>(),
+          dg, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
