@@ -149,7 +149,7 @@ def test_fit_implicit_tool_cpu_preset(tmp_path):
     from PIL import Image
     from featup_plugin.data.synthetic import generate_scene
     Image.fromarray(generate_scene(3, (40, 40))[0]).save(tmp_path / 'scene.png')
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests import ROOT as root
     cmd = [sys.executable, os.path.join(root, 'tools', 'fit_implicit.py'), str(tmp_path / 'scene.png'),
            '--out-dir', str(tmp_path / 'out'), '--preset', 'cpu', '--steps', '3', '--size', '32', '--pca-views', '4',
            '--model', 'vit_small_patch8_224', '--model-kwargs', 'depth=1', 'embed_dim=32', 'num_heads=2',

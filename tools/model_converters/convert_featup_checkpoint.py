@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         state_dict, info = convert.convert_featup_state_dict(
             ckpt, src_prefix=args.src_prefix, prefix=args.prefix, num_stages=args.num_stages or None,
             allow_unknown=args.allow_unknown)
-    except (convert.FeatUpCheckpointError, FileNotFoundError) as err:
+    except (convert.FeatUpCheckpointError, FileNotFoundError) as err:  # also NotA/UntrustedCheckpointError
         print(f'error: {err}', file=sys.stderr)
         return 1
     del ckpt
