@@ -3,9 +3,10 @@
 Framework-free (only PyTorch and the reader of :mod:`featup_plugin.checkpoint.io`). The command
 line front end is ``tools/model_converters/convert_featup_checkpoint.py IN OUT [--prefix P] [--check] [--trust]``.
 
-The official checkpoints (``vit``, ``dino16``, ``dinov2``, ``clip``, ``maskclip``, ``resnet50``: their backbones
-and feat_dim, the Lightning layout, the JBUStack keys and shapes) are described in ``docs/checkpoints.md``. Files are read by
-:func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only unless ``trust``).
+The official checkpoints (``vit``, ``dino16``, ``dinov2``, ``clip``, ``maskclip``, ``resnet50``: their
+backbones and feat_dim, the Lightning layout, the JBUStack keys and shapes) are described in
+``docs/checkpoints.md``. Files are read by :func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only
+unless ``trust``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 from .io import CheckpointError, NotACheckpointError, UntrustedCheckpointError, read_checkpoint
 
 __all__ = ['FeatUpCheckpointError', 'NotACheckpointError', 'UntrustedCheckpointError', 'OFFICIAL_FEAT_DIMS',
-           'official_jbu_stack_shapes', 'convert_featup_state_dict', 'read_checkpoint', 'load_featup_checkpoint', 'guess_backbone']
+           'official_jbu_stack_shapes', 'convert_featup_state_dict', 'read_checkpoint', 'load_featup_checkpoint',
+           'guess_backbone']
 
 #: feat_dim of each official ``{name}_jbu_stack_cocostuff.ckpt`` (FeatUp's ``get_featurizer`` / ``hubconf.py``).
 OFFICIAL_FEAT_DIMS: Dict[str, int] = {

@@ -1,5 +1,6 @@
 """A timm model as a detectron2 :class:`Backbone`: plain ViTs through the project's
-:class:`~featup_plugin.featurizers.TimmViTFeatures`, other models through ``timm.create_model(..., features_only=True)``."""
+:class:`~featup_plugin.featurizers.TimmViTFeatures`, other models through ``timm.create_model(...,
+features_only=True)``."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +9,6 @@ import os
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
