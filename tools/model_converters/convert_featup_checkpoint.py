@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     import torch
 
     try:
-        ckpt = convert.read_checkpoint(args.input, trust=args.trust)
+        ckpt = convert.read_checkpoint(args.input, trust=args.trust, mmap=True)  # reads only the tensors kept
         state_dict, info = convert.convert_featup_state_dict(
             ckpt, src_prefix=args.src_prefix, prefix=args.prefix, num_stages=args.num_stages or None,
             allow_unknown=args.allow_unknown)
