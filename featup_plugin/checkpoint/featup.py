@@ -1,75 +1,26 @@
 """Convert FeatUp's official JBU checkpoints into state dicts for :class:`featup_plugin.upsamplers.JBUStack`.
 
-Framework-free (only PyTorch; this module imports nothing from ``featup_plugin`` at import time). The command
+Framework-free (only PyTorch and the reader of :mod:`featup_plugin.checkpoint.io`). The command
 line front end is ``tools/model_converters/convert_featup_checkpoint.py IN OUT [--prefix P] [--check] [--trust]``.
 
-Official checkpoints
---------------------
-FeatUp (github.com/mhamilton723/FeatUp, MIT) publishes ``{model}_jbu_stack_cocostuff.ckpt`` for the torch hub
-entries below, trained on COCO-Stuff, in two flavours: ``pretrained/`` (backbone features LayerNorm'ed over
-channels, ``use_norm=True``) and ``pretrained/no_norm/``. ``feat_dim`` is the backbone width returned by
-FeatUp's ``featurizers/util.py:get_featurizer`` (and the converter reads it from the weights anyway):
-
-============  ======================================  ======  ========  =============================
-checkpoint    backbone (FeatUp featurizer)            stride  feat_dim  notes
-============  ======================================  ======  ========  =============================
-``vit``       DINO ViT-S/16 (timm vit_small_patch16)  16      384
-``dino16``    DINO ViT-S/16 (``dino_vits16``)         16      384
-``dinov2``    DINOv2 ViT-S/14 (``dinov2_vits14``)     14      384       x16 of 16x16 tokens is 256 px
-``clip``      CLIP ViT-B/16                           16      512
-``maskclip``  MaskCLIP (CLIP ViT-B/16)                16      512       ``no_norm`` flavour only
-``resnet50``  ResNet-50 (layer4)                      32      2048
-============  ======================================  ======  ========  =============================
-
-A checkpoint is a PyTorch Lightning checkpoint of FeatUp's ``train_jbu_upsampler.JBUFeatUp``: a dict with
-``state_dict`` plus ``epoch``, ``global_step``, ``optimizer_states``, ``callbacks``, ``loops``, possibly
-``hyper_parameters`` ... The ``state_dict`` holds the LightningModule's sub-modules:
-
-* ``upsampler.*``: FeatUp's ``JBUStack(feat_dim)``, the part we keep (layout below);
-* ``downsampler.*``: the training-time attention downsampler (``attention_net.1.weight [1, C]``,
-  ``attention_net.1.bias [1]``, ``w [k, k]``, ``b [k, k]``), dropped (FeatUp's ``hubconf.py`` drops it too);
-* ``scale_net.*``: the outlier/uncertainty head (``net.weight [1, C, 1, 1]``, ``net.bias [1]``), dropped;
-* ``model.*``: the frozen backbone (``model.0.*``) and, for the normed flavour, FeatUp's ``ChannelNorm``
-  (``model.1.norm.weight/bias [C]``), dropped; the ChannelNorm tensors are returned in ``info['channel_norm']``
-  (keys of :class:`featup_plugin.upsamplers.ChannelNorm`). FeatUp's ``configure_optimizers`` does not optimise
-  them, so they should hold their init (weight 1, bias 0): a plain LayerNorm over channels.
-
-FeatUp's ``JBUStack(feat_dim)`` (radius 3 -> 7x7 = 49 taps, key_dim 32, RGB guidance) has these tensors under
-``upsampler.``, for ``i`` in 1..4 (``nn.Sequential`` indices: GELU and Dropout2d hold no weights):
-
-=============================  ==================  ============================================================
-key                            shape               what
-=============================  ==================  ============================================================
-``up{i}.range_temp``           ``[]``              log temperature of the range softmax
-``up{i}.range_proj.0.weight``  ``[32, 3, 1, 1]``   range MLP 1x1 conv 3 -> 32 (``.bias`` ``[32]``)
-``up{i}.range_proj.3.weight``  ``[32, 32, 1, 1]``  range MLP 1x1 conv 32 -> 32 (``.bias`` ``[32]``)
-``up{i}.fixup_proj.0.weight``  ``[49, 52, 1, 1]``  kernel fixup 1x1 conv 49+3 -> 49 (``.bias`` ``[49]``)
-``up{i}.fixup_proj.3.weight``  ``[49, 49, 1, 1]``  kernel fixup 1x1 conv 49 -> 49 (``.bias`` ``[49]``)
-``up{i}.sigma_spatial``        ``[]``              spatial Gaussian sigma
-``fixup_proj.1.weight``        ``[C, C, 1, 1]``    final ``out + 0.1 * conv(dropout(out))`` (``.bias`` ``[C]``)
-=============================  ==================  ============================================================
-
-Our :class:`~featup_plugin.upsamplers.JBUStack` uses the same module names and shapes (checked key by key in
-``tests/checkpoint/test_featup_checkpoint.py``), so the mapping is the identity after stripping ``upsampler.``. The one
-difference is in the forward, not in the parameters: by default (``fuse_fixup=True``) our stack applies the final
-1x1 fixup conv to the last stage's input instead of its output (the stage is linear and per-channel in its
-source, so the result is the same up to float rounding); the conversion needs nothing for it.
+The official checkpoints (``vit``, ``dino16``, ``dinov2``, ``clip``, ``maskclip``, ``resnet50``: their
+backbones and feat_dim, the Lightning layout, the JBUStack keys and shapes) are described in
+``docs/checkpoints.md``. Files are read by :func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only
+unless ``trust``).
 """
 from __future__ import annotations
 
-import os
-import pickle
 import re
-import types
-import warnings
-import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-__all__ = ['FeatUpCheckpointError', 'UntrustedCheckpointError', 'OFFICIAL_FEAT_DIMS', 'official_jbu_stack_shapes',
-           'convert_featup_state_dict', 'read_checkpoint', 'load_featup_checkpoint', 'guess_backbone']
+from .io import CheckpointError, NotACheckpointError, UntrustedCheckpointError, read_checkpoint
+
+__all__ = ['FeatUpCheckpointError', 'NotACheckpointError', 'UntrustedCheckpointError', 'OFFICIAL_FEAT_DIMS',
+           'official_jbu_stack_shapes', 'convert_featup_state_dict', 'read_checkpoint', 'load_featup_checkpoint',
+           'guess_backbone']
 
 #: feat_dim of each official ``{name}_jbu_stack_cocostuff.ckpt`` (FeatUp's ``get_featurizer`` / ``hubconf.py``).
 OFFICIAL_FEAT_DIMS: Dict[str, int] = {
@@ -85,12 +36,10 @@ _STAGE_RE = re.compile(r'^up(\d+)\.')
 _GUIDANCE_DIM, _KEY_DIM, _TAPS = 3, 32, 49
 
 
-class FeatUpCheckpointError(ValueError):
-    """The input is not a FeatUp JBU-stack checkpoint this converter understands (the message says why)."""
-
-
-class UntrustedCheckpointError(FeatUpCheckpointError):
-    """The file needs a full (code-executing) unpickle; load it with ``trust=True`` if its source is trusted."""
+#: Raised when the input is not a FeatUp JBU-stack checkpoint this converter understands (the message says why).
+#: The same class as :class:`~featup_plugin.checkpoint.io.CheckpointError`, so it also covers the reader's
+#: :class:`NotACheckpointError` and :class:`UntrustedCheckpointError`.
+FeatUpCheckpointError = CheckpointError
 
 
 def official_jbu_stack_shapes(feat_dim: int, num_stages: int = 4) -> 'OrderedDict[str, Tuple[int, ...]]':
@@ -272,95 +221,6 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
     return out, info
 
 
-def _lenient_pickle_module(missing: List[str]) -> Any:
-    """A ``pickle_module`` for ``torch.load(weights_only=False)`` whose unpickler replaces classes that cannot be
-    imported here (e.g. Lightning's ``AttributeDict`` without Lightning installed) by inert placeholders, recording
-    their names in ``missing``. Only the checkpoint's ``state_dict`` is used, so nothing depends on them."""
-
-    class _LenientUnpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            try:
-                return super().find_class(module, name)
-            except (ImportError, AttributeError):
-                missing.append(f'{module}.{name}')
-                return type(name, (_Placeholder,), {'__module__': module, '__qualname__': name})
-
-    return types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, loads=pickle.loads,
-                                 __name__='pickle')
-
-
-class _Placeholder(dict):
-    """Stands in for an unimportable pickled object: accepts any constructor arguments, items and state."""
-
-    def __init__(self, *args, **kwargs):  # noqa: D107 - arguments are deliberately ignored
-        super().__init__()
-        self.__dict__['_args'] = args
-
-    def __setstate__(self, state):
-        self.__dict__['_state'] = state
-
-
-def _torch_load(path: str, weights_only: bool) -> Any:
-    kwargs: Dict[str, Any] = dict(map_location='cpu', weights_only=weights_only)
-    if zipfile.is_zipfile(path):
-        kwargs['mmap'] = True  # read only the tensors we keep (official checkpoints include the backbone)
-    if weights_only:
-        return torch.load(path, **kwargs)
-    missing: List[str] = []
-    obj = torch.load(path, pickle_module=_lenient_pickle_module(missing), **kwargs)
-    if missing:
-        warnings.warn(f'{path}: classes not importable here were read as placeholders (only the state_dict is '
-                      f'used): {_summarise(sorted(set(missing)), 8)}', stacklevel=3)
-    return obj
-
-
-def _weights_only_detail(err: BaseException) -> str:
-    """The informative line of torch's weights_only refusal (its message is mostly generic advice)."""
-    text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))
-    m = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\n\n|$)', text, re.S)
-    detail = (m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(err).__name__).strip()
-    return ' '.join(detail.split())[:300]
-
-
-def read_checkpoint(path: str, *, trust: bool = False) -> Any:
-    """``torch.load`` a checkpoint on the CPU, tensors-only (``weights_only=True``) unless ``trust``.
-
-    Lightning checkpoints can hold pickled Python objects besides tensors (hyper-parameter containers such as
-    ``AttributeDict`` or ``argparse.Namespace``, callback state, paths); the safe load refuses those. Then
-    :class:`UntrustedCheckpointError` names the objects' classes; ``trust=True`` unpickles fully, which can run
-    arbitrary code: only for files from a trusted source. Unreadable files raise :class:`FeatUpCheckpointError`.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'no such checkpoint file: {path}')
-    try:
-        return _torch_load(path, weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        if trust:
-            raise FeatUpCheckpointError(f'{path} is not a readable PyTorch checkpoint: {err}') from err
-        unsafe: List[str] = []
-        try:
-            unsafe = [str(g) for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
-        except Exception:  # older torch, or a legacy (non-zip) file: fall back on torch's message
-            pass
-        detail = _weights_only_detail(err)
-        if not unsafe:
-            unsafe = re.findall(r'GLOBAL ([\w.]+) was not an allowed global', detail)
-        if not unsafe:
-            raise FeatUpCheckpointError(
-                f'{path} could not be read as a tensors-only PyTorch checkpoint ({detail}). If it is a '
-                f'checkpoint from a trusted source in an unusual format, --trust (trust=True) unpickles it fully, '
-                f'which can execute code.') from err
-        raise UntrustedCheckpointError(
-            f'{path} holds pickled Python objects besides tensors ({_summarise(unsafe, 8)}), e.g. Lightning '
-            f'hyper_parameters or callback state, so the safe tensors-only load (torch.load(weights_only=True)) '
-            f'refused it. Reading it needs a full unpickle, which can execute arbitrary code: if you trust the '
-            f"file (e.g. downloaded from FeatUp's official URL), rerun with --trust (trust=True).") from err
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError, AttributeError, ImportError) as err:
-        raise FeatUpCheckpointError(
-            f'{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}') from err
-
-
 def load_featup_checkpoint(path: str, *, trust: bool = False, **convert_kwargs) -> 'OrderedDict[str, torch.Tensor]':
     """Read an official ``*_jbu_stack_cocostuff.ckpt`` and return the state dict for ``JBUStack(feat_dim)``.
 
@@ -372,5 +232,5 @@ def load_featup_checkpoint(path: str, *, trust: bool = False, **convert_kwargs) 
         stack.load_state_dict(sd)
         hr = stack.eval()(channel_norm(lr_feats), image)  # == FeatUp's upsampler(lr_feats, image)
     """
-    state_dict, _ = convert_featup_state_dict(read_checkpoint(path, trust=trust), **convert_kwargs)
+    state_dict, _ = convert_featup_state_dict(read_checkpoint(path, trust=trust, mmap=True), **convert_kwargs)
     return state_dict

@@ -11,19 +11,24 @@ and ``<root>.fixup_proj.*`` of a root that has ``up<N>.range_temp``), whatever t
 * ``'<feature>'`` / ``'upsamplers.<feature>'``: detectron2's ``FeatUpBackbone`` (its ``upsamplers`` ModuleDict).
 
 :func:`assign_upsampler_stacks` gives each upsampler of a model (by its ModuleList index / ModuleDict key) its
-stack; the mmseg neck, the detectron2 backbone and :func:`extract_upsampler_state_dict` (the bare stack of a
-training checkpoint, ``tools/model_converters/extract_upsampler.py``) all use them.
+stack; :func:`load_stacks` reads, assigns, trims, checks and loads them: the mmseg neck ``FeatUpJBU`` and the
+detectron2 ``FeatUpBackbone`` both load their weights with it. :func:`extract_upsampler_state_dict` gives the
+bare stack of a training checkpoint (``tools/model_converters/extract_upsampler.py``).
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
+
+from .io import read_state_dict
 
 __all__ = ['extract_upsampler_state_dict', 'find_upsampler_stacks', 'assign_upsampler_stacks', 'trim_stages',
-           'UpsamplerWeightsError']
+           'load_stacks', 'UpsamplerWeightsError', 'UpsamplerMismatchError']
 
 _STAGE = re.compile(r'^up(\d+)$')
 BARE_ROOTS = ('', 'upsampler')  # a single stack with one of these roots loads into a model with one upsampler
@@ -36,6 +41,11 @@ class UpsamplerWeightsError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0]) if self.args else ''
+
+
+class UpsamplerMismatchError(UpsamplerWeightsError, RuntimeError):
+    """A stack that does not fit the model's upsampler (missing, unexpected or mis-shaped tensors); also a
+    ``RuntimeError``."""
 
 
 def unwrap_state_dict(checkpoint: Any) -> Mapping[str, Any]:
@@ -157,3 +167,70 @@ def extract_upsampler_state_dict(checkpoint: Mapping[str, Any], prefix: str = 'u
                        f'found {found[:6]}')
     out = OrderedDict((k, v.detach().to('cpu', copy=True).contiguous()) for k, v in stack.items())
     return out, dict(feat_dim=int(w.shape[0]), num_stages=len(stages), left_out=left)
+
+
+def load_stacks(upsamplers: Mapping[str, nn.Module], source: Union[str, Mapping[str, Any]], prefix: str = '', *,
+                norms: Optional[Mapping[str, nn.Module]] = None, who: str = 'model', where: Optional[str] = None,
+                log: Optional[Callable[[str], None]] = None, trust: bool = False) -> Dict[str, str]:
+    """Load JBU stacks into a model's upsamplers; returns ``{name: root of the stack used}``.
+
+    Args:
+        upsamplers: the model's ``JBUStack`` s by name (ModuleList indices ``'0', '1', ...`` or ModuleDict keys);
+            in messages they are ``upsamplers.<name>``.
+        source: a checkpoint file (read by :func:`~featup_plugin.checkpoint.io.read_state_dict`) or a state dict
+            (a ``state_dict`` / ``model`` entry is unwrapped). The stacks are found by
+            :func:`assign_upsampler_stacks` (``prefix`` first selects and strips keys).
+        norms: the model's channel norms by the same names: ``norms.<name>.*`` beside a stack saved under
+            ``...upsamplers.<name>`` loads into them (optional: FeatUp never trains them).
+        who, where: the model and the source, for messages (``where`` defaults to the path).
+        log: called with a line when a stack has stages beyond those built (they are dropped, see
+            :func:`trim_stages`).
+
+    Raises:
+        UpsamplerWeightsError: no (unique) stack for an upsampler. UpsamplerMismatchError (also a ``KeyError``,
+        ``ValueError`` and ``RuntimeError``): missing, unexpected or mis-shaped tensors. Nothing is loaded then.
+    """
+    where = where or (str(source) if isinstance(source, (str, os.PathLike)) else 'the given state dict')
+    state = read_state_dict(source, trust=trust, where=where)
+    names = [str(n) for n in upsamplers]
+    stacks = assign_upsampler_stacks(state, names, prefix, who=who, where=where)
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
+    plan = []
+    for name in names:
+        module, (root, stack) = upsamplers[name], stacks[name]
+        built = getattr(module, 'num_stages', None)
+        if built is not None:
+            stack, dropped = trim_stages(stack, built)
+            if dropped and log is not None:
+                log(f'{who}: {where} has stages {dropped} beyond the {built} that upsampler {name!r} builds; they '
+                    'are not used')
+        desc = f'upsampler {name!r} (JBUStack({getattr(module, "feat_dim", "?")}, num_stages={built}))'
+        _check_fit(module, stack, f'upsamplers.{name}', who, where, desc, require_all=True)
+        plan.append((module, stack))
+        own_root = f'upsamplers.{name}'
+        if norms is not None and name in norms and (root == own_root or root.endswith('.' + own_root)):
+            head = root[:-len(own_root)] + f'norms.{name}.'
+            norm_sd = OrderedDict((k[len(head):], v) for k, v in state.items() if k.startswith(head))
+            if norm_sd:
+                _check_fit(norms[name], norm_sd, f'norms.{name}', who, where, f'channel norm {name!r}',
+                           require_all=False)
+                plan.append((norms[name], norm_sd))
+    for module, sd in plan:
+        module.load_state_dict(sd, strict=False)
+    return {name: stacks[name][0] for name in names}
+
+
+def _check_fit(module: nn.Module, sd: Mapping[str, torch.Tensor], label: str, who: str, where: str, desc: str,
+               require_all: bool) -> None:
+    own = module.state_dict()
+    missing = [f'{label}.{k}' for k in own if k not in sd] if require_all else []
+    unexpected = [f'{label}.{k}' for k in sd if k not in own]
+    if missing or unexpected:
+        raise UpsamplerMismatchError(
+            f'{who}: {where} does not fit {desc} (radius, key_dim, number of stages, channels?): missing '
+            f'{missing[:6]}{"..." if len(missing) > 6 else ""}, unexpected {unexpected[:6]}'
+            f'{"..." if len(unexpected) > 6 else ""}')
+    bad = [f'{label}.{k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}'
+           for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise UpsamplerMismatchError(f'{who}: {where} does not fit {desc}: {"; ".join(bad[:5])}')

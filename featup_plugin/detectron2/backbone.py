@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -13,7 +12,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict
+from ..checkpoint import load_stacks, read_state_dict  # read_state_dict: re-exported
 from ..layers.freeze import FrozenPartsMixin
 from ..upsamplers import IMAGENET_MEAN, IMAGENET_STD, ChannelNorm, JBUStack, num_x2_stages
 from ..upsamplers.guidance import CHANNEL_ORDERS, imagenet_guidance, recover_rgb
@@ -24,27 +23,6 @@ __all__ = ['FeatUpBackbone', 'IMAGENET_MEAN', 'IMAGENET_STD', 'build_base_backbo
 logger = logging.getLogger(__name__)
 
 INPUT_FORMATS = CHANNEL_ORDERS  # detectron2's INPUT.FORMAT values that the guidance can be recovered from
-
-
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (``torch.save`` or ``.safetensors``), unwrapping a ``state_dict`` / ``model``
-    entry (Lightning, detectron2 and mmengine checkpoints). Read with ``weights_only=True``: no code runs, except
-    for mmengine checkpoints, fully unpickled only when they reference nothing but what mmengine saves
-    (``featup_plugin.checkpoint.load_mmengine_checkpoint``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'upsampler weights {path!r} do not exist')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        ckpt = load_file(path, device='cpu')
-    else:
-        from ..checkpoint import load_mmengine_checkpoint
-        try:  # weights_only=True, or mmengine's checkpoints (e.g. of tools/train.py's upsampler training)
-            ckpt = load_mmengine_checkpoint(path, map_location='cpu')
-        except Exception as e:  # noqa: BLE001
-            raise RuntimeError(f'could not read {path!r} with torch.load(weights_only=True): {e}') from e
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{path!r} does not hold a dict of weights (got {type(ckpt).__name__})')
-    return {k: v for k, v in unwrap_state_dict(ckpt).items() if isinstance(v, torch.Tensor)}
 
 
 def build_base_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
@@ -309,32 +287,14 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
         ``backbone.*`` are ignored). Stacks under any other prefix raise an error that names it.
 
         Stages the file has beyond those built (``upN`` with N > num_stages; e.g. FeatUp's x16 stack used for
-        x8) are dropped with a log line; a missing or mis-shaped parameter raises.
+        x8) are dropped with a log line; a missing or mis-shaped parameter raises ``UpsamplerMismatchError`` (a
+        ``RuntimeError``). Channel norms saved beside the stacks (``...norms.<feature>.``) load too. All this is
+        :func:`featup_plugin.checkpoint.load_stacks`.
         """
-        source = path_or_state if isinstance(path_or_state, str) else '<state dict>'
-        sd = read_state_dict(path_or_state) if isinstance(path_or_state, str) else dict(path_or_state)
-        stacks = assign_upsampler_stacks(sd, list(self.upsamplers.keys()), prefix, who='FeatUpBackbone',
-                                         where=source)
-        for key, (_, stack) in stacks.items():
-            self._load_stack(key, stack, source)
-
-    def _load_stack(self, key: str, sd: Dict[str, torch.Tensor], source: str) -> None:
-        stack: JBUStack = self.upsamplers[key]
-        sd, dropped = trim_stages(sd, stack.num_stages)
-        if dropped:
-            logger.info('FeatUpBackbone: %s has stages %s beyond the %d the %s upsampler uses; ignored', source,
-                        dropped, stack.num_stages, key)
-        own = stack.state_dict()
-        bad = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in sd.items()
-               if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        if bad:
-            raise RuntimeError(f'{source} does not fit the {key} upsampler (JBUStack({stack.feat_dim}, '
-                               f'num_stages={stack.num_stages})): {bad[:5]}')
-        missing, unexpected = stack.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f'{source} does not fit the {key} upsampler (JBUStack({stack.feat_dim}, '
-                               f'num_stages={stack.num_stages})): missing {missing[:8]}, unexpected {unexpected[:8]}')
-        logger.info('FeatUpBackbone: loaded the %s upsampler from %s', key, source)
+        source = path_or_state if isinstance(path_or_state, str) else 'the given state dict'
+        loaded = load_stacks(self.upsamplers, path_or_state, prefix, norms=self.norms, who='FeatUpBackbone',
+                             where=source, log=logger.info)
+        logger.info('FeatUpBackbone: loaded the %s upsampler(s) from %s', ', '.join(loaded), source)
 
     # -- freezing ---------------------------------------------------------------------------------------------
     def frozen_parts(self):

@@ -1,4 +1,6 @@
-"""A timm model as a detectron2 :class:`Backbone` (``timm.create_model(..., features_only=True)``)."""
+"""A timm model as a detectron2 :class:`Backbone`: plain ViTs through the project's
+:class:`~featup_plugin.featurizers.TimmViTFeatures`, other models through ``timm.create_model(...,
+features_only=True)``."""
 from __future__ import annotations
 
 import inspect
@@ -7,9 +9,10 @@ import os
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
+
+from ..featurizers.timm_vit import TimmViTFeatures, is_plain_vit
 
 __all__ = ['TimmBackbone']
 
@@ -23,11 +26,15 @@ class TimmBackbone(Backbone):
             four ResNet stages).
         out_names: names of the outputs (default: timm's module names with ``.`` replaced by ``_``, e.g.
             ``blocks_11`` for a ViT-S block, ``layer4`` for a ResNet stage).
-        pretrained: path of a local checkpoint for the full timm model (loaded by timm, which adapts
-            ``pos_embed`` and the like); empty or None: random initialisation. Nothing is downloaded.
+        pretrained: path of a local checkpoint for the full timm model (plain ViTs: read by
+            :class:`~featup_plugin.featurizers.TimmViTFeatures`, which accepts the key formats of the mmseg
+            ``TimmViT`` and resamples ``pos_embed``; other models: loaded by timm); empty or None: random
+            initialisation. Nothing is downloaded.
         **model_kwargs: more ``timm.create_model`` arguments (e.g. ``depth=6``, ``img_size=512``).
 
-    ViT-style models are built with ``dynamic_img_size=True`` (any input size that is a multiple of the patch).
+    Plain ViTs (``VisionTransformer`` with a square patch embedding) return raw block outputs (no final norm, as
+    ``features_only`` does) and are built with ``dynamic_img_size=True``; so are other ViT-style models.
+    State-dict keys are ``model.model.<timm key>`` either way.
     ``size_divisibility`` is the least common multiple of the output strides (the patch size for a ViT), so
     every output map covers the padded image exactly. The input is what detectron2 feeds any backbone,
     ``(image - PIXEL_MEAN) / PIXEL_STD`` in ``INPUT.FORMAT``: for timm's pretrained weights use
@@ -48,15 +55,24 @@ class TimmBackbone(Backbone):
             raise FileNotFoundError(f'TimmBackbone: pretrained checkpoint {pretrained!r} does not exist (only local '
                                     'files are loaded; leave it empty for random initialisation)')
         kwargs = dict(model_kwargs)
-        if self._accepts_dynamic_size(timm, model_name, kwargs):
-            kwargs.setdefault('dynamic_img_size', True)
-        if pretrained:
-            kwargs['pretrained_cfg_overlay'] = dict(file=os.path.abspath(pretrained))
         self.model_name = model_name
-        self.model = timm.create_model(model_name, features_only=True, out_indices=tuple(int(i) for i in out_indices),
-                                       pretrained=bool(pretrained), **kwargs)
-        info = self.model.feature_info
-        channels, strides, modules = info.channels(), info.reduction(), info.module_name()
+        if is_plain_vit(model_name, kwargs):
+            # the project's ViT extractor: raw block outputs (as timm's features_only gives them), weights read by
+            # the project's reader (every key format TimmViT accepts); keys stay model.model.<timm key>
+            self.model = TimmViTFeatures(model_name, out_indices=tuple(int(i) for i in out_indices),
+                                         pretrained=pretrained or False, norm=False, model_kwargs=kwargs)
+            channels, strides = self.model.out_channels, self.model.strides
+            modules = [f'blocks.{i}' for i in self.model.out_indices]
+        else:
+            if self._accepts_dynamic_size(timm, model_name, kwargs):
+                kwargs.setdefault('dynamic_img_size', True)
+            if pretrained:
+                kwargs['pretrained_cfg_overlay'] = dict(file=os.path.abspath(pretrained))
+            self.model = timm.create_model(model_name, features_only=True,
+                                           out_indices=tuple(int(i) for i in out_indices),
+                                           pretrained=bool(pretrained), **kwargs)
+            info = self.model.feature_info
+            channels, strides, modules = info.channels(), info.reduction(), info.module_name()
         if out_names:
             names = [str(n) for n in out_names]
             if len(names) != len(channels):

@@ -1,4 +1,5 @@
-"""A frozen timm ViT as a plain feature extractor for the tools (torch + timm; no framework).
+"""A frozen timm ViT as a plain feature extractor for the tools (torch + timm; no framework): a
+:class:`~featup_plugin.featurizers.timm_vit.TimmViTFeatures`.
 
 ``TimmFeaturizer('vit_small_patch16_224', depth=4)`` returns ChannelNorm'ed patch tokens of the last block (after
 the ViT's final norm, as FeatUp's featurizers) as ``[B, C, ceil(H/p), ceil(W/p)]``. Weights: random init (no
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..upsamplers.layers import ChannelNorm
+from .timm_vit import TimmViTFeatures
 
 __all__ = ['TimmFeaturizer', 'parse_model_kwargs']
 
@@ -33,47 +35,33 @@ def parse_model_kwargs(items) -> dict:
     return out
 
 
-class TimmFeaturizer(nn.Module):
+class TimmFeaturizer(TimmViTFeatures):
+    """A frozen :class:`TimmViTFeatures` giving the last block's tokens after the ViT's final norm, ChannelNorm'ed
+    (``channel_norm``) as FeatUp's featurizers. State-dict keys: ``model.<timm key>`` and ``norm.*``.
+
+    ``weights``: a local checkpoint in any format :class:`TimmViTFeatures` reads (a timm state dict, this
+    module's, or a checkpoint of the upsampler training / an mmseg segmentor whose ViT is under
+    ``backbone.model.``); ``model_kwargs`` go to ``timm.create_model``.
+    """
+
     def __init__(self, model_name: str = 'vit_small_patch16_224', pretrained: bool = False,
                  weights: Optional[str] = None, channel_norm: bool = True, **model_kwargs):
-        super().__init__()
-        import timm
-        if not timm.is_model(model_name):
-            raise ValueError(f'timm has no model {model_name!r}; e.g. vit_small_patch16_224, vit_small_patch8_224')
-        kwargs = dict(num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
-        kwargs.update(model_kwargs)
-        self.model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
-        if not hasattr(self.model, 'forward_intermediates') or not hasattr(self.model, 'patch_embed'):
-            raise ValueError(f'{model_name} is not a timm VisionTransformer')
-        self.patch_size = int(self.model.patch_embed.patch_size[0])
-        self.feat_dim = int(self.model.embed_dim)
+        super().__init__(model_name, out_indices=-1, pretrained=bool(pretrained), norm=True, frozen=True,
+                         model_kwargs=model_kwargs)
         if weights:
             self.load_weights(weights)
+        self.feat_dim = self.embed_dim
         self.norm = ChannelNorm(self.feat_dim) if channel_norm else nn.Identity()
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad = False
+        self.freeze_parts()
 
     def load_weights(self, path: str) -> None:
-        from ..checkpoint import load_mmengine_checkpoint
-        sd = load_mmengine_checkpoint(path, map_location='cpu')
-        sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
-        for prefix in ('backbone.model.', 'model.'):
-            if any(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-                break
-        own = self.model.state_dict()
-        missing = [k for k in own if k not in sd and not k.startswith('head')]
-        if missing:
-            raise KeyError(f'{path} lacks ViT weights {missing[:5]} (found keys like {list(sd)[:4]})')
-        self.model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        """Load the ViT's weights from a local checkpoint (see the class docstring)."""
+        self.load_checkpoint(path)
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # always frozen
+    def frozen_parts(self):
+        norm = getattr(self, 'norm', None)  # None while the base class is being built
+        return (self.model,) if norm is None else (self.model, norm)  # always frozen
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.model.blocks) - 1
-        feats = self.model.forward_intermediates(x, indices=[last], norm=True, output_fmt='NCHW',
-                                                 intermediates_only=True)[-1]
-        return self.norm(feats)
+        return self.norm(super().forward(x)[0])

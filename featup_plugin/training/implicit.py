@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint.io import read_checkpoint
 from ..upsamplers.downsamplers import build_downsampler
 from ..upsamplers.layers import ChannelNorm
 from .jitter import apply_jitter, sample_jitter
@@ -170,7 +171,7 @@ class ImplicitFeatUp(nn.Module):
 
     @classmethod
     def load(cls, path: str, map_location='cpu') -> 'ImplicitFeatUp':
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = read_checkpoint(path, map_location=map_location)
         if not isinstance(obj, dict) or obj.get('format') != IMPLICIT_FORMAT:
             raise ValueError(f'{path} is not an implicit FeatUp file ({IMPLICIT_FORMAT}); write one with '
                              'tools/fit_implicit.py')

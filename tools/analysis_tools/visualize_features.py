@@ -48,16 +48,14 @@ def build_parser():
 
 
 def load_jbu(path, feat_dim):
-    from featup_plugin.checkpoint.io import load_mmengine_checkpoint
-    from featup_plugin.checkpoint import extract_upsampler_state_dict
+    from featup_plugin.checkpoint import find_upsampler_stacks, load_stacks, read_state_dict
     from featup_plugin.upsamplers import JBUStack
-    obj = load_mmengine_checkpoint(path, map_location='cpu')
-    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else obj
-    if any(k.startswith('upsampler.') for k in sd):
-        sd, _ = extract_upsampler_state_dict(sd)
-    stages = len({k.split('.')[0] for k in sd if k.startswith('up')})
+    sd = read_state_dict(path)
+    stacks = find_upsampler_stacks(sd, where=path)
+    stack_sd = next(iter(stacks.values())) if len(stacks) == 1 else {}
+    stages = len({k.split('.')[0] for k in stack_sd if k.startswith('up')}) or 4
     stack = JBUStack(feat_dim, num_stages=stages)
-    stack.load_state_dict(sd)
+    load_stacks({'0': stack}, sd, who='visualize_features', where=path)
     return stack.eval()
 
 

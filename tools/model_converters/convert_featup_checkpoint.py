@@ -13,9 +13,11 @@ weights (vit, dino16, dinov2: 384; clip, maskclip: 512; resnet50: 2048).
 
 ``--prefix upsamplers.0.`` writes keys for the mmseg ``FeatUpJBU`` neck (its first upsampled level); load them
 with ``init_cfg=dict(type='Pretrained', checkpoint=OUT)`` (no ``prefix`` there: the keys already match the
-neck's). The checkpoint is first read tensors-only (``torch.load(weights_only=True)``); a file that also holds
-pickled Python objects needs ``--trust`` (a full unpickle can execute code: only for files you trust).
-The conversion itself lives in ``featup_plugin/checkpoint/featup.py``.
+neck's). The checkpoint is read by the project's reader (``featup_plugin.checkpoint.read_checkpoint``): tensors-only
+first (``torch.load(weights_only=True)``); a file that also holds pickled Python objects needs ``--trust`` (a full
+unpickle can execute code: only for files you trust); a file that is not a checkpoint is reported as such. The
+conversion itself lives in ``featup_plugin/checkpoint/featup.py``; the official files are described in
+``docs/checkpoints.md``.
 """
 from __future__ import annotations
 
@@ -71,11 +73,11 @@ def main(argv=None) -> int:
     import torch
 
     try:
-        ckpt = convert.read_checkpoint(args.input, trust=args.trust)
+        ckpt = convert.read_checkpoint(args.input, trust=args.trust, mmap=True)  # reads only the tensors kept
         state_dict, info = convert.convert_featup_state_dict(
             ckpt, src_prefix=args.src_prefix, prefix=args.prefix, num_stages=args.num_stages or None,
             allow_unknown=args.allow_unknown)
-    except (convert.FeatUpCheckpointError, FileNotFoundError) as err:
+    except (convert.FeatUpCheckpointError, FileNotFoundError) as err:  # also NotA/UntrustedCheckpointError
         print(f'error: {err}', file=sys.stderr)
         return 1
     del ckpt

@@ -24,10 +24,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from featup_plugin.checkpoint.io import load_mmengine_checkpoint
-    from featup_plugin.checkpoint import extract_upsampler_state_dict
-    sd, info = extract_upsampler_state_dict(load_mmengine_checkpoint(args.checkpoint, map_location='cpu'),
-                                            args.prefix)
+    from featup_plugin.checkpoint import extract_upsampler_state_dict, read_state_dict
+    sd, info = extract_upsampler_state_dict(read_state_dict(args.checkpoint), args.prefix)
     if args.out.endswith('.safetensors'):
         from safetensors.torch import save_file
         save_file(dict(sd), args.out)

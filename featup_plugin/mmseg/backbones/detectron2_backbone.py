@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from ...checkpoint import read_state_dict
 from ...layers.freeze import FrozenPartsMixin
 from ...upsamplers import IMAGENET_MEAN, IMAGENET_STD
 
@@ -207,8 +208,7 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         if path.endswith('.pkl'):  # detectron2 / caffe2 pickles (model zoo ImageNet weights)
             data = checkpointer._load_file(path)
         else:
-            from featup_plugin.detectron2 import read_state_dict
-            data = {'model': read_state_dict(path)}
+            data = {'model': read_state_dict(path)}  # the project's reader: safetensors or torch.save files
         sd = data['model']
         own = list(self.model.state_dict())
         heuristics = bool(data.get('matching_heuristics', False))

@@ -1,7 +1,9 @@
 """``neck=dict(type='FeatUpJBU', ...)``: FeatUp's JBU stack as an MMSegmentation neck."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+import os
+
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -9,7 +11,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ...checkpoint import assign_upsampler_stacks, trim_stages, unwrap_state_dict  # shared with detectron2
+from ...checkpoint import load_stacks  # shared with detectron2's FeatUpBackbone
 from ...layers.freeze import FrozenPartsMixin
 from ...upsamplers import ChannelNorm, JBUStack, num_x2_stages
 from ..guided import GuidedModuleMixin, missing_guidance_message
@@ -113,7 +115,8 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         super().init_weights()
 
     def load_upsampler_weights(self, checkpoint, prefix: Optional[str] = None) -> None:
-        """Load the upsampler (and channel-norm) weights from ``checkpoint`` (a path, or a state dict).
+        """Load the upsampler (and channel-norm) weights from ``checkpoint`` (a path or URL, or a state dict)
+        with :func:`featup_plugin.checkpoint.load_stacks`.
 
         Accepted: this neck's own keys (``upsamplers.<i>.*``, ``norms.<i>.*``), a segmentor checkpoint
         (``neck.upsamplers.<i>.*``), or, for a neck with one upsampled level, a bare ``JBUStack`` state dict
@@ -123,41 +126,19 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         ``prefix`` first selects and strips keys that start with it. Channel-norm weights are optional (FeatUp
         never trains them); every upsampler weight must be present with the right shape. Stages the file has
         beyond those the neck builds (e.g. FeatUp's x16 stack used to stride 4) are left out, with a log line.
+        A missing or mis-shaped weight raises ``UpsamplerMismatchError`` (a ``KeyError`` and ``ValueError``);
+        a file that is not a checkpoint raises ``NotACheckpointError`` naming it.
         """
-        if isinstance(checkpoint, str):
+        if isinstance(checkpoint, str) and '://' in checkpoint and not os.path.exists(checkpoint):
+            # URLs, openmmlab://, s3://...: mmengine's loaders fetch the file
             from mmengine.runner.checkpoint import CheckpointLoader
-            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
             where = checkpoint
+            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         else:
-            state, where = checkpoint, 'the given state dict'
-        if not isinstance(state, dict):
-            raise TypeError(f'FeatUpJBU: {where} does not hold a state dict')
-        state = unwrap_state_dict(state)
-        stacks = assign_upsampler_stacks(state, [str(i) for i in range(len(self.upsamplers))], prefix or '',
-                                         who='FeatUpJBU', where=where)
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
-        wanted = {}
-        for i, (root, stack) in stacks.items():
-            stack, dropped = trim_stages(stack, self.upsamplers[int(i)].num_stages)
-            if dropped:
-                print_log(f'FeatUpJBU: {where} has stages {dropped} beyond the {self.upsamplers[int(i)].num_stages} '
-                          f'upsampler {i} builds; they are not used', logger='current')
-            wanted.update({f'upsamplers.{i}.{k}': v for k, v in stack.items()})
-            if root.endswith(f'upsamplers.{i}'):  # this neck's layout: its channel norms are beside the stacks
-                norms = root[:-len(f'upsamplers.{i}')] + f'norms.{i}.'
-                wanted.update({f'norms.{i}.{k[len(norms):]}': v for k, v in state.items() if k.startswith(norms)})
-        own = self.state_dict()
-        missing = [k for k in own if k.startswith('upsamplers.') and k not in wanted]
-        unexpected = [k for k in wanted if k not in own]
-        if missing or unexpected:
-            raise KeyError(f'FeatUpJBU: {where} does not match this neck (radius, key_dim, number of stages, '
-                           f'channels?): missing {missing[:6]}{"..." if len(missing) > 6 else ""}, unexpected '
-                           f'{unexpected[:6]}{"..." if len(unexpected) > 6 else ""}')
-        for k, v in wanted.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f'FeatUpJBU: {where}: {k} has shape {tuple(v.shape)}, the neck expects '
-                                 f'{tuple(own[k].shape)}')
-        self.load_state_dict(wanted, strict=False)
+            where = None
+        load_stacks({str(i): up for i, up in enumerate(self.upsamplers)}, checkpoint, prefix or '',
+                    norms={str(i): n for i, n in enumerate(self.norms)}, who='FeatUpJBU', where=where,
+                    log=lambda msg: print_log(msg, logger='current'))
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:
