@@ -11,6 +11,7 @@ Environment:
     MAX_JOBS           parallel compile jobs (ninja)
 The CUDA kernels are built by default whenever a CUDA toolkit (nvcc) and a CUDA build of torch are present.
 """
+
 import glob
 import os
 
@@ -34,7 +35,10 @@ def flag(name):
 def export_cuda_home():
     """See featup_plugin/ops/_cuda_home.py (loaded by path: the package itself is not importable yet)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('_cuda_home', os.path.join(HERE, 'featup_plugin', 'ops', '_cuda_home.py'))
+
+    spec = importlib.util.spec_from_file_location(
+        '_cuda_home', os.path.join(HERE, 'featup_plugin', 'ops', '_cuda_home.py')
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.export_cuda_home()
@@ -49,8 +53,10 @@ def extensions():
 
     cuda_torch = torch.version.cuda is not None
     if flag('FORCE_CUDA') and not (cuda_torch and CUDA_HOME):
-        raise RuntimeError('FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit (nvcc); found torch '
-                           f'{torch.__version__} (CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}')
+        raise RuntimeError(
+            'FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit (nvcc); found torch '
+            f'{torch.__version__} (CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}'
+        )
     with_cuda = not flag('FEATUP_NO_CUDA') and (flag('FORCE_CUDA') or (cuda_torch and CUDA_HOME is not None))
 
     sources = sorted(glob.glob(os.path.join(CSRC, 'pytorch', '*.cpp')))
@@ -62,8 +68,13 @@ def extensions():
         if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
             os.environ['TORCH_CUDA_ARCH_LIST'] = '7.5;8.0;9.0+PTX'  # sm_80 code also runs on sm_86/89
         sources += sorted(glob.glob(os.path.join(CSRC, 'pytorch', 'cuda', '*.cu')))
-        ext = CUDAExtension('featup_plugin._ext', sources, define_macros=[('WITH_CUDA', None)],
-                            extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']}, **kwargs)
+        ext = CUDAExtension(
+            'featup_plugin._ext',
+            sources,
+            define_macros=[('WITH_CUDA', None)],
+            extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']},
+            **kwargs,
+        )
     else:
         ext = CppExtension('featup_plugin._ext', sources, extra_compile_args={'cxx': cxx}, **kwargs)
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
@@ -75,16 +86,23 @@ setup(
     name='featup_plugin',
     version=version(),
     description='FeatUp (features at any resolution) for MMSegmentation and Detectron2',
-    long_description=open(os.path.join(HERE, 'README.md')).read() if os.path.exists(os.path.join(HERE, 'README.md')) else '',
+    long_description=open(os.path.join(HERE, 'README.md')).read()
+    if os.path.exists(os.path.join(HERE, 'README.md'))
+    else '',
     long_description_content_type='text/markdown',
     license='MIT',
     python_requires='>=3.9',
     packages=find_packages(exclude=('tests', 'tests.*', 'tools', 'configs')),
-    package_data={'featup_plugin.ops': ['csrc/**/*.cpp', 'csrc/**/*.cu', 'csrc/**/*.cuh', 'csrc/**/*.hpp', 'csrc/**/*.h']},
+    package_data={
+        'featup_plugin.ops': ['csrc/**/*.cpp', 'csrc/**/*.cu', 'csrc/**/*.cuh', 'csrc/**/*.hpp', 'csrc/**/*.h']
+    },
     include_package_data=True,
     install_requires=['torch>=2.0', 'numpy'],
-    extras_require={'mmseg': ['mmengine', 'mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.0', 'ftfy', 'regex'],
-                    'timm': ['timm'], 'tests': ['pytest', 'timm']},
+    extras_require={
+        'mmseg': ['mmengine', 'mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.0', 'ftfy', 'regex'],
+        'timm': ['timm'],
+        'tests': ['pytest', 'timm'],
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

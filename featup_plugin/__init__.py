@@ -8,6 +8,7 @@ The core (``ops``, ``upsamplers``, ``layers``, ``training``, ``checkpoint``, ``d
   ``custom_imports = dict(imports=['featup_plugin'])`` is all a user writes.
 * :mod:`featup_plugin.detectron2` registers the detectron2 modules when imported.
 """
+
 from . import layers, ops, upsamplers
 from ._adapters import register_mmseg_adapter_on_import
 from .version import __version__

@@ -6,6 +6,7 @@
 already in ``sys.modules`` the adapter is imported at once; otherwise a one-shot import hook imports it right
 after the top-level ``mmseg`` package has finished executing, and then removes itself.
 """
+
 from __future__ import annotations
 
 import importlib

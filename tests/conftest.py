@@ -3,13 +3,14 @@
 Markers (registered in pyproject.toml): ``slow`` (subprocesses, end-to-end runs, JIT builds; the quick loop is
 ``python3 -m pytest tests -m "not slow"``) and ``cuda`` (skipped, with the reason, where no CUDA GPU is visible).
 """
+
 import subprocess
 import sys
 
 import pytest
 import torch
 
-FRAMEWORK_BLOCKER = '''
+FRAMEWORK_BLOCKER = """
 import sys, importlib.abc
 BLOCKED = ("mmseg", "mmcv", "mmengine", "mmdet", "detectron2", "timm")
 class Block(importlib.abc.MetaPathFinder):
@@ -17,7 +18,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in BLOCKED:
             raise ImportError(f"{name} is blocked for this test")
 sys.meta_path.insert(0, Block())
-'''
+"""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +40,7 @@ def _seed():
 def synth_root(tmp_path_factory):
     """A tiny copy of the project's generated segmentation dataset (8 train / 4 val images of 64x64)."""
     from featup_plugin.data.synthetic import generate_dataset
+
     root = str(tmp_path_factory.mktemp('featup_synth'))
     generate_dataset(root, num_train=8, num_val=4, size=64, seed=0)
     return root
@@ -48,9 +50,12 @@ def synth_root(tmp_path_factory):
 def run_without_frameworks():
     """``run(code) -> CompletedProcess``: ``code`` in a fresh interpreter where importing mmseg, mmcv, mmengine,
     mmdet, detectron2 or timm raises ImportError (asserts exit status 0)."""
+
     def run(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        res = subprocess.run([sys.executable, '-c', FRAMEWORK_BLOCKER + code], capture_output=True, text=True,
-                             timeout=timeout)
+        res = subprocess.run(
+            [sys.executable, '-c', FRAMEWORK_BLOCKER + code], capture_output=True, text=True, timeout=timeout
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         return res
+
     return run

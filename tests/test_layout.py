@@ -7,6 +7,7 @@
 * ``featup_plugin.detectron2`` imports no mmseg, mmcv or mmengine and not ``featup_plugin.mmseg``;
 * ``import featup_plugin`` imports no framework, and registers the mmseg adapter once mmseg is imported.
 """
+
 import ast
 import os
 import subprocess
@@ -44,7 +45,7 @@ def _imports(path):
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split('.')
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = '.'.join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module
@@ -92,20 +93,29 @@ def test_import_rules():
 def test_the_rule_check_finds_violations(tmp_path, monkeypatch):
     """The checker itself: a core module importing mmseg, an adapter importing the other, a module-level bridge."""
     fake = tmp_path / 'featup_plugin'
-    for rel, text in {'core/bad.py': 'import mmcv.ops\n', 'core/rel.py': 'from ..mmseg import necks\n',
-                      'detectron2/x.py': 'from ..mmseg.necks import FeatUpJBU\n',
-                      'mmseg/y.py': 'def f():\n    import detectron2\n',
-                      BRIDGE: 'import detectron2\n', 'core/ok.py': 'import torch\nfrom .bad import x\n',
-                      'core/extra.py': 'import requests\n'}.items():
+    for rel, text in {
+        'core/bad.py': 'import mmcv.ops\n',
+        'core/rel.py': 'from ..mmseg import necks\n',
+        'detectron2/x.py': 'from ..mmseg.necks import FeatUpJBU\n',
+        'mmseg/y.py': 'def f():\n    import detectron2\n',
+        BRIDGE: 'import detectron2\n',
+        'core/ok.py': 'import torch\nfrom .bad import x\n',
+        'core/extra.py': 'import requests\n',
+    }.items():
         p = fake / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     monkeypatch.setattr(sys.modules[__name__], 'PKG', str(fake))
     monkeypatch.setattr(sys.modules[__name__], 'ROOT', str(tmp_path))
     found = '\n'.join(_violations())
-    for rel in ('core/bad.py:1 imports mmcv.ops', 'core/rel.py:1 imports featup_plugin.mmseg',
-                'detectron2/x.py:1 imports featup_plugin.mmseg.necks', 'mmseg/y.py:2 imports detectron2',
-                f'{BRIDGE}:1 imports detectron2', 'core/extra.py:1 imports requests'):
+    for rel in (
+        'core/bad.py:1 imports mmcv.ops',
+        'core/rel.py:1 imports featup_plugin.mmseg',
+        'detectron2/x.py:1 imports featup_plugin.mmseg.necks',
+        'mmseg/y.py:2 imports detectron2',
+        f'{BRIDGE}:1 imports detectron2',
+        'core/extra.py:1 imports requests',
+    ):
         assert f'featup_plugin/{rel}' in found
     assert 'core/ok.py' not in found
 
@@ -119,7 +129,7 @@ def _run(code):
 @pytest.mark.slow
 def test_import_featup_plugin_imports_no_framework_and_registers_mmseg_on_import():
     pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
-    out = _run('''
+    out = _run("""
 import sys, time
 t = time.perf_counter()
 import featup_plugin
@@ -136,14 +146,14 @@ for name in ('FeatUpJBU', 'ResizeNeck', 'GuidedEncoderDecoder', 'SFTGuidedHead',
 assert DATASETS.get('FeatUpSyntheticDataset') and DATASETS.get('ImageFolderDataset')
 assert METRICS.get('BoundaryFScore')
 print('ok')
-''')
+""")
     assert out.strip().endswith('ok')
 
 
 @pytest.mark.slow
 def test_adapter_registers_when_mmseg_was_imported_first():
     pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
-    out = _run('''
+    out = _run("""
 import sys
 import mmseg.registry
 assert 'featup_plugin' not in sys.modules
@@ -152,5 +162,5 @@ assert 'featup_plugin.mmseg' in sys.modules
 from mmseg.registry import MODELS
 assert MODELS.get('FeatUpJBU') is not None
 print('ok')
-''')
+""")
     assert out.strip().endswith('ok')

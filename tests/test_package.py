@@ -1,10 +1,11 @@
 """Package-level contracts."""
+
 import pytest
 
 
 @pytest.mark.slow
 def test_core_imports_and_runs_without_any_framework(run_without_frameworks):
-    res = run_without_frameworks('''
+    res = run_without_frameworks("""
 import torch, featup_plugin
 from featup_plugin.upsamplers import JBUStack
 out = JBUStack(4)(torch.randn(1, 4, 3, 3), torch.rand(1, 3, 24, 24))
@@ -22,7 +23,7 @@ try:
     import mmseg
 except ImportError:
     print("ok")
-''')
+""")
     assert res.stdout.strip().endswith('ok')
     imported = [m for m in ('mmseg', 'mmcv', 'mmengine', 'detectron2') if f"'{m}'" in res.stderr]
     assert not imported
@@ -30,6 +31,7 @@ except ImportError:
 
 def test_version_and_public_api():
     import featup_plugin
+
     assert featup_plugin.__version__.count('.') == 2
     assert {'adaptive_conv', 'local_correlation', 'backend_name'} <= set(featup_plugin.ops.__all__)
     assert {'JBUStack', 'JBULearnedRange', 'ChannelNorm'} <= set(featup_plugin.upsamplers.__all__)

@@ -14,16 +14,14 @@ image with ViT-S/16 on 2 cores (docs/benchmarks.md). Explicit options override t
 The backbone is a frozen timm ViT: random init unless ``--weights`` (a timm state dict, or a checkpoint of
 ``tools/train.py configs/*/jbu_*`` whose ViT is under ``backbone.model.``) or ``--pretrained`` (timm's hub).
 """
+
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import os.path as osp
 import sys
 import time
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def build_parser():
@@ -35,12 +33,20 @@ def build_parser():
     p.add_argument('--weights', default=None, help='local ViT weights (timm state dict or a training checkpoint)')
     p.add_argument('--pretrained', action='store_true', help="timm's hub weights (needs the network)")
     p.add_argument('--size', type=int, default=224, help='images are resized + centre-cropped to this size')
-    p.add_argument('--preset', choices=sorted(PRESETS), default=None,
-                   help="'cpu': " + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in PRESETS['cpu'].items()))
+    p.add_argument(
+        '--preset',
+        choices=sorted(PRESETS),
+        default=None,
+        help="'cpu': " + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in PRESETS['cpu'].items()),
+    )
     p.add_argument('--steps', type=int, default=None, help='default 1200 (FeatUp)')
     p.add_argument('--views', type=int, default=None, help='jittered views per step, default 10 (FeatUp)')
-    p.add_argument('--view-bank', action='store_true', default=None,
-                   help='draw each step\'s views from the PCA views instead of running the backbone on new ones')
+    p.add_argument(
+        '--view-bank',
+        action='store_true',
+        default=None,
+        help="draw each step's views from the PCA views instead of running the backbone on new ones",
+    )
     p.add_argument('--fit-size', type=int, default=None, help='render size while fitting (default: --size)')
     p.add_argument('--pca-dim', type=int, default=128)
     p.add_argument('--pca-views', type=int, default=50)
@@ -71,6 +77,7 @@ def resolve(args):
 
 def _cuda():
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -86,8 +93,10 @@ class Bar:
         el = time.time() - self.t0
         eta = el / step * (steps - step)
         n = int(30 * step / steps)
-        sys.stderr.write(f'\r{self.name}: [{"#" * n}{"." * (30 - n)}] {step}/{steps} loss {loss:.4f} '
-                         f'{el:.0f}s elapsed, {eta:.0f}s left')
+        sys.stderr.write(
+            f'\r{self.name}: [{"#" * n}{"." * (30 - n)}] {step}/{steps} loss {loss:.4f} '
+            f'{el:.0f}s elapsed, {eta:.0f}s left'
+        )
         if step == steps:
             sys.stderr.write('\n')
         sys.stderr.flush()
@@ -95,38 +104,64 @@ class Bar:
 
 def main(argv=None):
     args = resolve(build_parser().parse_args(argv))
-    import torch
 
     from featup_plugin.data.images import load_image
     from featup_plugin.featurizers import TimmFeaturizer, parse_model_kwargs
     from featup_plugin.training.implicit import fit_implicit
+
     for path in args.images:
         if not osp.isfile(path):
             raise SystemExit(f'no such image: {path}')
-    featurizer = TimmFeaturizer(args.model, pretrained=args.pretrained, weights=args.weights,
-                                **parse_model_kwargs(args.model_kwargs)).to(args.device)
+    featurizer = TimmFeaturizer(
+        args.model, pretrained=args.pretrained, weights=args.weights, **parse_model_kwargs(args.model_kwargs)
+    ).to(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
     for path in args.images:
         img = load_image(path, args.size)[None].to(args.device)
         name = osp.splitext(osp.basename(path))[0]
         t0 = time.time()
-        model, losses = fit_implicit(img, featurizer, steps=args.steps, views=args.views, max_pad=args.max_pad,
-                                     max_zoom=args.max_zoom, pca_dim=args.pca_dim, pca_views=args.pca_views,
-                                     lr=args.lr, downsampler=args.downsampler, seed=args.seed,
-                                     view_bank=args.view_bank, fit_size=args.fit_size,
-                                     progress=Bar(name, args.quiet))
+        model, losses = fit_implicit(
+            img,
+            featurizer,
+            steps=args.steps,
+            views=args.views,
+            max_pad=args.max_pad,
+            max_zoom=args.max_zoom,
+            pca_dim=args.pca_dim,
+            pca_views=args.pca_views,
+            lr=args.lr,
+            downsampler=args.downsampler,
+            seed=args.seed,
+            view_bank=args.view_bank,
+            fit_size=args.fit_size,
+            progress=Bar(name, args.quiet),
+        )
         dt = time.time() - t0
         out = osp.join(args.out_dir, f'{name}.implicit.pt')
-        model.save(out, extra=dict(source=osp.abspath(path), backbone=args.model,
-                                   model_kwargs=parse_model_kwargs(args.model_kwargs), steps=args.steps,
-                                   views=args.views, view_bank=args.view_bank, fit_size=args.fit_size,
-                                   seconds=dt))
+        model.save(
+            out,
+            extra=dict(
+                source=osp.abspath(path),
+                backbone=args.model,
+                model_kwargs=parse_model_kwargs(args.model_kwargs),
+                steps=args.steps,
+                views=args.views,
+                view_bank=args.view_bank,
+                fit_size=args.fit_size,
+                seconds=dt,
+            ),
+        )
         first = sum(losses[:10]) / max(1, len(losses[:10])) if losses else float('nan')
         last = sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else float('nan')
-        how = f'{args.steps} steps x {args.views} views' + (' (view bank)' if args.view_bank else '') + \
-            (f', fitted at {args.fit_size} px' if args.fit_size else '')
-        print(f'{path}: {how} in {dt:.1f}s on {args.device}; loss {first:.4f} '
-              f'(first 10) -> {last:.4f} (last 10); wrote {out} ({osp.getsize(out) / 1e6:.2f} MB)')
+        how = (
+            f'{args.steps} steps x {args.views} views'
+            + (' (view bank)' if args.view_bank else '')
+            + (f', fitted at {args.fit_size} px' if args.fit_size else '')
+        )
+        print(
+            f'{path}: {how} in {dt:.1f}s on {args.device}; loss {first:.4f} '
+            f'(first 10) -> {last:.4f} (last 10); wrote {out} ({osp.getsize(out) / 1e6:.2f} MB)'
+        )
     return 0
 
 

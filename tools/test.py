@@ -1,19 +1,17 @@
 #!/usr/bin/env python3
 """Evaluate a trained segmentor (mmseg 1.x config + checkpoint) with featup_plugin registered.
 
-    python3 tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR] [--tta]
-    torchrun --nproc_per_node=N tools/test.py CONFIG CHECKPOINT --launcher pytorch
+python3 tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR] [--tta]
+torchrun --nproc_per_node=N tools/test.py CONFIG CHECKPOINT --launcher pytorch
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
-import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
@@ -23,9 +21,14 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where the evaluation log goes')
     p.add_argument('--out', help='save the predicted label maps (PNG) into this folder')
     p.add_argument('--show-dir', help='save drawn predictions into this folder')
-    p.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                   help='override config entries, e.g. test_dataloader.dataset.data_root=...')
+    p.add_argument('--tta', action='store_true', help="test-time augmentation (the config's tta_pipeline)")
+    p.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default=None,
+        help='override config entries, e.g. test_dataloader.dataset.data_root=...',
+    )
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = p.parse_args(argv)
@@ -38,6 +41,7 @@ def build_cfg(args):
     from mmengine.config import Config
 
     from featup_plugin.mmseg.engine import use_gloo_without_cuda
+
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -72,10 +76,10 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    import featup_plugin  # noqa: F401
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
+    import featup_plugin  # noqa: F401
     from featup_plugin.data.prepare import prepare_generated_datasets
     from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
 

@@ -8,29 +8,40 @@
 Datasets of type ``FeatUpSyntheticDataset`` are generated first if their folder is missing (see
 ``tools/dataset_converters/generate_dataset.py``), so a config on the generated data runs on a fresh machine as is.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
-import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Train a segmentor (mmseg config) with featup_plugin registered')
     p.add_argument('config', help='config file path')
     p.add_argument('--work-dir', help='where logs and checkpoints go (default: ./work_dirs/<config name>)')
-    p.add_argument('--resume', nargs='?', type=str, const='auto',
-                   help='resume from CKPT, or from the latest checkpoint in the work dir if no path is given')
+    p.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from CKPT, or from the latest checkpoint in the work dir if no path is given',
+    )
     p.add_argument('--amp', action='store_true', help='automatic mixed precision (AmpOptimWrapper)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                   help='override config entries, e.g. train_cfg.max_iters=100 model.neck.radius=2')
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                   help='job launcher (pytorch = torchrun)')
+    p.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default=None,
+        help='override config entries, e.g. train_cfg.max_iters=100 model.neck.radius=2',
+    )
+    p.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher (pytorch = torchrun)',
+    )
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = p.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -39,37 +50,17 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import Config
+    from featup_plugin.mmseg.engine import build_train_cfg
 
-    from featup_plugin.mmseg.engine import use_gloo_without_cuda
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if args.amp:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {wrapper}')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    use_gloo_without_cuda(cfg)
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    return cfg
+    return build_train_cfg(args.config, args.work_dir, args.cfg_options, args.launcher, args.amp, args.resume)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import featup_plugin  # noqa: F401  registers the modules even if the config lacks custom_imports
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
+    import featup_plugin  # noqa: F401  registers the modules even if the config lacks custom_imports
     from featup_plugin.data.prepare import prepare_generated_datasets
     from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
 
@@ -83,6 +74,7 @@ def main(argv=None):
 
 def _build_custom_runner(cfg):
     from mmengine.registry import RUNNERS
+
     return RUNNERS.build(cfg)
 
 

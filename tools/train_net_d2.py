@@ -13,29 +13,40 @@ evaluator follows the test set's ``evaluator_type`` (``sem_seg`` -> ``SemSegEval
 The generated dataset (``featup_synth_*``) is created on first use. A config that asks for CUDA on a machine
 without a GPU runs on the CPU, with a warning.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import OrderedDict
 
+import detectron2.utils.comm as comm
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluators,
+    inference_on_dataset,
+    print_csv_format,
+    verify_results,
+)
+from detectron2.utils.events import TensorboardXWriter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import detectron2.utils.comm as comm  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import LazyConfig, get_cfg, instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, default_argument_parser,  # noqa: E402
-                               create_ddp_model, default_setup, default_writers, hooks, launch)
-from detectron2.evaluation import (COCOEvaluator, DatasetEvaluators, inference_on_dataset,  # noqa: E402
-                                   print_csv_format, verify_results)
-from detectron2.utils.events import TensorboardXWriter  # noqa: E402
-
-import featup_plugin.detectron2  # noqa: E402,F401  (registers FeatUpBackbone and the generated dataset)
-from featup_plugin.detectron2 import SemSegEvaluator, add_featup_config  # noqa: E402
+import featup_plugin.detectron2  # noqa: F401  (registers FeatUpBackbone and the generated dataset)
+from featup_plugin.detectron2 import SemSegEvaluator, add_featup_config
 
 logger = logging.getLogger('featup_plugin.train_net_d2')
 
@@ -142,14 +153,17 @@ def do_train_lazy(args, cfg):
         last_eval.update(do_test_lazy(cfg, model))
         return last_eval
 
-    trainer.register_hooks([
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, test_and_save),
-        hooks.PeriodicWriter(_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-        if comm.is_main_process() else None,
-    ])
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, test_and_save),
+            hooks.PeriodicWriter(_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
@@ -181,5 +195,11 @@ def parse_args(argv=None):
 if __name__ == '__main__':
     args = parse_args()
     print('Command Line Args:', args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

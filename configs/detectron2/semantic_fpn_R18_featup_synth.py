@@ -4,8 +4,12 @@
 #   python3 tools/train_net_d2.py --config-file ... train.device=cuda train.max_iter=800
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.data import (DatasetMapper, build_detection_test_loader, build_detection_train_loader,
-                             get_detection_dataset_dicts)
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SemanticSegmentor
@@ -33,9 +37,9 @@ model = L(SemanticSegmentor)(
             freeze_at=0,
         ),
         in_features=['res5'],
-        mode='append',            # keeps res2..res5 and adds "featup" (512 channels, stride 4)
+        mode='append',  # keeps res2..res5 and adds "featup" (512 channels, stride 4)
         output_stride=4,
-        weights=None,             # optional JBUStack weights; weights_prefix='upsampler.' for FeatUp's files
+        weights=None,  # optional JBUStack weights; weights_prefix='upsampler.' for FeatUp's files
         pixel_mean='${..pixel_mean}',
         pixel_std='${..pixel_std}',
         input_format=INPUT_FORMAT,
@@ -44,11 +48,11 @@ model = L(SemanticSegmentor)(
         input_shape={'featup': L(ShapeSpec)(channels=512, stride=4)},
         num_classes=NUM_CLASSES,
         conv_dims=64,
-        common_stride=4,          # = output_stride
+        common_stride=4,  # = output_stride
         norm='GN',
         ignore_value=255,
     ),
-    pixel_mean=[103.530, 116.280, 123.675],   # BGR, 0-255
+    pixel_mean=[103.530, 116.280, 123.675],  # BGR, 0-255
     pixel_std=[57.375, 57.120, 58.395],
 )
 

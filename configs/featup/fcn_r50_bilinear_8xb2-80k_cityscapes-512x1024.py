@@ -4,9 +4,6 @@
 _base_ = './fcn_r50_featup_8xb2-80k_cityscapes-512x1024.py'
 model = dict(
     neck=dict(
-        _delete_=True,
-        type='ResizeNeck',
-        in_channels=[256, 512, 1024, 2048],
-        in_index=3,
-        out_size=None,
-        output_stride=8))
+        _delete_=True, type='ResizeNeck', in_channels=[256, 512, 1024, 2048], in_index=3, out_size=None, output_stride=8
+    )
+)

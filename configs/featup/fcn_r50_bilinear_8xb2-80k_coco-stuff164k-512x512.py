@@ -4,9 +4,6 @@
 _base_ = './fcn_r50_featup_8xb2-80k_coco-stuff164k-512x512.py'
 model = dict(
     neck=dict(
-        _delete_=True,
-        type='ResizeNeck',
-        in_channels=[256, 512, 1024, 2048],
-        in_index=3,
-        out_size=None,
-        output_stride=8))
+        _delete_=True, type='ResizeNeck', in_channels=[256, 512, 1024, 2048], in_index=3, out_size=None, output_stride=8
+    )
+)

@@ -11,8 +11,7 @@
 # Other outputs: Detectron2Backbone.output_shapes(config_file, opts) lists channels and strides; feat_dim must
 # match (checked at build time). The checkpoint holds the stack under upsampler.*: load it with detectron2's
 # FeatUpBackbone (MODEL.FEATUP.WEIGHTS, MODEL.FEATUP.IN_FEATURES ['res5']) or the mmseg neck FeatUpJBU.
-_base_ = ['../_base_/default_runtime.py', '../_base_/schedules/featup_jbu.py',
-          '../_base_/models/featup_jbu_trainer.py']
+_base_ = ['../_base_/default_runtime.py', '../_base_/schedules/featup_jbu.py', '../_base_/models/featup_jbu_trainer.py']
 image_root = 'data/images'
 image_size = 224
 model = dict(
@@ -22,6 +21,10 @@ model = dict(
         opts=['MODEL.RESNETS.DEPTH', 50, 'MODEL.RESNETS.OUT_FEATURES', ['res5']],
         name=None,  # default: MODEL.BACKBONE.NAME (build_resnet_backbone)
         out_feature='res5',
-        weights=None),
-    feat_dim=2048, num_stages=5, downsampler_kernel=32)  # FeatUp's other defaults: _base_/models/featup_jbu_trainer.py
+        weights=None,
+    ),
+    feat_dim=2048,
+    num_stages=5,
+    downsampler_kernel=32,
+)  # FeatUp's other defaults: _base_/models/featup_jbu_trainer.py
 train_dataloader = dict(dataset=dict(root=image_root, size=image_size))

@@ -4,9 +4,6 @@
 _base_ = './segformer_mit-b0_featup_8xb2-160k_coco-stuff164k-512x512.py'
 model = dict(
     neck=dict(
-        _delete_=True,
-        type='ResizeNeck',
-        in_channels=[32, 64, 160, 256],
-        in_index=3,
-        out_size=None,
-        output_stride=4))
+        _delete_=True, type='ResizeNeck', in_channels=[32, 64, 160, 256], in_index=3, out_size=None, output_stride=4
+    )
+)

@@ -3,9 +3,6 @@
 _base_ = './fcn_r18_featup_1xb8-400i_featup-synth-128x128.py'
 model = dict(
     neck=dict(
-        _delete_=True,
-        type='ResizeNeck',
-        in_channels=[32, 64, 128, 256],
-        in_index=3,
-        out_size=None,
-        output_stride=4))
+        _delete_=True, type='ResizeNeck', in_channels=[32, 64, 128, 256], in_index=3, out_size=None, output_stride=4
+    )
+)

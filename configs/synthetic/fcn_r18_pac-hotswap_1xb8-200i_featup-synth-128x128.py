@@ -13,7 +13,8 @@ model = dict(
     targets=['backbone.layer4.1.conv1', 'backbone.layer4.1.conv2', 'decode_head.convs.0.conv'],
     guidance='backbone:input',
     kernel_type='gaussian',
-    init_scale=1.0)
+    init_scale=1.0,
+)
 load_from = None  # the baseline's checkpoint; without one the swapped model starts from random weights
 max_iters = 200
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)

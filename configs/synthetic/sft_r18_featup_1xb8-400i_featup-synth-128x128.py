@@ -11,5 +11,7 @@ model = dict(
         in_index=3,
         out_size=None,
         output_stride=4,
-        feature_strides=[4, 8, 16, 32]),
-    decode_head=dict(feature_stride=4, stage_channels=[32, 16, 16]))  # strides 4, 2, 1 (widths as without neck)
+        feature_strides=[4, 8, 16, 32],
+    ),
+    decode_head=dict(feature_stride=4, stage_channels=[32, 16, 16]),
+)  # strides 4, 2, 1 (widths as without neck)

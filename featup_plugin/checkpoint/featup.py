@@ -8,6 +8,7 @@ backbones and feat_dim, the Lightning layout, the JBUStack keys and shapes) are 
 ``docs/checkpoints.md``. Files are read by :func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only
 unless ``trust``).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,13 +19,27 @@ import torch
 
 from .io import CheckpointError, NotACheckpointError, UntrustedCheckpointError, read_checkpoint
 
-__all__ = ['FeatUpCheckpointError', 'NotACheckpointError', 'UntrustedCheckpointError', 'OFFICIAL_FEAT_DIMS',
-           'official_jbu_stack_shapes', 'convert_featup_state_dict', 'read_checkpoint', 'load_featup_checkpoint',
-           'guess_backbone']
+__all__ = [
+    'FeatUpCheckpointError',
+    'NotACheckpointError',
+    'UntrustedCheckpointError',
+    'OFFICIAL_FEAT_DIMS',
+    'official_jbu_stack_shapes',
+    'convert_featup_state_dict',
+    'read_checkpoint',
+    'load_featup_checkpoint',
+    'guess_backbone',
+]
 
 #: feat_dim of each official ``{name}_jbu_stack_cocostuff.ckpt`` (FeatUp's ``get_featurizer`` / ``hubconf.py``).
 OFFICIAL_FEAT_DIMS: Dict[str, int] = {
-    'vit': 384, 'dino16': 384, 'dinov2': 384, 'clip': 512, 'maskclip': 512, 'resnet50': 2048}
+    'vit': 384,
+    'dino16': 384,
+    'dinov2': 384,
+    'clip': 512,
+    'maskclip': 512,
+    'resnet50': 2048,
+}
 
 #: Top-level sub-modules of FeatUp's Lightning module that the conversion drops.
 DROPPED_PREFIXES: Tuple[str, ...] = ('downsampler.', 'scale_net.', 'model.')
@@ -93,12 +108,18 @@ def _state_dict_of(obj: Any) -> Mapping[str, Any]:
     if any(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     raise FeatUpCheckpointError(
-        f"the checkpoint has no 'state_dict' entry and holds no tensors (entries: {_summarise(map(str, obj))})")
+        f"the checkpoint has no 'state_dict' entry and holds no tensors (entries: {_summarise(map(str, obj))})"
+    )
 
 
-def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsampler.', prefix: str = '',
-                              num_stages: Optional[int] = 4, allow_unknown: bool = False
-                              ) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, Any]]:
+def convert_featup_state_dict(
+    sd: Mapping[str, Any],
+    *,
+    src_prefix: str = 'upsampler.',
+    prefix: str = '',
+    num_stages: Optional[int] = 4,
+    allow_unknown: bool = False,
+) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, Any]]:
     """Convert a FeatUp JBU-stack state dict into one for ``JBUStack(feat_dim, num_stages)``.
 
     Args:
@@ -128,7 +149,7 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
     unknown = []
     for k in keys:
         if src_prefix and k.startswith(src_prefix):
-            ours[k[len(src_prefix):]] = sd[k]
+            ours[k[len(src_prefix) :]] = sd[k]
         elif k.startswith(DROPPED_PREFIXES):
             head = k.split('.', 1)[0]
             dropped[head] = dropped.get(head, 0) + 1
@@ -139,10 +160,10 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
     if not ours:
         hint = ''
         if src_prefix and any(k.startswith('up1.') for k in keys):
-            hint = (" The keys look like a bare JBUStack state dict: convert it with src_prefix='' "
-                    "(--src-prefix '').")
+            hint = " The keys look like a bare JBUStack state dict: convert it with src_prefix='' (--src-prefix '')."
         raise FeatUpCheckpointError(
-            f"no '{src_prefix}' keys: this is not a FeatUp JBU-stack checkpoint (found {_groups(keys)}).{hint}")
+            f"no '{src_prefix}' keys: this is not a FeatUp JBU-stack checkpoint (found {_groups(keys)}).{hint}"
+        )
     bad = [k for k, v in ours.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise FeatUpCheckpointError(f'non-tensor entries under {src_prefix!r}: {_summarise(bad)}')
@@ -150,18 +171,21 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
     if unknown and not allow_unknown:
         raise FeatUpCheckpointError(
             f"unknown keys outside '{src_prefix}' (FeatUp's checkpoints hold only upsampler, downsampler, "
-            f"scale_net and model): {_summarise(unknown)}; pass allow_unknown=True (--allow-unknown) to drop them")
+            f'scale_net and model): {_summarise(unknown)}; pass allow_unknown=True (--allow-unknown) to drop them'
+        )
 
     # feat_dim from the final fixup conv, stages from the upN names.
     w = ours.get('fixup_proj.1.weight')
     if w is None:
         raise FeatUpCheckpointError(
             f"'{src_prefix}fixup_proj.1.weight' is missing, so feat_dim cannot be read: not FeatUp's JBUStack "
-            f"(found {_groups(ours)} under '{src_prefix}')")
+            f"(found {_groups(ours)} under '{src_prefix}')"
+        )
     if w.dim() != 4 or w.shape[0] != w.shape[1] or tuple(w.shape[2:]) != (1, 1):
         raise FeatUpCheckpointError(
             f"'{src_prefix}fixup_proj.1.weight' has shape {list(w.shape)}, expected [C, C, 1, 1] (FeatUp's final "
-            f'1x1 fixup conv)')
+            f'1x1 fixup conv)'
+        )
     feat_dim = int(w.shape[0])
     found = sorted({int(m.group(1)) for m in map(_STAGE_RE.match, ours) if m})
     expected_stages = list(range(1, (num_stages if num_stages is not None else len(found)) + 1))
@@ -170,7 +194,8 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
         got = ', '.join(f'up{i}' for i in found) or 'none'
         raise FeatUpCheckpointError(
             f"wrong number of JBU stages under '{src_prefix}': expected {want} "
-            f"({', '.join(f'up{i}' for i in expected_stages) or 'none'}, FeatUp's JBUStack has up1..up4), found {got}")
+            f"({', '.join(f'up{i}' for i in expected_stages) or 'none'}, FeatUp's JBUStack has up1..up4), found {got}"
+        )
     n = len(expected_stages)
 
     shapes = official_jbu_stack_shapes(feat_dim, n)
@@ -183,13 +208,19 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
         if extra:
             parts.append(f'unknown {_summarise(src_prefix + k for k in extra)}')
         raise FeatUpCheckpointError(
-            f"the stack under '{src_prefix}' does not have FeatUp's JBUStack layout: {'; '.join(parts)}")
-    wrong = [f'{src_prefix}{k}: {list(ours[k].shape)} (expected {list(s)})'
-             for k, s in shapes.items() if tuple(ours[k].shape) != s]
+            f"the stack under '{src_prefix}' does not have FeatUp's JBUStack layout: {'; '.join(parts)}"
+        )
+    wrong = [
+        f'{src_prefix}{k}: {list(ours[k].shape)} (expected {list(s)})'
+        for k, s in shapes.items()
+        if tuple(ours[k].shape) != s
+    ]
     if wrong:
         raise FeatUpCheckpointError(
             f'unexpected shapes (FeatUp JBUStack({feat_dim}): radius 3, key_dim 32, RGB guidance): '
-            + '; '.join(wrong[:12]) + (f'; ... ({len(wrong) - 12} more)' if len(wrong) > 12 else ''))
+            + '; '.join(wrong[:12])
+            + (f'; ... ({len(wrong) - 12} more)' if len(wrong) > 12 else '')
+        )
     not_float = [src_prefix + k for k in shapes if not ours[k].is_floating_point()]
     if not_float:
         raise FeatUpCheckpointError(f'non-floating-point tensors: {_summarise(not_float)}')
@@ -200,13 +231,17 @@ def convert_featup_state_dict(sd: Mapping[str, Any], *, src_prefix: str = 'upsam
     # Identity mapping (our JBUStack uses FeatUp's names); copies so the output does not share storage with
     # (and, when saved, drag along) the whole checkpoint.
     out: 'OrderedDict[str, torch.Tensor]' = OrderedDict(
-        (prefix + k, ours[k].detach().to('cpu', copy=True).contiguous()) for k in shapes)
+        (prefix + k, ours[k].detach().to('cpu', copy=True).contiguous()) for k in shapes
+    )
 
     channel_norm = None
     if src_prefix == 'upsampler.' and all(k in sd for k in _CHANNEL_NORM_KEYS):
         cw, cb = (sd[k] for k in _CHANNEL_NORM_KEYS)
-        if isinstance(cw, torch.Tensor) and isinstance(cb, torch.Tensor) and \
-                tuple(cw.shape) == tuple(cb.shape) == (feat_dim,):
+        if (
+            isinstance(cw, torch.Tensor)
+            and isinstance(cb, torch.Tensor)
+            and tuple(cw.shape) == tuple(cb.shape) == (feat_dim,)
+        ):
             channel_norm = OrderedDict([('norm.weight', cw.detach().clone()), ('norm.bias', cb.detach().clone())])
     info: Dict[str, Any] = {
         'feat_dim': feat_dim,

@@ -14,6 +14,7 @@ A file that is no checkpoint at all (empty, text, random bytes, a truncated zip,
 :class:`NotACheckpointError`, naming the file and what it holds. :func:`read_state_dict` adds unwrapping
 (``state_dict`` / ``model`` entries, or an explicit key) and keeps the tensors.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,21 +30,41 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 import torch
 
-__all__ = ['CheckpointError', 'NotACheckpointError', 'UntrustedCheckpointError', 'read_checkpoint',
-           'read_state_dict', 'load_mmengine_checkpoint', 'pickle_globals', 'MMENGINE_CHECKPOINT_GLOBALS']
+__all__ = [
+    'CheckpointError',
+    'NotACheckpointError',
+    'UntrustedCheckpointError',
+    'read_checkpoint',
+    'read_state_dict',
+    'load_mmengine_checkpoint',
+    'pickle_globals',
+    'MMENGINE_CHECKPOINT_GLOBALS',
+]
 
 PathLike = Union[str, 'os.PathLike[str]']
 
 # What an mmengine/mmseg training checkpoint may reference besides tensors and plain containers.
-MMENGINE_CHECKPOINT_GLOBALS = frozenset({
-    'collections.OrderedDict', 'builtins.getattr', '__builtin__.getattr', '_codecs.encode',
-    'numpy.ndarray', 'numpy.dtype', 'numpy.core.multiarray._reconstruct', 'numpy.core.multiarray.scalar',
-    'numpy._core.multiarray._reconstruct', 'numpy._core.multiarray.scalar',
-    'mmengine.logging.history_buffer.HistoryBuffer', 'mmengine.config.config.ConfigDict',
-    'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter', 'torch.Size',
-})
+MMENGINE_CHECKPOINT_GLOBALS = frozenset(
+    {
+        'collections.OrderedDict',
+        'builtins.getattr',
+        '__builtin__.getattr',
+        '_codecs.encode',
+        'numpy.ndarray',
+        'numpy.dtype',
+        'numpy.core.multiarray._reconstruct',
+        'numpy.core.multiarray.scalar',
+        'numpy._core.multiarray._reconstruct',
+        'numpy._core.multiarray.scalar',
+        'mmengine.logging.history_buffer.HistoryBuffer',
+        'mmengine.config.config.ConfigDict',
+        'torch._utils._rebuild_tensor_v2',
+        'torch._utils._rebuild_parameter',
+        'torch.Size',
+    }
+)
 
-_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # the first object torch.save pickles in its legacy (non-zip) format
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object torch.save pickles in its legacy (non-zip) format
 
 
 class CheckpointError(ValueError):
@@ -60,8 +81,11 @@ class UntrustedCheckpointError(CheckpointError, RuntimeError):
 
 
 def _is_safe_global(name: str) -> bool:
-    return (name in MMENGINE_CHECKPOINT_GLOBALS or name.startswith('numpy.dtypes.')
-            or (name.startswith('torch.') and name.endswith('Storage')))
+    return (
+        name in MMENGINE_CHECKPOINT_GLOBALS
+        or name.startswith('numpy.dtypes.')
+        or (name.startswith('torch.') and name.endswith('Storage'))
+    )
 
 
 def pickle_globals(filename: PathLike) -> Set[str]:
@@ -113,8 +137,10 @@ def _describe(path: str, head: bytes) -> str:
         kind = 'a JSON/text file' if text.lstrip()[:1] in ('{', '[') else 'a text file'
         first = ' '.join(text.split())[:60]
         return f'{kind} (it starts with {first!r})'
-    return (f'binary data starting with {head[:8].hex(" ")}: not a zip archive nor a legacy torch.save file; '
-            'truncated or a different format?')
+    return (
+        f'binary data starting with {head[:8].hex(" ")}: not a zip archive nor a legacy torch.save file; '
+        'truncated or a different format?'
+    )
 
 
 def _not_a_checkpoint(path: str, what: str) -> NotACheckpointError:
@@ -159,8 +185,7 @@ def _lenient_pickle_module(missing: List[str]) -> Any:
                 missing.append(f'{module}.{name}')
                 return type(name, (_Placeholder,), {'__module__': module, '__qualname__': name})
 
-    return types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, loads=pickle.loads,
-                                 __name__='pickle')
+    return types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, loads=pickle.loads, __name__='pickle')
 
 
 def _full_load(path: str, lenient: bool, **kwargs) -> Any:
@@ -169,8 +194,11 @@ def _full_load(path: str, lenient: bool, **kwargs) -> Any:
     missing: List[str] = []
     obj = torch.load(path, weights_only=False, pickle_module=_lenient_pickle_module(missing), **kwargs)
     if missing:
-        warnings.warn(f'{path}: classes not importable here were read as placeholders (only the tensors are '
-                      f'used): {_summarise(set(missing))}', stacklevel=4)
+        warnings.warn(
+            f'{path}: classes not importable here were read as placeholders (only the tensors are '
+            f'used): {_summarise(set(missing))}',
+            stacklevel=4,
+        )
     return obj
 
 
@@ -197,6 +225,7 @@ def read_checkpoint(path: PathLike, *, trust: bool = False, map_location: Any = 
         head = f.read(512)
     if path.endswith('.safetensors') or _looks_like_safetensors(head):
         from safetensors.torch import load_file
+
         try:
             return load_file(path, device='cpu')
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
@@ -205,8 +234,9 @@ def read_checkpoint(path: PathLike, *, trust: bool = False, map_location: Any = 
     if is_zip:
         with zipfile.ZipFile(path) as z:
             if not any(n.endswith('data.pkl') for n in z.namelist()):
-                raise _not_a_checkpoint(path, f'a zip archive without the data.pkl of torch.save (it holds '
-                                              f'{_summarise(z.namelist(), 4)})')
+                raise _not_a_checkpoint(
+                    path, f'a zip archive without the data.pkl of torch.save (it holds {_summarise(z.namelist(), 4)})'
+                )
     elif not _is_legacy_torch_file(head):
         raise _not_a_checkpoint(path, _describe(path, head))
     kwargs: Dict[str, Any] = dict(map_location=map_location)
@@ -228,21 +258,29 @@ def read_checkpoint(path: PathLike, *, trust: bool = False, map_location: Any = 
             if not unsafe:
                 raise CheckpointError(
                     f'{path} could not be read as a tensors-only checkpoint ({_weights_only_detail(err)}); '
-                    'trust=True (--trust) unpickles it fully, which can execute code') from err
+                    'trust=True (--trust) unpickles it fully, which can execute code'
+                ) from err
             raise UntrustedCheckpointError(
                 f'{path} holds pickled Python objects besides tensors ({_summarise(unsafe)}), e.g. Lightning '
                 'hyper_parameters or callback state, so the safe tensors-only load refused it. Reading it needs a '
                 'full unpickle, which can execute arbitrary code: if you trust the file, pass trust=True (--trust '
-                'in the tools), or save its state_dict with torch.save and use that.') from err
+                'in the tools), or save its state_dict with torch.save and use that.'
+            ) from err
     except (CheckpointError, FileNotFoundError):
         raise
     except Exception as err:  # noqa: BLE001 - torch's errors for damaged files vary (RuntimeError, EOFError, ...)
-        raise _not_a_checkpoint(path, f'torch could not read it ({type(err).__name__}: '
-                                      f'{_weights_only_detail(err)}); truncated?') from err
+        raise _not_a_checkpoint(
+            path, f'torch could not read it ({type(err).__name__}: {_weights_only_detail(err)}); truncated?'
+        ) from err
 
 
-def read_state_dict(source: Union[PathLike, Mapping[str, Any]], *, key: Optional[str] = None, trust: bool = False,
-                    where: Optional[str] = None) -> 'OrderedDict[str, torch.Tensor]':
+def read_state_dict(
+    source: Union[PathLike, Mapping[str, Any]],
+    *,
+    key: Optional[str] = None,
+    trust: bool = False,
+    where: Optional[str] = None,
+) -> 'OrderedDict[str, torch.Tensor]':
     """The tensors of a checkpoint's state dict: ``source`` is a file (read by :func:`read_checkpoint`) or a
     loaded checkpoint dict. ``key``: the entry holding the weights (e.g. DINO's ``'teacher'``); default: the
     ``state_dict`` entry (mmengine, Lightning), else ``model`` (detectron2), else the dict itself."""
@@ -264,8 +302,9 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]], *, key: Optional
                 break
     tensors = OrderedDict((str(k), v) for k, v in ckpt.items() if isinstance(v, torch.Tensor))
     if not tensors:
-        raise CheckpointError(f'{where} holds no tensors{f" under {key!r}" if key else ""}; its top-level keys: '
-                              f'{list(ckpt)[:20]}')
+        raise CheckpointError(
+            f'{where} holds no tensors{f" under {key!r}" if key else ""}; its top-level keys: {list(ckpt)[:20]}'
+        )
     return tensors
 
 

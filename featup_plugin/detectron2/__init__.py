@@ -10,16 +10,24 @@
 ``add_featup_config(cfg)`` adds the ``MODEL.FEATUP.*`` keys. ``import featup_plugin`` alone never imports
 detectron2.
 """
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError('featup_plugin.detectron2 needs detectron2; install it with: bash tools/install_detectron2.sh '
-                      f'({e})') from e
+    raise ImportError(
+        f'featup_plugin.detectron2 needs detectron2; install it with: bash tools/install_detectron2.sh ({e})'
+    ) from e
 
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, FeatUpBackbone, build_base_backbone, read_state_dict
 from .config import add_featup_config
-from .dataset import (DEFAULT_GENERATE, DEFAULT_ROOT, IGNORE_LABEL, load_featup_synthetic, register_default,
-                      register_featup_synthetic)
+from .dataset import (
+    DEFAULT_GENERATE,
+    DEFAULT_ROOT,
+    IGNORE_LABEL,
+    load_featup_synthetic,
+    register_default,
+    register_featup_synthetic,
+)
 from .evaluation import SemSegEvaluator, load_sem_seg
 from .fpn import FeatUpFPN, build_featup_fpn_backbone
 from .timm_backbone import TimmBackbone
@@ -27,7 +35,20 @@ from .timm_backbone import TimmBackbone
 register_default()
 
 __all__ = [
-    'FeatUpBackbone', 'TimmBackbone', 'FeatUpFPN', 'build_featup_fpn_backbone', 'build_base_backbone',
-    'add_featup_config', 'read_state_dict', 'register_featup_synthetic', 'load_featup_synthetic', 'DEFAULT_ROOT',
-    'DEFAULT_GENERATE', 'IGNORE_LABEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SemSegEvaluator', 'load_sem_seg'
+    'FeatUpBackbone',
+    'TimmBackbone',
+    'FeatUpFPN',
+    'build_featup_fpn_backbone',
+    'build_base_backbone',
+    'add_featup_config',
+    'read_state_dict',
+    'register_featup_synthetic',
+    'load_featup_synthetic',
+    'DEFAULT_ROOT',
+    'DEFAULT_GENERATE',
+    'IGNORE_LABEL',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
+    'SemSegEvaluator',
+    'load_sem_seg',
 ]

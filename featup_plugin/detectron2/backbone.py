@@ -1,4 +1,5 @@
 """``FeatUpBackbone``: any detectron2 backbone (or timm model) with FeatUp's JBU stack on chosen feature(s)."""
+
 from __future__ import annotations
 
 import logging
@@ -28,28 +29,42 @@ INPUT_FORMATS = CHANNEL_ORDERS  # detectron2's INPUT.FORMAT values that the guid
 def build_base_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
     """The backbone that ``MODEL.FEATUP`` wraps: ``TIMM_MODEL`` if set, else ``BASE_BACKBONE`` from the registry."""
     if 'FEATUP' not in cfg.MODEL:
-        raise KeyError('the config has no MODEL.FEATUP: call featup_plugin.detectron2.add_featup_config(cfg) before '
-                       'merging a FeatUp config file')
+        raise KeyError(
+            'the config has no MODEL.FEATUP: call featup_plugin.detectron2.add_featup_config(cfg) before '
+            'merging a FeatUp config file'
+        )
     f = cfg.MODEL.FEATUP
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
     if f.TIMM_MODEL:
         if cfg.INPUT.FORMAT == 'BGR':
-            logger.warning('MODEL.FEATUP.TIMM_MODEL=%s gets BGR input (INPUT.FORMAT=BGR); timm weights expect RGB '
-                           'with their own mean/std: set INPUT.FORMAT RGB and MODEL.PIXEL_MEAN/STD', f.TIMM_MODEL)
+            logger.warning(
+                'MODEL.FEATUP.TIMM_MODEL=%s gets BGR input (INPUT.FORMAT=BGR); timm weights expect RGB '
+                'with their own mean/std: set INPUT.FORMAT RGB and MODEL.PIXEL_MEAN/STD',
+                f.TIMM_MODEL,
+            )
         kwargs = {k: v for k, v in f.TIMM_KWARGS.items()}
         kwargs.setdefault('in_chans', input_shape.channels)
-        return TimmBackbone(f.TIMM_MODEL, out_indices=list(f.TIMM_OUT_INDICES), out_names=list(f.TIMM_OUT_NAMES),
-                            pretrained=f.TIMM_PRETRAINED or None, **kwargs)
+        return TimmBackbone(
+            f.TIMM_MODEL,
+            out_indices=list(f.TIMM_OUT_INDICES),
+            out_names=list(f.TIMM_OUT_NAMES),
+            pretrained=f.TIMM_PRETRAINED or None,
+            **kwargs,
+        )
     name = f.BASE_BACKBONE
     if name in ('FeatUpBackbone', 'build_featup_fpn_backbone'):
-        raise ValueError(f'MODEL.FEATUP.BASE_BACKBONE={name!r} would wrap itself: name the backbone to wrap, '
-                         'e.g. build_resnet_backbone')
+        raise ValueError(
+            f'MODEL.FEATUP.BASE_BACKBONE={name!r} would wrap itself: name the backbone to wrap, '
+            'e.g. build_resnet_backbone'
+        )
     try:
         builder = BACKBONE_REGISTRY.get(name)
     except KeyError:
-        raise KeyError(f'MODEL.FEATUP.BASE_BACKBONE={name!r} is not in detectron2\'s BACKBONE_REGISTRY '
-                       f'(registered: {sorted(k for k, _ in BACKBONE_REGISTRY)})') from None
+        raise KeyError(
+            f"MODEL.FEATUP.BASE_BACKBONE={name!r} is not in detectron2's BACKBONE_REGISTRY "
+            f'(registered: {sorted(k for k, _ in BACKBONE_REGISTRY)})'
+        ) from None
     base = builder(cfg, input_shape)
     if not isinstance(base, Backbone):
         raise TypeError(f'{name} built a {type(base).__name__}, not a detectron2 Backbone')
@@ -92,14 +107,27 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
     """
 
     @configurable
-    def __init__(self, base: Backbone, *, in_features: Optional[Sequence[str]] = None, output_stride: int = 4,
-                 scale_factor: Optional[float] = None, mode: str = 'replace',
-                 out_names: Optional[Sequence[str]] = None, num_stages: Optional[int] = None, radius: int = 3,
-                 key_dim: int = 32, channel_norm: bool = True,
-                 pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
-                 pixel_std: Sequence[float] = (1.0, 1.0, 1.0), input_format: str = 'BGR',
-                 weights: Optional[str] = None, weights_prefix: str = '', freeze_upsampler: bool = False,
-                 freeze_base: bool = False):
+    def __init__(
+        self,
+        base: Backbone,
+        *,
+        in_features: Optional[Sequence[str]] = None,
+        output_stride: int = 4,
+        scale_factor: Optional[float] = None,
+        mode: str = 'replace',
+        out_names: Optional[Sequence[str]] = None,
+        num_stages: Optional[int] = None,
+        radius: int = 3,
+        key_dim: int = 32,
+        channel_norm: bool = True,
+        pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
+        pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
+        input_format: str = 'BGR',
+        weights: Optional[str] = None,
+        weights_prefix: str = '',
+        freeze_upsampler: bool = False,
+        freeze_base: bool = False,
+    ):
         super().__init__()
         if not isinstance(base, Backbone):
             raise TypeError(f'FeatUpBackbone wraps a detectron2 Backbone, got {type(base).__name__}')
@@ -112,8 +140,10 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
         self.in_features: List[str] = [str(n) for n in in_features]
         for name in self.in_features:
             if name not in base_shapes:
-                raise ValueError(f'FeatUpBackbone: in_features {self.in_features} are not all outputs of '
-                                 f'{type(base).__name__} ({list(base_shapes)})')
+                raise ValueError(
+                    f'FeatUpBackbone: in_features {self.in_features} are not all outputs of '
+                    f'{type(base).__name__} ({list(base_shapes)})'
+                )
         if len(set(self.in_features)) != len(self.in_features):
             raise ValueError(f'FeatUpBackbone: in_features has duplicates: {self.in_features}')
         if mode not in ('replace', 'append'):
@@ -123,21 +153,24 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
         # names of the upsampled maps
         if mode == 'replace':
             if out_names:
-                raise ValueError("FeatUpBackbone: out_names only applies to mode='append' (in 'replace' mode the "
-                                 'upsampled maps keep the base names)')
+                raise ValueError(
+                    "FeatUpBackbone: out_names only applies to mode='append' (in 'replace' mode the "
+                    'upsampled maps keep the base names)'
+                )
             names = list(self.in_features)
         else:
             if out_names:
                 names = [str(n) for n in out_names]
                 if len(names) != len(self.in_features):
-                    raise ValueError(f'FeatUpBackbone: {len(names)} out_names for {len(self.in_features)} '
-                                     'in_features')
+                    raise ValueError(f'FeatUpBackbone: {len(names)} out_names for {len(self.in_features)} in_features')
             else:
                 names = ['featup'] if len(self.in_features) == 1 else [f'featup_{n}' for n in self.in_features]
             clash = [n for n in names if n in base_shapes]
             if clash or len(set(names)) != len(names):
-                raise ValueError(f'FeatUpBackbone: appended names {names} must be unique and differ from the base '
-                                 f'outputs {list(base_shapes)}')
+                raise ValueError(
+                    f'FeatUpBackbone: appended names {names} must be unique and differ from the base '
+                    f'outputs {list(base_shapes)}'
+                )
         self.out_names: Dict[str, str] = dict(zip(self.in_features, names))
 
         # strides and stage counts
@@ -148,16 +181,20 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
             if scale_factor:
                 s = base_stride / float(scale_factor)
                 if s < 1 - 1e-6 or abs(s - round(s)) > 1e-6:
-                    raise ValueError(f'FeatUpBackbone: scale_factor {scale_factor} takes {name} (stride '
-                                     f'{base_stride}) to stride {s:g}; detectron2 needs an integer stride >= 1')
+                    raise ValueError(
+                        f'FeatUpBackbone: scale_factor {scale_factor} takes {name} (stride '
+                        f'{base_stride}) to stride {s:g}; detectron2 needs an integer stride >= 1'
+                    )
                 s = int(round(s))
             else:
                 s = int(output_stride)
                 if s != output_stride or s < 1:
                     raise ValueError(f'FeatUpBackbone: output_stride must be a positive int, got {output_stride!r}')
             if s > base_stride:
-                raise ValueError(f'FeatUpBackbone: output stride {s} is coarser than {name}\'s stride {base_stride}: '
-                                 'the JBU stack only upsamples')
+                raise ValueError(
+                    f"FeatUpBackbone: output stride {s} is coarser than {name}'s stride {base_stride}: "
+                    'the JBU stack only upsamples'
+                )
             self.output_strides[name] = s
             stages[name] = int(num_stages) if num_stages else num_x2_stages(base_stride / s)
 
@@ -181,8 +218,9 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
             self._out_feature_strides[out] = self.output_strides[name]
 
         base_div = int(base.padding_constraints.get('size_divisibility', 0) or base.size_divisibility or 1)
-        self._size_divisibility = math.lcm(base_div, *(int(base_shapes[n].stride) for n in self.in_features),
-                                           *self.output_strides.values())
+        self._size_divisibility = math.lcm(
+            base_div, *(int(base_shapes[n].stride) for n in self.in_features), *self.output_strides.values()
+        )
 
         # guidance: ImageNet-normalised RGB recovered from the normalised batch (featup_plugin.upsamplers.guidance)
         fmt = str(input_format).upper()
@@ -190,8 +228,10 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
             raise ValueError(f'FeatUpBackbone: input_format must be one of {INPUT_FORMATS}, got {input_format!r}')
         n_in = 1 if fmt == 'L' else 3
         if len(pixel_mean) != n_in or len(pixel_std) != n_in:
-            raise ValueError(f'FeatUpBackbone: input_format {fmt} needs {n_in} pixel_mean/pixel_std values, got '
-                             f'{list(pixel_mean)} / {list(pixel_std)}')
+            raise ValueError(
+                f'FeatUpBackbone: input_format {fmt} needs {n_in} pixel_mean/pixel_std values, got '
+                f'{list(pixel_mean)} / {list(pixel_std)}'
+            )
         self.input_format = fmt
         self.pixel_mean = tuple(float(m) for m in pixel_mean)
         self.pixel_std = tuple(float(s) for s in pixel_std)
@@ -245,8 +285,10 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
         return constraints
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
-        return OrderedDict((n, ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]))
-                           for n in self._out_features)
+        return OrderedDict(
+            (n, ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]))
+            for n in self._out_features
+        )
 
     # -- guidance ---------------------------------------------------------------------------------------------
     def recover_rgb(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,11 +334,19 @@ class FeatUpBackbone(FrozenPartsMixin, Backbone):
         :func:`featup_plugin.checkpoint.load_stacks`.
         """
         source = path_or_state if isinstance(path_or_state, str) else 'the given state dict'
-        loaded = load_stacks(self.upsamplers, path_or_state, prefix, norms=self.norms, who='FeatUpBackbone',
-                             where=source, log=logger.info)
+        loaded = load_stacks(
+            self.upsamplers,
+            path_or_state,
+            prefix,
+            norms=self.norms,
+            who='FeatUpBackbone',
+            where=source,
+            log=logger.info,
+        )
         logger.info('FeatUpBackbone: loaded the %s upsampler(s) from %s', ', '.join(loaded), source)
 
     # -- freezing ---------------------------------------------------------------------------------------------
     def frozen_parts(self):
-        return ([self.upsamplers, self.norms] if self.freeze_upsampler else []) + \
-            ([self.base] if self.freeze_base else [])
+        return ([self.upsamplers, self.norms] if self.freeze_upsampler else []) + (
+            [self.base] if self.freeze_base else []
+        )

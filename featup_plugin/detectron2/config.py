@@ -1,4 +1,5 @@
 """``add_featup_config(cfg)``: the ``MODEL.FEATUP.*`` keys of :class:`~featup_plugin.detectron2.FeatUpBackbone`."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN

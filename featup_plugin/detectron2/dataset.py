@@ -7,6 +7,7 @@ the MMSegmentation configs too. The dataset is generated on first use when that 
 the processes of a distributed run generate it once. An existing complete dataset is used as it is, whatever
 its parameters (``python3 tools/dataset_converters/generate_dataset.py --out ROOT ...`` makes other ones).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,10 @@ def load_featup_synthetic(root: str, split: str, generate: Optional[Dict] = None
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     if not dataset_is_complete(root):
         if generate is None:
-            raise FileNotFoundError(f'no generated dataset in {root!r}. Create it with: '
-                                    f'python3 tools/dataset_converters/generate_dataset.py --out {root}')
+            raise FileNotFoundError(
+                f'no generated dataset in {root!r}. Create it with: '
+                f'python3 tools/dataset_converters/generate_dataset.py --out {root}'
+            )
         prepare_generated_datasets({'synthetic_data': dict(root=root, **generate)})
     img_dir = osp.join(root, 'img_dir', split)
     ann_dir = osp.join(root, 'ann_dir', split)
@@ -59,15 +62,26 @@ def load_featup_synthetic(root: str, split: str, generate: Optional[Dict] = None
                 h, w = im.height, im.width
         else:
             h, w = size
-        records.append(dict(file_name=file_name, sem_seg_file_name=ann, height=int(h), width=int(w),
-                            image_id=f'{split}/{osp.splitext(name)[0]}'))
+        records.append(
+            dict(
+                file_name=file_name,
+                sem_seg_file_name=ann,
+                height=int(h),
+                width=int(w),
+                image_id=f'{split}/{osp.splitext(name)[0]}',
+            )
+        )
     if not records:
         raise FileNotFoundError(f'no .png image in {img_dir!r}')
     return records
 
 
-def register_featup_synthetic(root: Optional[str] = None, prefix: str = 'featup_synth',
-                              generate: Optional[Dict] = DEFAULT_GENERATE, replace: bool = False) -> List[str]:
+def register_featup_synthetic(
+    root: Optional[str] = None,
+    prefix: str = 'featup_synth',
+    generate: Optional[Dict] = DEFAULT_GENERATE,
+    replace: bool = False,
+) -> List[str]:
     """Registers ``<prefix>_train`` and ``<prefix>_val`` (semantic segmentation, ``evaluator_type='sem_seg'``,
     ``stuff_classes``/``stuff_colors`` of the generated dataset, ``ignore_label=255``) and returns their names.
 
@@ -86,9 +100,14 @@ def register_featup_synthetic(root: Optional[str] = None, prefix: str = 'featup_
         gen = dict(generate) if generate is not None else None
         DatasetCatalog.register(name, lambda root=root, split=split, gen=gen: load_featup_synthetic(root, split, gen))
         MetadataCatalog.get(name).set(
-            stuff_classes=list(CLASSES), stuff_colors=[tuple(c) for c in PALETTE], ignore_label=IGNORE_LABEL,
-            evaluator_type='sem_seg', image_root=osp.join(root, 'img_dir', split),
-            sem_seg_root=osp.join(root, 'ann_dir', split), dataset_root=root)
+            stuff_classes=list(CLASSES),
+            stuff_colors=[tuple(c) for c in PALETTE],
+            ignore_label=IGNORE_LABEL,
+            evaluator_type='sem_seg',
+            image_root=osp.join(root, 'img_dir', split),
+            sem_seg_root=osp.join(root, 'ann_dir', split),
+            dataset_root=root,
+        )
         names.append(name)
     return names
 

@@ -1,4 +1,5 @@
 """detectron2's ``SemSegEvaluator`` with a label-map reader that works with NumPy 2."""
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -23,7 +24,21 @@ class SemSegEvaluator(_D2SemSegEvaluator):
     """detectron2's :class:`~detectron2.evaluation.SemSegEvaluator` (same arguments and metrics: mIoU, fwIoU,
     per-class IoU/ACC, mACC, pACC) whose default ``sem_seg_loading_fn`` is :func:`load_sem_seg`."""
 
-    def __init__(self, dataset_name, distributed=True, output_dir=None, *, sem_seg_loading_fn=load_sem_seg,
-                 num_classes=None, ignore_label=None):
-        super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=sem_seg_loading_fn,
-                         num_classes=num_classes, ignore_label=ignore_label)
+    def __init__(
+        self,
+        dataset_name,
+        distributed=True,
+        output_dir=None,
+        *,
+        sem_seg_loading_fn=load_sem_seg,
+        num_classes=None,
+        ignore_label=None,
+    ):
+        super().__init__(
+            dataset_name,
+            distributed,
+            output_dir,
+            sem_seg_loading_fn=sem_seg_loading_fn,
+            num_classes=num_classes,
+            ignore_label=ignore_label,
+        )

@@ -1,4 +1,5 @@
 """FPN on top of :class:`FeatUpBackbone`, for detectors (Faster/Mask R-CNN, RetinaNet, Panoptic FPN)."""
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,20 @@ def _fpn(cfg, bottom_up: FeatUpBackbone, top_block) -> FeatUpFPN:
     shapes = bottom_up.output_shape()
     missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in shapes]
     if missing:
-        raise ValueError(f'MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)}: {missing} are not outputs of the '
-                         f'FeatUp backbone ({ {k: v.stride for k, v in shapes.items()} }). With MODEL.FEATUP.MODE '
-                         'append, the upsampled map is "featup" (e.g. IN_FEATURES ["featup", "res3", "res4", "res5"] '
-                         'for OUTPUT_STRIDE 4)')
-    return FeatUpFPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
-                     out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=top_block,
-                     fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+        raise ValueError(
+            f'MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)}: {missing} are not outputs of the '
+            f'FeatUp backbone ({ {k: v.stride for k, v in shapes.items()} }). With MODEL.FEATUP.MODE '
+            'append, the upsampled map is "featup" (e.g. IN_FEATURES ["featup", "res3", "res4", "res5"] '
+            'for OUTPUT_STRIDE 4)'
+        )
+    return FeatUpFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
 
 
 @BACKBONE_REGISTRY.register()
@@ -49,4 +57,3 @@ def build_featup_fpn_backbone(cfg, input_shape: ShapeSpec) -> FeatUpFPN:
     ``featup`` (res5's semantics at stride 4), and ``MODEL.FPN.IN_FEATURES [featup, res3, res4, res5]``.
     """
     return _fpn(cfg, FeatUpBackbone(cfg, input_shape), LastLevelMaxPool())
-

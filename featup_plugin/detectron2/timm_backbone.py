@@ -1,6 +1,7 @@
 """A timm model as a detectron2 :class:`Backbone`: plain ViTs through the project's
 :class:`~featup_plugin.featurizers.TimmViTFeatures`, other models through ``timm.create_model(...,
 features_only=True)``."""
+
 from __future__ import annotations
 
 import inspect
@@ -42,8 +43,14 @@ class TimmBackbone(Backbone):
     ``[58.395, 57.12, 57.375]``).
     """
 
-    def __init__(self, model_name: str, out_indices: Sequence[int] = (-1,), out_names: Optional[Sequence[str]] = None,
-                 pretrained: Optional[str] = None, **model_kwargs):
+    def __init__(
+        self,
+        model_name: str,
+        out_indices: Sequence[int] = (-1,),
+        out_names: Optional[Sequence[str]] = None,
+        pretrained: Optional[str] = None,
+        **model_kwargs,
+    ):
         super().__init__()
         try:
             import timm
@@ -52,15 +59,22 @@ class TimmBackbone(Backbone):
         if not isinstance(model_name, str) or not timm.is_model(model_name):
             raise ValueError(f'TimmBackbone: {model_name!r} is not a timm model name (see timm.list_models())')
         if pretrained and not os.path.isfile(pretrained):
-            raise FileNotFoundError(f'TimmBackbone: pretrained checkpoint {pretrained!r} does not exist (only local '
-                                    'files are loaded; leave it empty for random initialisation)')
+            raise FileNotFoundError(
+                f'TimmBackbone: pretrained checkpoint {pretrained!r} does not exist (only local '
+                'files are loaded; leave it empty for random initialisation)'
+            )
         kwargs = dict(model_kwargs)
         self.model_name = model_name
         if is_plain_vit(model_name, kwargs):
             # the project's ViT extractor: raw block outputs (as timm's features_only gives them), weights read by
             # the project's reader (every key format TimmViT accepts); keys stay model.model.<timm key>
-            self.model = TimmViTFeatures(model_name, out_indices=tuple(int(i) for i in out_indices),
-                                         pretrained=pretrained or False, norm=False, model_kwargs=kwargs)
+            self.model = TimmViTFeatures(
+                model_name,
+                out_indices=tuple(int(i) for i in out_indices),
+                pretrained=pretrained or False,
+                norm=False,
+                model_kwargs=kwargs,
+            )
             channels, strides = self.model.out_channels, self.model.strides
             modules = [f'blocks.{i}' for i in self.model.out_indices]
         else:
@@ -68,16 +82,22 @@ class TimmBackbone(Backbone):
                 kwargs.setdefault('dynamic_img_size', True)
             if pretrained:
                 kwargs['pretrained_cfg_overlay'] = dict(file=os.path.abspath(pretrained))
-            self.model = timm.create_model(model_name, features_only=True,
-                                           out_indices=tuple(int(i) for i in out_indices),
-                                           pretrained=bool(pretrained), **kwargs)
+            self.model = timm.create_model(
+                model_name,
+                features_only=True,
+                out_indices=tuple(int(i) for i in out_indices),
+                pretrained=bool(pretrained),
+                **kwargs,
+            )
             info = self.model.feature_info
             channels, strides, modules = info.channels(), info.reduction(), info.module_name()
         if out_names:
             names = [str(n) for n in out_names]
             if len(names) != len(channels):
-                raise ValueError(f'TimmBackbone: {len(names)} out_names {names} for {len(channels)} outputs '
-                                 f'(out_indices {list(out_indices)})')
+                raise ValueError(
+                    f'TimmBackbone: {len(names)} out_names {names} for {len(channels)} outputs '
+                    f'(out_indices {list(out_indices)})'
+                )
         else:
             names = [m.replace('.', '_') for m in modules]
         if len(set(names)) != len(names):
@@ -108,8 +128,10 @@ class TimmBackbone(Backbone):
         return {'size_divisibility': self._size_divisibility}
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-                for n in self._out_features}
+        return {
+            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            for n in self._out_features
+        }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         feats = self.model(x)

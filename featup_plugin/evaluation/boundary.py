@@ -26,6 +26,7 @@ If no class has any boundary pixel at all, prediction and ground truth agree and
 Predicted labels outside ``[0, num_classes)`` still create boundaries for their neighbours but are no class
 themselves; ground-truth labels outside that range (other than ``ignore_index``) raise ``ValueError``.
 """
+
 from typing import Dict, Tuple
 
 import numpy as np
@@ -74,15 +75,19 @@ def _matched(src: np.ndarray, dst: np.ndarray, tolerance: float) -> np.ndarray:
     padded = np.pad(dst, r, constant_values=-1)
     out = np.zeros(src.shape, bool)
     for dy, dx in _disk_offsets(tolerance):
-        out |= padded[r + dy:r + dy + h, r + dx:r + dx + w] == src
+        out |= padded[r + dy : r + dy + h, r + dx : r + dx + w] == src
     return out & (src >= 0)
 
 
 def _check_common(num_classes, tolerance, ignore_index) -> None:
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(tolerance) or tolerance < 0:
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float, np.integer, np.floating))
+        or not np.isfinite(tolerance)
+        or tolerance < 0
+    ):
         raise ValueError(f'tolerance must be a finite number >= 0 (pixels), got {tolerance!r}')
     if ignore_index is not None and (not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)):
         raise ValueError(f'ignore_index must be an int or None, got {ignore_index!r}')
@@ -92,8 +97,10 @@ def _counts_2d(pred, gt, num_classes, tolerance, ignore_index, class_agnostic) -
     valid = np.ones(gt.shape, bool) if ignore_index is None else gt != ignore_index
     bad = valid & ((gt < 0) | (gt >= num_classes))
     if bad.any():
-        raise ValueError(f'ground truth holds label(s) {np.unique(gt[bad])[:5].tolist()} outside '
-                         f'[0, {num_classes}) that are not ignore_index={ignore_index}')
+        raise ValueError(
+            f'ground truth holds label(s) {np.unique(gt[bad])[:5].tolist()} outside '
+            f'[0, {num_classes}) that are not ignore_index={ignore_index}'
+        )
     pb = boundary_map(pred, valid)
     gb = boundary_map(gt, valid)
     if class_agnostic:
@@ -107,12 +114,17 @@ def _counts_2d(pred, gt, num_classes, tolerance, ignore_index, class_agnostic) -
         gc = np.where(gb, gt, -1)
     pm = _matched(pc, gc, tolerance)
     gm = _matched(gc, pc, tolerance)
-    return (np.bincount(pc[pm], minlength=n), np.bincount(pc[pb], minlength=n),
-            np.bincount(gc[gm], minlength=n), np.bincount(gc[gb], minlength=n))
+    return (
+        np.bincount(pc[pm], minlength=n),
+        np.bincount(pc[pb], minlength=n),
+        np.bincount(gc[gm], minlength=n),
+        np.bincount(gc[gb], minlength=n),
+    )
 
 
-def boundary_counts(pred, gt, num_classes: int, tolerance: float = 2, ignore_index: int = 255,
-                    class_agnostic: bool = False) -> Dict[str, np.ndarray]:
+def boundary_counts(
+    pred, gt, num_classes: int, tolerance: float = 2, ignore_index: int = 255, class_agnostic: bool = False
+) -> Dict[str, np.ndarray]:
     """Per-class boundary counts of one image (``[H, W]``) or of a batch (``[..., H, W]``, summed).
 
     Returns a dict of int64 arrays of length ``num_classes`` (1 with ``class_agnostic``) under
@@ -127,8 +139,7 @@ def boundary_counts(pred, gt, num_classes: int, tolerance: float = 2, ignore_ind
     n = 1 if class_agnostic else int(num_classes)
     total = [np.zeros(n, np.int64) for _ in COUNT_KEYS]
     for p, g in zip(pred.reshape(-1, *pred.shape[-2:]), gt.reshape(-1, *gt.shape[-2:])):
-        for acc, c in zip(total, _counts_2d(p, g, int(num_classes), float(tolerance), ignore_index,
-                                            class_agnostic)):
+        for acc, c in zip(total, _counts_2d(p, g, int(num_classes), float(tolerance), ignore_index, class_agnostic)):
             acc += c
     return dict(zip(COUNT_KEYS, total))
 
@@ -151,12 +162,12 @@ def scores_from_counts(counts: Dict[str, np.ndarray]) -> Dict[str, object]:
         mp, mr, mf = (float(np.nanmean(v)) for v in (p, r, f))
     else:
         mp = mr = mf = 1.0
-    return dict(precision=mp, recall=mr, f_score=mf, per_class_precision=p, per_class_recall=r,
-                per_class_f_score=f)
+    return dict(precision=mp, recall=mr, f_score=mf, per_class_precision=p, per_class_recall=r, per_class_f_score=f)
 
 
-def boundary_f_score(pred, gt, num_classes: int, tolerance: float = 2, ignore_index: int = 255,
-                     class_agnostic: bool = False) -> Dict[str, object]:
+def boundary_f_score(
+    pred, gt, num_classes: int, tolerance: float = 2, ignore_index: int = 255, class_agnostic: bool = False
+) -> Dict[str, object]:
     """Boundary F-score of one prediction (definition in the module docstring).
 
     Args:

@@ -6,6 +6,7 @@ the ViT's final norm, as FeatUp's featurizers) as ``[B, C, ceil(H/p), ceil(W/p)]
 download) unless ``pretrained=True`` (timm's hub, needs the network) or ``weights='file.pth'`` (a timm state dict,
 or a checkpoint of the upsampler training / an mmseg segmentor whose ViT is under ``backbone.model.``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,10 +45,17 @@ class TimmFeaturizer(TimmViTFeatures):
     ``backbone.model.``); ``model_kwargs`` go to ``timm.create_model``.
     """
 
-    def __init__(self, model_name: str = 'vit_small_patch16_224', pretrained: bool = False,
-                 weights: Optional[str] = None, channel_norm: bool = True, **model_kwargs):
-        super().__init__(model_name, out_indices=-1, pretrained=bool(pretrained), norm=True, frozen=True,
-                         model_kwargs=model_kwargs)
+    def __init__(
+        self,
+        model_name: str = 'vit_small_patch16_224',
+        pretrained: bool = False,
+        weights: Optional[str] = None,
+        channel_norm: bool = True,
+        **model_kwargs,
+    ):
+        super().__init__(
+            model_name, out_indices=-1, pretrained=bool(pretrained), norm=True, frozen=True, model_kwargs=model_kwargs
+        )
         if weights:
             self.load_weights(weights)
         self.feat_dim = self.embed_dim

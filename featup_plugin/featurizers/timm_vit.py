@@ -5,6 +5,7 @@
 ``TimmViT`` (a registered subclass), the tools' :class:`~featup_plugin.featurizers.TimmFeaturizer` (a subclass)
 and detectron2's ``TimmBackbone`` (for ViT names) use it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -40,10 +41,12 @@ def _unknown_name_message(who: str, model_name: str) -> str:
     arch = model_name.split('.')[0]
     close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     hint = f' Close matches: {close}.' if close else ''
-    return (f"{who}: timm has no model named {model_name!r} (timm {timm.__version__}).{hint} "
-            "List ViT names with timm.list_models('vit_*') (add pretrained=True for those with weights, e.g. "
-            "timm.list_models('vit_*dino*', pretrained=True)); a '.tag' suffix picks the weights, e.g. "
-            "'vit_small_patch16_224.dino' or 'vit_small_patch14_dinov2.lvd142m'.")
+    return (
+        f'{who}: timm has no model named {model_name!r} (timm {timm.__version__}).{hint} '
+        "List ViT names with timm.list_models('vit_*') (add pretrained=True for those with weights, e.g. "
+        "timm.list_models('vit_*dino*', pretrained=True)); a '.tag' suffix picks the weights, e.g. "
+        "'vit_small_patch16_224.dino' or 'vit_small_patch14_dinov2.lvd142m'."
+    )
 
 
 def _probe(model_name: str, model_kwargs: Optional[dict]) -> Optional[nn.Module]:
@@ -114,11 +117,18 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
     ``embed_dim``, ``num_prefix_tokens``, ``in_channels``, ``final_norm``, ``frozen``.
     """
 
-    def __init__(self, model_name: str = 'vit_small_patch16_224.dino',
-                 out_indices: Union[int, Sequence[int]] = (-1,), pretrained: Union[bool, str] = False,
-                 checkpoint_key: Optional[str] = None, norm: bool = True, frozen: bool = False,
-                 img_size: Union[None, int, Tuple[int, int]] = None, model_kwargs: Optional[dict] = None,
-                 **base_kwargs):
+    def __init__(
+        self,
+        model_name: str = 'vit_small_patch16_224.dino',
+        out_indices: Union[int, Sequence[int]] = (-1,),
+        pretrained: Union[bool, str] = False,
+        checkpoint_key: Optional[str] = None,
+        norm: bool = True,
+        frozen: bool = False,
+        img_size: Union[None, int, Tuple[int, int]] = None,
+        model_kwargs: Optional[dict] = None,
+        **base_kwargs,
+    ):
         super().__init__(**base_kwargs)
         who = type(self).__name__
         _require_timm(who)
@@ -160,8 +170,7 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         if isinstance(pretrained, str):
             self.load_checkpoint(pretrained, checkpoint_key)
         # Remove what the outputs do not use (after loading: checkpoints hold the full model).
-        model.prune_intermediate_layers(sorted(set(self.out_indices)), prune_norm=not self.final_norm,
-                                        prune_head=True)
+        model.prune_intermediate_layers(sorted(set(self.out_indices)), prune_norm=not self.final_norm, prune_head=True)
         self.freeze_parts()
 
     # -- construction helpers ---------------------------------------------------------------------------------
@@ -173,8 +182,10 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         absolute = []
         for i in indices:
             if not isinstance(i, int) or isinstance(i, bool) or not -depth <= i < depth:
-                raise ValueError(f'{who}: out_indices {tuple(indices)} out of range: {self.model_name} has '
-                                 f'{depth} blocks (indices {-depth}..{depth - 1}, -1 = last)')
+                raise ValueError(
+                    f'{who}: out_indices {tuple(indices)} out of range: {self.model_name} has '
+                    f'{depth} blocks (indices {-depth}..{depth - 1}, -1 = last)'
+                )
             absolute.append(i % depth)
         return tuple(absolute)
 
@@ -183,12 +194,15 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         problem = _architecture_problem(model)
         if problem == 'vit':
             raise ValueError(
-                f"{who}: {name!r} is a {type(model).__name__}, not a timm VisionTransformer. Use a ViT name "
+                f'{who}: {name!r} is a {type(model).__name__}, not a timm VisionTransformer. Use a ViT name '
                 "(timm.list_models('vit_*')); for other architectures use a CNN backbone (e.g. mmseg's "
-                "type='ResNetV1c', 'MixVisionTransformer', or detectron2's TimmBackbone with features_only).")
+                "type='ResNetV1c', 'MixVisionTransformer', or detectron2's TimmBackbone with features_only)."
+            )
         if problem == 'patch':
-            raise ValueError(f'{who}: {name!r} uses a {type(model.patch_embed).__name__} patch embedding (hybrid '
-                             'or non-square patches), which is not supported: use a plain ViT')
+            raise ValueError(
+                f'{who}: {name!r} uses a {type(model.patch_embed).__name__} patch embedding (hybrid '
+                'or non-square patches), which is not supported: use a plain ViT'
+            )
 
     def frozen_parts(self):
         return (self.model,) if self.frozen else ()
@@ -198,10 +212,10 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         """Any accepted key format (see the class docstring) -> this module's ``model.<timm key>``."""
         if not sd:
             return sd
-        sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+        sd = {k[len('module.') :] if k.startswith('module.') else k: v for k, v in sd.items()}
         if any(k.startswith('backbone.') for k in sd):
-            sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
-        own = {k[len('model.'):]: v for k, v in sd.items() if k.startswith('model.')}
+            sd = {k[len('backbone.') :]: v for k, v in sd.items() if k.startswith('backbone.')}
+        own = {k[len('model.') :]: v for k, v in sd.items() if k.startswith('model.')}
         others = {k: v for k, v in sd.items() if not k.startswith('model.')} if own else {}
         timm_sd = own if own else sd
         if timm_sd:
@@ -222,13 +236,14 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         return out
 
     @staticmethod
-    def _convert_loaded_keys(module: 'TimmViTFeatures', state_dict, prefix, local_metadata, strict, missing_keys,
-                             unexpected_keys, error_msgs) -> None:
+    def _convert_loaded_keys(
+        module: 'TimmViTFeatures', state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         # load_state_dict pre-hook: runs for torch's load_state_dict and for mmengine's (init_cfg, load_from).
         keys = [k for k in state_dict if k.startswith(prefix)]
         if not keys:
             return
-        converted = module._to_own_keys({k[len(prefix):]: state_dict[k] for k in keys})
+        converted = module._to_own_keys({k[len(prefix) :]: state_dict[k] for k in keys})
         for k in keys:
             del state_dict[k]
         for k, v in converted.items():
@@ -243,17 +258,24 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         key = checkpoint_key
         if key is not None and key not in ckpt:
             raise ValueError(f'{who}: checkpoint_key {key!r} is not in {path!r}; its top-level keys: {list(ckpt)[:20]}')
-        if key is None and not any(isinstance(ckpt.get(k), Mapping) for k in ('state_dict', 'model')) \
-                and isinstance(ckpt.get('teacher'), Mapping):
+        if (
+            key is None
+            and not any(isinstance(ckpt.get(k), Mapping) for k in ('state_dict', 'model'))
+            and isinstance(ckpt.get('teacher'), Mapping)
+        ):
             key = 'teacher'  # DINO's training checkpoints
         tensors = read_state_dict(ckpt, key=key, where=str(path))
         missing, unexpected = self.load_state_dict(tensors, strict=False)
         if missing:
-            raise RuntimeError(f'{who}: {path!r} does not fit {self.model_name}: {len(missing)} parameters '
-                               f'missing, e.g. {missing[:8]}; unexpected keys, e.g. {unexpected[:8]}')
+            raise RuntimeError(
+                f'{who}: {path!r} does not fit {self.model_name}: {len(missing)} parameters '
+                f'missing, e.g. {missing[:8]}; unexpected keys, e.g. {unexpected[:8]}'
+            )
         if unexpected:
-            warnings.warn(f'{who}: ignored {len(unexpected)} keys of {path!r} that {self.model_name} does not '
-                          f'have, e.g. {unexpected[:8]}')
+            warnings.warn(
+                f'{who}: ignored {len(unexpected)} keys of {path!r} that {self.model_name} does not '
+                f'have, e.g. {unexpected[:8]}'
+            )
 
     # -- forward ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -266,7 +288,8 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         take = sorted(set(self.out_indices))
         # forward_intermediates: patch embed (zero-pads to a multiple of the patch), resampled pos_embed, blocks;
         # returns the chosen blocks' tokens (after the final norm if asked) without the prefix tokens, as NCHW.
-        feats = self.model.forward_intermediates(x, indices=take, norm=self.final_norm, output_fmt='NCHW',
-                                                 intermediates_only=True)
+        feats = self.model.forward_intermediates(
+            x, indices=take, norm=self.final_norm, output_fmt='NCHW', intermediates_only=True
+        )
         by_index = dict(zip(take, feats))
         return tuple(by_index[i] for i in self.out_indices)

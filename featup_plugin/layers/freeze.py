@@ -1,4 +1,5 @@
 """Freezing parts of a model: eval mode and no gradients, kept across ``.train()``."""
+
 from __future__ import annotations
 
 from typing import Iterable

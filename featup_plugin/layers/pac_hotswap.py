@@ -5,6 +5,7 @@ a tensor captured during the model's own forward, that start as the original lay
 
 Derivation / details: docs/pac.md#hot-swap
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -44,8 +45,7 @@ class GuidanceSource:
 
     def __init__(self, model: nn.Module, guidance: str, detach: bool = False, mode: str = 'bilinear'):
         if not isinstance(guidance, str) or not guidance:
-            raise TypeError(f"guidance must be 'input', a module name, '<name>[i]' or '<name>:input', got "
-                            f'{guidance!r}')
+            raise TypeError(f"guidance must be 'input', a module name, '<name>[i]' or '<name>:input', got {guidance!r}")
         self.spec, self.detach, self.mode = guidance, detach, mode
         self.tensor: Optional[torch.Tensor] = None
         self._cache: dict = {}
@@ -56,7 +56,7 @@ class GuidanceSource:
         else:
             name, want_input = guidance, False
             if name.endswith(':input'):
-                name, want_input = name[:-len(':input')], True
+                name, want_input = name[: -len(':input')], True
             m = re.fullmatch(r'(.+)\[(\d+)\]', name)
             if m:
                 name, self.index = m.group(1), int(m.group(2))
@@ -73,8 +73,10 @@ class GuidanceSource:
 
     def _store(self, t) -> None:
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
-            raise ValueError(f'guidance {self.spec!r}: expected a floating point [B, C, H, W] tensor, got '
-                             f'{type(t).__name__ if not isinstance(t, torch.Tensor) else tuple(t.shape)}')
+            raise ValueError(
+                f'guidance {self.spec!r}: expected a floating point [B, C, H, W] tensor, got '
+                f'{type(t).__name__ if not isinstance(t, torch.Tensor) else tuple(t.shape)}'
+            )
         self.tensor = t.detach() if self.detach else t
         self._cache = {}
 
@@ -98,12 +100,16 @@ class GuidanceSource:
     def get(self, like: torch.Tensor) -> torch.Tensor:
         """The guidance resized to ``like``'s spatial size (cached per size within a forward)."""
         if self.tensor is None:
-            raise RuntimeError(f'PAC hot-swap: no guidance captured from {self.spec!r} yet; the guidance must be '
-                               'produced before the swapped layers run, within the same forward of the model')
+            raise RuntimeError(
+                f'PAC hot-swap: no guidance captured from {self.spec!r} yet; the guidance must be '
+                'produced before the swapped layers run, within the same forward of the model'
+            )
         g = self.tensor
         if g.shape[0] != like.shape[0]:
-            raise RuntimeError(f'PAC hot-swap: guidance {self.spec!r} has batch {g.shape[0]} but the layer input '
-                               f'has batch {like.shape[0]}')
+            raise RuntimeError(
+                f'PAC hot-swap: guidance {self.spec!r} has batch {g.shape[0]} but the layer input '
+                f'has batch {like.shape[0]}'
+            )
         size = tuple(like.shape[-2:])
         if size not in self._cache:
             if tuple(g.shape[-2:]) != size:
@@ -129,8 +135,9 @@ class PacHotSwapConv2d(PacConv2d):
         self.source: Optional[GuidanceSource] = None
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, source: Optional[GuidanceSource] = None, init_scale: float = 1.0,
-                  **pac_kwargs) -> 'PacHotSwapConv2d':
+    def from_conv(
+        cls, conv: nn.Conv2d, source: Optional[GuidanceSource] = None, init_scale: float = 1.0, **pac_kwargs
+    ) -> 'PacHotSwapConv2d':
         layer = super().from_conv(conv, init_scale=init_scale, **pac_kwargs)
         layer.source = source
         if not conv.weight.requires_grad:
@@ -140,8 +147,9 @@ class PacHotSwapConv2d(PacConv2d):
         layer.train(conv.training)
         return layer
 
-    def forward(self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None,
-                kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if guidance is None and kernel is None:
             if self.source is None:
                 raise RuntimeError('PacHotSwapConv2d has no guidance source; pass guidance= or kernel=')
@@ -163,8 +171,10 @@ def _check_plain_conv(name: str, conv: nn.Conv2d) -> None:
     cls = type(conv)
     if cls.forward is nn.Conv2d.forward or (cls.__module__, cls.__name__) in _PLAIN_CONV_SUBCLASSES:
         return
-    raise ValueError(f'pac_hot_swap: cannot swap {name!r}: {cls.__module__}.{cls.__name__} overrides nn.Conv2d.forward '
-                     '(e.g. dynamic "same" padding or weight standardisation), which a PAC layer would not reproduce')
+    raise ValueError(
+        f'pac_hot_swap: cannot swap {name!r}: {cls.__module__}.{cls.__name__} overrides nn.Conv2d.forward '
+        '(e.g. dynamic "same" padding or weight standardisation), which a PAC layer would not reproduce'
+    )
 
 
 def _select(model: nn.Module, targets: Targets) -> List[str]:
@@ -176,8 +186,10 @@ def _select(model: nn.Module, targets: Targets) -> List[str]:
         return names
     patterns = [targets] if isinstance(targets, str) else list(targets)
     if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise TypeError('pac_hot_swap: targets must be a layer name / glob pattern, a list of them, or a predicate '
-                        '(name, module) -> bool')
+        raise TypeError(
+            'pac_hot_swap: targets must be a layer name / glob pattern, a list of them, or a predicate '
+            '(name, module) -> bool'
+        )
     modules = dict(model.named_modules())
     names: List[str] = []
     for p in patterns:
@@ -191,9 +203,15 @@ def _select(model: nn.Module, targets: Targets) -> List[str]:
     return names
 
 
-def pac_hot_swap(model: nn.Module, targets: Targets, guidance: str = 'input', kernel_type: str = 'gaussian',
-                 init_scale: float = 1.0, detach_guidance: bool = False,
-                 smooth_kernel_type: str = 'none') -> nn.Module:
+def pac_hot_swap(
+    model: nn.Module,
+    targets: Targets,
+    guidance: str = 'input',
+    kernel_type: str = 'gaussian',
+    init_scale: float = 1.0,
+    detach_guidance: bool = False,
+    smooth_kernel_type: str = 'none',
+) -> nn.Module:
     """Replaces the ``targets`` Conv2d layers of ``model`` (in place) by :class:`PacHotSwapConv2d` guided by
     ``guidance``; returns ``model``. At initialisation the swapped model computes what the original did.
 
@@ -229,8 +247,13 @@ def pac_hot_swap(model: nn.Module, targets: Targets, guidance: str = 'input', ke
             conv = model.get_submodule(name)
             _check_plain_conv(name, conv)
             try:
-                new[name] = PacHotSwapConv2d.from_conv(conv, source=source, init_scale=init_scale,
-                                                       kernel_type=kernel_type, smooth_kernel_type=smooth_kernel_type)
+                new[name] = PacHotSwapConv2d.from_conv(
+                    conv,
+                    source=source,
+                    init_scale=init_scale,
+                    kernel_type=kernel_type,
+                    smooth_kernel_type=smooth_kernel_type,
+                )
             except ValueError as exc:
                 raise ValueError(f'pac_hot_swap: cannot swap {name!r}: {exc}') from None
     except Exception:

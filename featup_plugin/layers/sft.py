@@ -4,6 +4,7 @@
 
 Derivation / details: docs/sft.md#sft-layers
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -12,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['SFTLayer', 'ResBlockSFT', 'SFTConditionNet', 'sobel_magnitude', 'resize_condition',
-           'CONDITION_SIGNALS']
+__all__ = ['SFTLayer', 'ResBlockSFT', 'SFTConditionNet', 'sobel_magnitude', 'resize_condition', 'CONDITION_SIGNALS']
 
 Size = Tuple[int, int]
 CONDITION_SIGNALS = ('raw', 'edges', 'raw+edges')
@@ -36,10 +36,12 @@ def sobel_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-channel Sobel gradient magnitude ``sqrt(gx^2 + gy^2 + eps)`` of ``[B, C, H, W]`` (replicate padding),
     same shape as ``x``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f'sobel_magnitude expects a [B, C, H, W] tensor, got '
-                         f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+        raise ValueError(
+            f'sobel_magnitude expects a [B, C, H, W] tensor, got '
+            f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}'
+        )
     c = x.shape[1]
-    kx = x.new_tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]) / 8
+    kx = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
     k = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # [2C, 1, 3, 3]: (gx, gy) per channel
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), k, groups=c)
     g = g.view(x.shape[0], c, 2, *x.shape[-2:])
@@ -69,8 +71,9 @@ class SFTLayer(nn.Module):
         negative_slope: LeakyReLU slope in the branches (SFTGAN: 0.1).
     """
 
-    def __init__(self, feat_channels: int, cond_channels: int, hidden_channels: Optional[int] = None,
-                 negative_slope: float = 0.1):
+    def __init__(
+        self, feat_channels: int, cond_channels: int, hidden_channels: Optional[int] = None, negative_slope: float = 0.1
+    ):
         super().__init__()
         self.feat_channels = _positive_int('feat_channels', feat_channels)
         self.cond_channels = _positive_int('cond_channels', cond_channels)
@@ -78,8 +81,11 @@ class SFTLayer(nn.Module):
         self.hidden_channels = hidden
 
         def branch() -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cond_channels, hidden, 1), nn.LeakyReLU(negative_slope, inplace=True),
-                                 nn.Conv2d(hidden, feat_channels, 1))
+            return nn.Sequential(
+                nn.Conv2d(cond_channels, hidden, 1),
+                nn.LeakyReLU(negative_slope, inplace=True),
+                nn.Conv2d(hidden, feat_channels, 1),
+            )
 
         self.scale = branch()
         self.shift = branch()
@@ -100,8 +106,10 @@ class SFTLayer(nn.Module):
         _check_map('SFTLayer', x, self.feat_channels, 'the features')
         _check_map('SFTLayer', cond, self.cond_channels, 'the condition')
         if x.shape[0] != cond.shape[0] or x.shape[-2:] != cond.shape[-2:]:
-            raise ValueError(f'SFTLayer: the condition {tuple(cond.shape)} must have the batch size and spatial '
-                             f'size of the features {tuple(x.shape)} (resize it with resize_condition)')
+            raise ValueError(
+                f'SFTLayer: the condition {tuple(cond.shape)} must have the batch size and spatial '
+                f'size of the features {tuple(x.shape)} (resize it with resize_condition)'
+            )
         gamma, beta = self.modulation(cond)
         return x * (1 + gamma) + beta
 
@@ -123,9 +131,15 @@ class ResBlockSFT(nn.Module):
             the whole block starts as the identity (off by default: only the SFT layers start as identity).
     """
 
-    def __init__(self, channels: int, cond_channels: int, hidden_channels: Optional[int] = None,
-                 norm_layer: Optional[Callable[[int], nn.Module]] = None,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU, zero_init_last: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        cond_channels: int,
+        hidden_channels: Optional[int] = None,
+        norm_layer: Optional[Callable[[int], nn.Module]] = None,
+        act_layer: Callable[[], nn.Module] = nn.ReLU,
+        zero_init_last: bool = False,
+    ):
         super().__init__()
         channels = _positive_int('channels', channels)
         self.channels = channels
@@ -168,8 +182,16 @@ class SFTConditionNet(nn.Module):
         negative_slope: LeakyReLU slope.
     """
 
-    def __init__(self, in_channels: int, cond_channels: int = 32, hidden_channels: Optional[int] = None,
-                 num_scales: int = 1, num_convs: int = 2, signal: str = 'raw', negative_slope: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        cond_channels: int = 32,
+        hidden_channels: Optional[int] = None,
+        num_scales: int = 1,
+        num_convs: int = 2,
+        signal: str = 'raw',
+        negative_slope: float = 0.1,
+    ):
         super().__init__()
         self.in_channels = _positive_int('in_channels', in_channels)
         self.cond_channels = _positive_int('cond_channels', cond_channels)
@@ -182,8 +204,10 @@ class SFTConditionNet(nn.Module):
         trunk_in = in_channels * (2 if signal == 'raw+edges' else 1)
         layers: List[nn.Module] = []
         for i in range(num_convs):
-            layers += [nn.Conv2d(trunk_in if i == 0 else hidden, hidden, 3, padding=1),
-                       nn.LeakyReLU(negative_slope, inplace=True)]
+            layers += [
+                nn.Conv2d(trunk_in if i == 0 else hidden, hidden, 3, padding=1),
+                nn.LeakyReLU(negative_slope, inplace=True),
+            ]
         self.trunk = nn.Sequential(*layers)
         self.outs = nn.ModuleList(nn.Conv2d(hidden, cond_channels, 1) for _ in range(num_scales))
 
@@ -204,12 +228,16 @@ class SFTConditionNet(nn.Module):
                 raise ValueError('SFTConditionNet: the list of guidance maps is empty')
             for i, m in enumerate(guidance):
                 if not isinstance(m, torch.Tensor) or m.dim() != 4:
-                    raise ValueError(f'SFTConditionNet: guidance map {i} must be a [B, C, H, W] tensor, got '
-                                     f'{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}')
+                    raise ValueError(
+                        f'SFTConditionNet: guidance map {i} must be a [B, C, H, W] tensor, got '
+                        f'{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}'
+                    )
             shapes = [tuple(m.shape) for m in guidance]
             if len({s[0] for s in shapes}) != 1 or sum(s[1] for s in shapes) != self.in_channels:
-                raise ValueError(f'SFTConditionNet: the guidance maps {shapes} must share the batch size and have '
-                                 f'{self.in_channels} channels in all')
+                raise ValueError(
+                    f'SFTConditionNet: the guidance maps {shapes} must share the batch size and have '
+                    f'{self.in_channels} channels in all'
+                )
         else:
             _check_map('SFTConditionNet', guidance, self.in_channels, 'the guidance')
         sizes = [tuple(int(v) for v in s) for s in sizes]

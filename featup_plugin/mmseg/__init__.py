@@ -4,6 +4,7 @@
 ``custom_imports = dict(imports=['featup_plugin'])``: ``import featup_plugin`` registers this adapter as soon as
 mmseg is (or gets) imported.
 """
+
 from . import backbones, datasets, evaluation, heads, necks, segmentors, trainers
 from .backbones import Detectron2Backbone, TimmViT
 from .datasets import FeatUpSyntheticDataset, ImageFolderDataset
@@ -13,7 +14,25 @@ from .necks import FeatUpJBU, ResizeNeck
 from .segmentors import GuidedEncoderDecoder, GuidedFeatures, build_pac_hot_swap
 from .trainers import FeatUpJBUTrainer
 
-__all__ = ['backbones', 'datasets', 'evaluation', 'heads', 'necks', 'segmentors', 'trainers', 'TimmViT',
-           'Detectron2Backbone', 'FeatUpSyntheticDataset', 'ImageFolderDataset', 'BoundaryFScore',
-           'LinearProbeHead', 'SFTGuidedHead', 'FeatUpJBU', 'ResizeNeck', 'GuidedEncoderDecoder', 'GuidedFeatures',
-           'build_pac_hot_swap', 'FeatUpJBUTrainer']
+__all__ = [
+    'backbones',
+    'datasets',
+    'evaluation',
+    'heads',
+    'necks',
+    'segmentors',
+    'trainers',
+    'TimmViT',
+    'Detectron2Backbone',
+    'FeatUpSyntheticDataset',
+    'ImageFolderDataset',
+    'BoundaryFScore',
+    'LinearProbeHead',
+    'SFTGuidedHead',
+    'FeatUpJBU',
+    'ResizeNeck',
+    'GuidedEncoderDecoder',
+    'GuidedFeatures',
+    'build_pac_hot_swap',
+    'FeatUpJBUTrainer',
+]

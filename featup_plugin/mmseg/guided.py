@@ -1,6 +1,7 @@
 """What every guided mmseg module shares (``FeatUpJBU``, ``SFTGuidedHead``): the data normalisation that
 ``GuidedEncoderDecoder`` hands over, the guidance recovered from the preprocessed batch, and the error for a
 segmentor that gives no guidance."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -13,10 +14,12 @@ __all__ = ['GuidedModuleMixin', 'missing_guidance_message']
 
 
 def missing_guidance_message(who: str, part: str) -> str:
-    return (f'{who} needs the input image as guidance, but the segmentor called the {part} without it. '
-            'Use the guided segmentor by adding this line to your config:\n'
-            "    model = dict(type='GuidedEncoderDecoder')\n"
-            "(with custom_imports = dict(imports=['featup_plugin']) so that it is registered).")
+    return (
+        f'{who} needs the input image as guidance, but the segmentor called the {part} without it. '
+        'Use the guided segmentor by adding this line to your config:\n'
+        "    model = dict(type='GuidedEncoderDecoder')\n"
+        "(with custom_imports = dict(imports=['featup_plugin']) so that it is registered)."
+    )
 
 
 class GuidedModuleMixin:
@@ -34,5 +37,6 @@ class GuidedModuleMixin:
 
     def guidance_from_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised RGB from the preprocessed batch."""
-        return imagenet_guidance(inputs, self.data_mean, self.data_std, 'BGR' if self.data_bgr else 'RGB',
-                                 who=type(self).__name__)
+        return imagenet_guidance(
+            inputs, self.data_mean, self.data_std, 'BGR' if self.data_bgr else 'RGB', who=type(self).__name__
+        )

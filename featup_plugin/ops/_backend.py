@@ -4,6 +4,7 @@ at the first call of an op) forces a choice.
 
 Derivation / details: docs/ops.md#backend-selection-featup_ops
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,13 +43,21 @@ def include_dirs() -> list:
 
 def _jit_build(with_cuda: bool) -> ModuleType:
     from ._cuda_home import export_cuda_home
+
     export_cuda_home()
     from torch.utils.cpp_extension import load
+
     name = 'featup_plugin_jit_ext' + ('_cuda' if with_cuda else '_cpu')
-    return load(name=name, sources=sources(with_cuda), extra_include_paths=include_dirs(),
-                extra_cflags=['-O3', '-fopenmp'] + (['-DWITH_CUDA'] if with_cuda else []),
-                extra_cuda_cflags=['-O3', '--use_fast_math', '-DWITH_CUDA'] if with_cuda else None,
-                extra_ldflags=['-fopenmp'], with_cuda=with_cuda, verbose=False)
+    return load(
+        name=name,
+        sources=sources(with_cuda),
+        extra_include_paths=include_dirs(),
+        extra_cflags=['-O3', '-fopenmp'] + (['-DWITH_CUDA'] if with_cuda else []),
+        extra_cuda_cflags=['-O3', '--use_fast_math', '-DWITH_CUDA'] if with_cuda else None,
+        extra_ldflags=['-fopenmp'],
+        with_cuda=with_cuda,
+        verbose=False,
+    )
 
 
 def _first_error_line(message: str) -> str:
@@ -62,7 +71,9 @@ def _first_error_line(message: str) -> str:
 
 def _want_cuda() -> bool:
     import torch
+
     from ._cuda_home import find_cuda_home
+
     return torch.cuda.is_available() and find_cuda_home() is not None
 
 
@@ -75,13 +86,16 @@ def _load() -> tuple:
     if choice in ('auto', 'ext'):
         try:
             from featup_plugin import _ext  # type: ignore[attr-defined]
+
             if _ext.with_cuda() or not _want_cuda() or choice == 'ext':
                 return _ext, 'ext' + (' (cpu+cuda)' if _ext.with_cuda() else ' (cpu)')
             errors.append('the prebuilt extension has no CUDA kernels but a GPU is present')
         except ImportError as exc:
             if choice == 'ext':
-                raise ImportError('FEATUP_OPS=ext but the compiled extension featup_plugin._ext is missing; '
-                                  'build it with `pip install -e . --no-build-isolation`') from exc
+                raise ImportError(
+                    'FEATUP_OPS=ext but the compiled extension featup_plugin._ext is missing; '
+                    'build it with `pip install -e . --no-build-isolation`'
+                ) from exc
             errors.append(f'prebuilt extension: {exc}')
     try:
         with_cuda = _want_cuda()
@@ -89,9 +103,13 @@ def _load() -> tuple:
         return mod, 'jit' + (' (cpu+cuda)' if with_cuda else ' (cpu)')
     except Exception as exc:  # noqa: BLE001 - any build failure falls back, once, loudly
         errors.append(f'JIT build: {type(exc).__name__}: {_first_error_line(str(exc))}')
-    warnings.warn('featup_plugin: no compiled JBU op could be loaded, using the slower pure-PyTorch reference. '
-                  'Reasons: ' + '; '.join(errors) + '. Build it with `pip install -e . --no-build-isolation` '
-                  '(or set FEATUP_OPS=reference to silence this).', RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        'featup_plugin: no compiled JBU op could be loaded, using the slower pure-PyTorch reference. '
+        'Reasons: ' + '; '.join(errors) + '. Build it with `pip install -e . --no-build-isolation` '
+        '(or set FEATUP_OPS=reference to silence this).',
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return None, 'reference (fallback)'
 
 

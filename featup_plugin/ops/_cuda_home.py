@@ -4,6 +4,7 @@ torch guesses CUDA_HOME from ``which nvcc``; where ``nvcc`` is a wrapper script 
 calling the real one) that guess is ``/usr/local``, which has no ``libcudart`` and the link fails. We accept a
 directory only if it has both ``bin/nvcc`` and the CUDA runtime library.
 """
+
 import os
 import shutil
 
@@ -11,7 +12,9 @@ import shutil
 def _usable(root):
     if not root or not os.path.isfile(os.path.join(root, 'bin', 'nvcc')):
         return False
-    return any(os.path.exists(os.path.join(root, lib, 'libcudart.so')) for lib in ('lib64', 'lib', 'targets/x86_64-linux/lib'))
+    return any(
+        os.path.exists(os.path.join(root, lib, 'libcudart.so')) for lib in ('lib64', 'lib', 'targets/x86_64-linux/lib')
+    )
 
 
 def find_cuda_home():

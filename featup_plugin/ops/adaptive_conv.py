@@ -4,6 +4,7 @@ Each is the other's gradient, so the backward passes reuse the same two kernels 
 
 Derivation / details: docs/ops.md#adaptive-convolution-and-local-correlation
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,8 +14,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from . import _backend
-from .reference import (adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps,
-                        local_correlation_unfold)
+from .reference import adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps, local_correlation_unfold
 
 __all__ = ['adaptive_conv', 'local_correlation', 'adaptive_conv_reference', 'local_correlation_reference']
 
@@ -48,32 +48,45 @@ def _check_adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> int:
     if k % 2 == 0:
         raise ValueError(f'adaptive_conv: the window size k must be odd, got k={k}')
     if input.numel() == 0 or filters.numel() == 0:
-        raise ValueError(f'adaptive_conv: empty tensors are not supported, got input {tuple(input.shape)} '
-                         f'and filters {tuple(filters.shape)}')
+        raise ValueError(
+            f'adaptive_conv: empty tensors are not supported, got input {tuple(input.shape)} '
+            f'and filters {tuple(filters.shape)}'
+        )
     if input.shape[0] != b:
-        raise ValueError(f'adaptive_conv: input and filters must have the same batch size, got {input.shape[0]} '
-                         f'and {b}')
+        raise ValueError(
+            f'adaptive_conv: input and filters must have the same batch size, got {input.shape[0]} and {b}'
+        )
     if input.shape[2] != h + k - 1 or input.shape[3] != w + k - 1:
-        raise ValueError(f'adaptive_conv: input spatial size must be (H+k-1, W+k-1) = ({h + k - 1}, {w + k - 1}) '
-                         f'for filters {tuple(filters.shape)}, got {tuple(input.shape[2:])}')
+        raise ValueError(
+            f'adaptive_conv: input spatial size must be (H+k-1, W+k-1) = ({h + k - 1}, {w + k - 1}) '
+            f'for filters {tuple(filters.shape)}, got {tuple(input.shape[2:])}'
+        )
     return k
 
 
 def _check_local_correlation(center: torch.Tensor, padded: torch.Tensor) -> int:
     _check_tensors('local_correlation', center, 'center', padded, 'padded')
     if center.dim() != 4 or padded.dim() != 4:
-        raise ValueError('local_correlation: center and padded must be 4-D, got shapes '
-                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+        raise ValueError(
+            'local_correlation: center and padded must be 4-D, got shapes '
+            f'{tuple(center.shape)} and {tuple(padded.shape)}'
+        )
     if center.numel() == 0 or padded.numel() == 0:
-        raise ValueError('local_correlation: empty tensors are not supported, got shapes '
-                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+        raise ValueError(
+            'local_correlation: empty tensors are not supported, got shapes '
+            f'{tuple(center.shape)} and {tuple(padded.shape)}'
+        )
     if center.shape[:2] != padded.shape[:2]:
-        raise ValueError('local_correlation: center and padded must have the same batch and channel sizes, got '
-                         f'{tuple(center.shape)} and {tuple(padded.shape)}')
+        raise ValueError(
+            'local_correlation: center and padded must have the same batch and channel sizes, got '
+            f'{tuple(center.shape)} and {tuple(padded.shape)}'
+        )
     k = padded.shape[2] - center.shape[2] + 1
     if k < 1 or padded.shape[3] - center.shape[3] + 1 != k or k % 2 == 0:
-        raise ValueError('local_correlation: padded must be center padded by the same odd window k on both axes '
-                         f'(H+k-1, W+k-1), got {tuple(center.shape)} and {tuple(padded.shape)}')
+        raise ValueError(
+            'local_correlation: padded must be center padded by the same odd window k on both axes '
+            f'(H+k-1, W+k-1), got {tuple(center.shape)} and {tuple(padded.shape)}'
+        )
     return k
 
 
@@ -88,7 +101,8 @@ def flip_taps(kernel: torch.Tensor, k: int) -> torch.Tensor:
     hq, wq = h + 2 * p, w + 2 * p
     hp, wp = h + p, w + p
     view = kf.view(b, k, k, hq, wq).as_strided(
-        (b, k, k, hp, wp), (t * hq * wq, k * hq * wq + wq, hq * wq + 1, wq, 1), kf.storage_offset())
+        (b, k, k, hp, wp), (t * hq * wq, k * hq * wq + wq, hq * wq + 1, wq, 1), kf.storage_offset()
+    )
     return view.reshape(b, t, hp, wp)
 
 
@@ -149,9 +163,12 @@ def _use_compiled(x: torch.Tensor) -> bool:
     if x.is_cuda and not ext.with_cuda():
         if not _warned_no_cuda:
             _warned_no_cuda = True
-            warnings.warn('featup_plugin: the compiled op has no CUDA kernels (built without a CUDA toolkit); '
-                          'CUDA tensors use the pure-PyTorch reference. Rebuild with FORCE_CUDA=1.',
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                'featup_plugin: the compiled op has no CUDA kernels (built without a CUDA toolkit); '
+                'CUDA tensors use the pure-PyTorch reference. Rebuild with FORCE_CUDA=1.',
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return False
     return True
 

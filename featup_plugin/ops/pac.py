@@ -5,6 +5,7 @@ unfolds the input (``O(C * H * W + tile)`` memory).
 
 Derivation / details: docs/pac.md#the-layer
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,18 @@ from . import _backend
 from .adaptive_conv import _use_compiled
 from .pac_reference import _out_size, _tap_view, pac_conv2d_taps, pac_conv2d_unfold
 
-__all__ = ['PacConv2d', 'PacConvTranspose2d', 'PacPool2d', 'pac_conv2d', 'pac_conv_transpose2d', 'pac_pool2d',
-           'pac_kernel2d', 'parse_kernel_type', 'pac_conv2d_unfold', 'pac_conv2d_taps']
+__all__ = [
+    'PacConv2d',
+    'PacConvTranspose2d',
+    'PacPool2d',
+    'pac_conv2d',
+    'pac_conv_transpose2d',
+    'pac_pool2d',
+    'pac_kernel2d',
+    'parse_kernel_type',
+    'pac_conv2d_unfold',
+    'pac_conv2d_taps',
+]
 
 IntOrPair = Union[int, Sequence[int]]
 Pair = Tuple[int, int]
@@ -68,8 +79,10 @@ def parse_kernel_type(kernel_type: str) -> dict:
             alpha = lam = None
         if alpha is not None and math.isfinite(alpha) and math.isfinite(lam):
             return dict(kind='inv', alpha=alpha, lambda_=lam, asym='asym' in flags, fixed='fixed' in flags)
-    raise ValueError(f"kernel_type must be 'gaussian[_asym]' or 'inv_{{alpha}}_{{lambda}}[_asym][_fixed]' "
-                     f"(e.g. 'inv_0.5_-2_fixed'), got {kernel_type!r}")
+    raise ValueError(
+        f"kernel_type must be 'gaussian[_asym]' or 'inv_{{alpha}}_{{lambda}}[_asym][_fixed]' "
+        f"(e.g. 'inv_0.5_-2_fixed'), got {kernel_type!r}"
+    )
 
 
 def _smooth_kernel(smooth_kernel_type: str) -> Tuple[Optional[torch.Tensor], bool]:
@@ -84,14 +97,16 @@ def _smooth_kernel(smooth_kernel_type: str) -> Tuple[Optional[torch.Tensor], boo
     for prefix, learnable in (('average_', False), ('full_', True)):
         if smooth_kernel_type.startswith(prefix):
             try:
-                s = int(smooth_kernel_type[len(prefix):])
+                s = int(smooth_kernel_type[len(prefix) :])
             except ValueError:
                 break
             if s < 1 or s % 2 == 0:
                 raise ValueError(f'smooth_kernel_type {smooth_kernel_type!r}: the width must be odd and >= 1')
             return torch.full((1, 1, s, s), 1.0 / (s * s)), learnable
-    raise ValueError("smooth_kernel_type must be 'none', 'gaussian', 'average_{s}' or 'full_{s}' (odd s), got "
-                     f'{smooth_kernel_type!r}')
+    raise ValueError(
+        "smooth_kernel_type must be 'none', 'gaussian', 'average_{s}' or 'full_{s}' (odd s), got "
+        f'{smooth_kernel_type!r}'
+    )
 
 
 def _check_float(name: str, **tensors) -> None:
@@ -118,10 +133,19 @@ def _tap_mask(h: int, w: int, k: Pair, s: Pair, p: Pair, d: Pair, like: torch.Te
     return torch.cat([_tap_view(ones, ty, tx, out, s, d) for ty in range(k[0]) for tx in range(k[1])], 1)
 
 
-def pac_kernel2d(guidance: torch.Tensor, kernel_size: IntOrPair, stride: IntOrPair = 1, padding: IntOrPair = 0,
-                 dilation: IntOrPair = 1, kernel_type: str = 'gaussian', inv_alpha=None, inv_lambda=None,
-                 smooth_kernel: Optional[torch.Tensor] = None, normalize_kernel: bool = False,
-                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pac_kernel2d(
+    guidance: torch.Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    kernel_type: str = 'gaussian',
+    inv_alpha=None,
+    inv_lambda=None,
+    smooth_kernel: Optional[torch.Tensor] = None,
+    normalize_kernel: bool = False,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The adapting kernel ``[B, kh*kw, Ho, Wo]`` of guidance ``[B, C_f, H, W]`` for a window with the given
     geometry (``Ho, Wo`` as ``nn.Conv2d``). ``mask [1 or B, kh*kw, Ho, Wo]`` overrides which taps are valid
     (default: those inside the guidance). ``inv_alpha`` / ``inv_lambda`` (floats or scalar tensors) default to
@@ -133,13 +157,16 @@ def pac_kernel2d(guidance: torch.Tensor, kernel_size: IntOrPair, stride: IntOrPa
     if not isinstance(guidance, torch.Tensor) or not guidance.is_floating_point():
         raise TypeError('pac_kernel2d: guidance must be a floating point torch.Tensor')
     if guidance.dim() != 4 or guidance.numel() == 0:
-        raise ValueError(f'pac_kernel2d: guidance must be a non-empty 4-D [B, C, H, W] tensor, got shape '
-                         f'{tuple(guidance.shape)}')
+        raise ValueError(
+            f'pac_kernel2d: guidance must be a non-empty 4-D [B, C, H, W] tensor, got shape {tuple(guidance.shape)}'
+        )
     b, _, h, w = guidance.shape
     ho, wo = _out_size(h, w, k, s, p, d)
     if ho < 1 or wo < 1:
-        raise ValueError(f'pac_kernel2d: guidance {tuple(guidance.shape)} is too small for kernel_size={k}, '
-                         f'padding={p}, dilation={d}')
+        raise ValueError(
+            f'pac_kernel2d: guidance {tuple(guidance.shape)} is too small for kernel_size={k}, '
+            f'padding={p}, dilation={d}'
+        )
     gp = F.pad(guidance, [p[1], p[1], p[0], p[0]])
     cy, cx = (k[0] - 1) // 2, (k[1] - 1) // 2
     if smooth_kernel is None:
@@ -186,8 +213,9 @@ class _PacFunction(Function):
     def backward(ctx, grad):
         input, kernel, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gi, gk, gw = _backend.get_ext().pac_backward(grad, input, kernel, weight, ctx.geom, need[0], need[1],
-                                                     need[2] and weight is not None, ctx.tile_bytes)
+        gi, gk, gw = _backend.get_ext().pac_backward(
+            grad, input, kernel, weight, ctx.geom, need[0], need[1], need[2] and weight is not None, ctx.tile_bytes
+        )
         gb = grad.sum((0, 2, 3)) if need[3] else None
         return gi, gk, gw, gb, None, None
 
@@ -197,18 +225,18 @@ def _tile_bytes(x: torch.Tensor) -> int:
     mb = float(env) if env else (64.0 if x.is_cuda else 8.0)
     if mb <= 0:
         raise ValueError(f'FEATUP_PAC_TILE_MB must be positive, got {env!r}')
-    return int(mb * 2 ** 20)
+    return int(mb * 2**20)
 
 
 def _as_taps(kernel: torch.Tensor, k: Pair, name: str) -> torch.Tensor:
     if kernel.dim() == 6:
         if kernel.shape[1] != 1 or tuple(kernel.shape[2:4]) != k:
-            raise ValueError(f'{name}: a 6-D kernel must be [B, 1, {k[0]}, {k[1]}, Ho, Wo], got '
-                             f'{tuple(kernel.shape)}')
+            raise ValueError(f'{name}: a 6-D kernel must be [B, 1, {k[0]}, {k[1]}, Ho, Wo], got {tuple(kernel.shape)}')
         return kernel.reshape(kernel.shape[0], k[0] * k[1], *kernel.shape[4:])
     if kernel.dim() != 4:
-        raise ValueError(f'{name}: kernel must be [B, kh*kw, Ho, Wo] (or [B, 1, kh, kw, Ho, Wo]), got shape '
-                         f'{tuple(kernel.shape)}')
+        raise ValueError(
+            f'{name}: kernel must be [B, kh*kw, Ho, Wo] (or [B, 1, kh, kw, Ho, Wo]), got shape {tuple(kernel.shape)}'
+        )
     return kernel
 
 
@@ -216,21 +244,25 @@ def _run(name: str, input, kernel, weight, bias, k: Pair, s: Pair, p: Pair, d: P
     """Shared checks and dispatch of pac_conv2d / pac_pool2d (weight None)."""
     _check_float(name, input=input, kernel=kernel, weight=weight, bias=bias)
     if input.dim() != 4 or input.numel() == 0:
-        raise ValueError(f'{name}: input must be a non-empty 4-D [B, C, H, W] tensor, got shape '
-                         f'{tuple(input.shape)}')
+        raise ValueError(f'{name}: input must be a non-empty 4-D [B, C, H, W] tensor, got shape {tuple(input.shape)}')
     kernel = _as_taps(kernel, k, name)
     b, c, h, w = input.shape
     ho, wo = _out_size(h, w, k, s, p, d)
     if ho < 1 or wo < 1:
-        raise ValueError(f'{name}: input {tuple(input.shape)} is too small for kernel_size={k}, padding={p}, '
-                         f'dilation={d}')
+        raise ValueError(
+            f'{name}: input {tuple(input.shape)} is too small for kernel_size={k}, padding={p}, dilation={d}'
+        )
     if tuple(kernel.shape) != (b, k[0] * k[1], ho, wo):
-        raise ValueError(f'{name}: kernel must be [B, kh*kw, Ho, Wo] = {(b, k[0] * k[1], ho, wo)} for input '
-                         f'{tuple(input.shape)}, got {tuple(kernel.shape)}')
+        raise ValueError(
+            f'{name}: kernel must be [B, kh*kw, Ho, Wo] = {(b, k[0] * k[1], ho, wo)} for input '
+            f'{tuple(input.shape)}, got {tuple(kernel.shape)}'
+        )
     if weight is not None:
         if weight.dim() != 4 or weight.shape[1:] != (c, k[0], k[1]):
-            raise ValueError(f'{name}: weight must be [O, {c}, {k[0]}, {k[1]}] for an input with {c} channels, '
-                             f'got {tuple(weight.shape)}')
+            raise ValueError(
+                f'{name}: weight must be [O, {c}, {k[0]}, {k[1]}] for an input with {c} channels, '
+                f'got {tuple(weight.shape)}'
+            )
         if bias is not None and tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f'{name}: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}')
     if not _use_compiled(input):
@@ -245,9 +277,16 @@ def _run(name: str, input, kernel, weight, bias, k: Pair, s: Pair, p: Pair, d: P
     return out.to(dtype)
 
 
-def pac_conv2d(input: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-               stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
-               shared_filters: bool = False) -> torch.Tensor:
+def pac_conv2d(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    shared_filters: bool = False,
+) -> torch.Tensor:
     """PAC with a precomputed adapting kernel ``[B, kh*kw, Ho, Wo]`` and a Conv2d ``weight [O, C, kh, kw]``
     (``[1, 1, kh, kw]`` with ``shared_filters``)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
@@ -268,8 +307,14 @@ def pac_conv2d(input: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, 
     return _run('pac_conv2d', input, kernel, weight, bias, k, s, p, d)
 
 
-def pac_pool2d(input: torch.Tensor, kernel: torch.Tensor, kernel_size: IntOrPair, stride: IntOrPair = 1,
-               padding: IntOrPair = 0, dilation: IntOrPair = 1) -> torch.Tensor:
+def pac_pool2d(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
     """``out[b, c, p] = sum_t kernel[b, t, p] * input[b, c, src(p, t)]``."""
     k = _kernel_size(kernel_size)
     s, p, d = _pair(stride, 'stride', 1), _pair(padding, 'padding', 0), _pair(dilation, 'dilation', 1)
@@ -282,7 +327,7 @@ def _zero_insert(input: torch.Tensor, s: Pair, k: Pair, p: Pair, op: Pair, d: Pa
     b, c, h, w = input.shape
     if s != (1, 1):
         z = input.new_zeros(b, c, (h - 1) * s[0] + 1, (w - 1) * s[1] + 1)
-        z[:, :, ::s[0], ::s[1]] = input
+        z[:, :, :: s[0], :: s[1]] = input
     else:
         z = input
     qy, qx = d[0] * (k[0] - 1) - p[0], d[1] * (k[1] - 1) - p[1]
@@ -290,8 +335,10 @@ def _zero_insert(input: torch.Tensor, s: Pair, k: Pair, p: Pair, op: Pair, d: Pa
 
 
 def _transposed_geometry(h, w, k, s, p, op, d) -> Pair:
-    return ((h - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + op[0] + 1,
-            (w - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + op[1] + 1)
+    return (
+        (h - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + op[0] + 1,
+        (w - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + op[1] + 1,
+    )
 
 
 def _check_transposed(s: Pair, p: Pair, op: Pair, d: Pair) -> None:
@@ -299,10 +346,17 @@ def _check_transposed(s: Pair, p: Pair, op: Pair, d: Pair) -> None:
         raise ValueError(f'output_padding {op} must be smaller than stride {s} or dilation {d}')
 
 
-def pac_conv_transpose2d(input: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor,
-                         bias: Optional[torch.Tensor] = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
-                         output_padding: IntOrPair = 0, dilation: IntOrPair = 1,
-                         shared_filters: bool = False) -> torch.Tensor:
+def pac_conv_transpose2d(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    shared_filters: bool = False,
+) -> torch.Tensor:
     """Transposed PAC. ``weight [C, O, kh, kw]`` as ``nn.ConvTranspose2d``; ``kernel [B, kh*kw, Ho, Wo]`` at the
     output resolution, tap ``t`` comparing output pixel ``i`` with output position ``i + (t - centre) * d``.
     Equals ``conv_transpose2d`` when ``kernel == 1``; never an unfold. Derivation: docs/pac.md#transposed-pac
@@ -317,8 +371,9 @@ def pac_conv_transpose2d(input: torch.Tensor, kernel: torch.Tensor, weight: torc
     op = _pair(output_padding, 'output_padding', 0)
     _check_transposed(s, p, op, d)
     if not shared_filters and weight.shape[0] != input.shape[1]:
-        raise ValueError(f'pac_conv_transpose2d: weight must be [C={input.shape[1]}, O, kh, kw], got '
-                         f'{tuple(weight.shape)}')
+        raise ValueError(
+            f'pac_conv_transpose2d: weight must be [C={input.shape[1]}, O, kh, kw], got {tuple(weight.shape)}'
+        )
     z = _zero_insert(input, s, k, p, op, d)
     w_eff = weight.flip(2, 3) if shared_filters else weight.transpose(0, 1).flip(2, 3)
     return pac_conv2d(z, kernel, w_eff, bias, 1, 0, d, shared_filters=shared_filters)
@@ -356,8 +411,19 @@ class _PacModule(nn.Module):
             self.register_buffer('smooth_kernel', sk)
 
     def _kernel(self, guidance, stride, padding, mask=None):
-        return pac_kernel2d(guidance, self.kernel_size, stride, padding, self.dilation, self.kernel_type,
-                            self.inv_alpha, self.inv_lambda, self.smooth_kernel, self.normalize_kernel, mask)
+        return pac_kernel2d(
+            guidance,
+            self.kernel_size,
+            stride,
+            padding,
+            self.dilation,
+            self.kernel_type,
+            self.inv_alpha,
+            self.inv_lambda,
+            self.smooth_kernel,
+            self.normalize_kernel,
+            mask,
+        )
 
     def compute_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """The adapting kernel ``[B, kh*kw, Ho, Wo]`` this layer uses for ``guidance``."""
@@ -365,23 +431,28 @@ class _PacModule(nn.Module):
 
     def _select_kernel(self, guidance, kernel, name):
         if (guidance is None) == (kernel is None):
-            raise ValueError(f'{name}.forward: pass exactly one of guidance (to compute the adapting kernel) and '
-                             'kernel (precomputed)')
+            raise ValueError(
+                f'{name}.forward: pass exactly one of guidance (to compute the adapting kernel) and '
+                'kernel (precomputed)'
+            )
         return self.compute_kernel(guidance) if kernel is None else kernel
 
-    def _init_filters(self, name: str, in_channels: int, out_channels: int, bias: bool, shared_filters: bool,
-                      transposed: bool) -> None:
+    def _init_filters(
+        self, name: str, in_channels: int, out_channels: int, bias: bool, shared_filters: bool, transposed: bool
+    ) -> None:
         """Checks the channel arguments and creates ``weight`` / ``bias`` with ``nn.Conv2d``'s (or, transposed,
         ``nn.ConvTranspose2d``'s) names, shapes and initialisation."""
         for n, v in (('in_channels', in_channels), ('out_channels', out_channels)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f'{name}: {n} must be a positive int, got {v!r}')
         if shared_filters and in_channels != out_channels:
-            raise ValueError(f'{name}: shared_filters needs in_channels == out_channels, got {in_channels} and '
-                             f'{out_channels}')
+            raise ValueError(
+                f'{name}: shared_filters needs in_channels == out_channels, got {in_channels} and {out_channels}'
+            )
         self.in_channels, self.out_channels, self.shared_filters = in_channels, out_channels, bool(shared_filters)
-        wshape = (1, 1) if shared_filters else (in_channels, out_channels) if transposed else (out_channels,
-                                                                                                 in_channels)
+        wshape = (
+            (1, 1) if shared_filters else (in_channels, out_channels) if transposed else (out_channels, in_channels)
+        )
         self.weight = nn.Parameter(torch.empty(*wshape, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -426,9 +497,20 @@ class PacConv2d(_PacModule):
     Details: docs/pac.md#adapting-kernels
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
-                 padding: IntOrPair = 0, dilation: IntOrPair = 1, bias: bool = True, kernel_type: str = 'gaussian',
-                 smooth_kernel_type: str = 'none', normalize_kernel: bool = False, shared_filters: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        bias: bool = True,
+        kernel_type: str = 'gaussian',
+        smooth_kernel_type: str = 'none',
+        normalize_kernel: bool = False,
+        shared_filters: bool = False,
+    ):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
         self._init_filters('PacConv2d', in_channels, out_channels, bias, shared_filters, transposed=False)
 
@@ -447,8 +529,16 @@ class PacConv2d(_PacModule):
         padding = conv.padding
         if isinstance(padding, str):  # 'same' / 'valid'
             padding = (0, 0) if padding == 'valid' else tuple(d * (kk - 1) // 2 for d, kk in zip(conv.dilation, k))
-        pac = cls(conv.in_channels, conv.out_channels, k, tuple(conv.stride), tuple(padding), tuple(conv.dilation),
-                  bias=conv.bias is not None, **pac_kwargs)
+        pac = cls(
+            conv.in_channels,
+            conv.out_channels,
+            k,
+            tuple(conv.stride),
+            tuple(padding),
+            tuple(conv.dilation),
+            bias=conv.bias is not None,
+            **pac_kwargs,
+        )
         pac.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             pac.weight.copy_(conv.weight)
@@ -456,16 +546,24 @@ class PacConv2d(_PacModule):
                 pac.bias.copy_(conv.bias)
         return pac
 
-    def forward(self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None,
-                kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if guidance is not None and isinstance(input, torch.Tensor) and isinstance(guidance, torch.Tensor):
-            if guidance.dim() != 4 or input.dim() != 4 or guidance.shape[0] != input.shape[0] \
-                    or guidance.shape[2:] != input.shape[2:]:
-                raise ValueError(f'PacConv2d: guidance must be [B, C_f, H, W] with the input\'s batch and size, got '
-                                 f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}')
+            if (
+                guidance.dim() != 4
+                or input.dim() != 4
+                or guidance.shape[0] != input.shape[0]
+                or guidance.shape[2:] != input.shape[2:]
+            ):
+                raise ValueError(
+                    f"PacConv2d: guidance must be [B, C_f, H, W] with the input's batch and size, got "
+                    f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}'
+                )
         kern = self._select_kernel(guidance, kernel, 'PacConv2d')
-        return pac_conv2d(input, kern, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                          self.shared_filters)
+        return pac_conv2d(
+            input, kern, self.weight, self.bias, self.stride, self.padding, self.dilation, self.shared_filters
+        )
 
     def extra_repr(self) -> str:
         s = f'{self.in_channels}, {self.out_channels}, ' + super().extra_repr()
@@ -483,18 +581,30 @@ class PacConvTranspose2d(_PacModule):
     ``nn.ConvTranspose2d``) plus the adapting-kernel options of :class:`PacConv2d`. Details: docs/pac.md#transposed-pac
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
-                 padding: IntOrPair = 0, output_padding: IntOrPair = 0, dilation: IntOrPair = 1, bias: bool = True,
-                 kernel_type: str = 'gaussian', smooth_kernel_type: str = 'none', normalize_kernel: bool = False,
-                 shared_filters: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        output_padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        bias: bool = True,
+        kernel_type: str = 'gaussian',
+        smooth_kernel_type: str = 'none',
+        normalize_kernel: bool = False,
+        shared_filters: bool = False,
+    ):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
         self.output_padding = _pair(output_padding, 'output_padding', 0)
         _check_transposed(self.stride, self.padding, self.output_padding, self.dilation)
         self._init_filters('PacConvTranspose2d', in_channels, out_channels, bias, shared_filters, transposed=True)
 
     def output_size(self, h: int, w: int) -> Pair:
-        return _transposed_geometry(h, w, self.kernel_size, self.stride, self.padding, self.output_padding,
-                                    self.dilation)
+        return _transposed_geometry(
+            h, w, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation
+        )
 
     def compute_kernel(self, guidance: torch.Tensor, input_size: Optional[Pair] = None) -> torch.Tensor:
         """Kernel at the output resolution (stride 1, 'same' padding). With ``input_size``, taps that land on
@@ -506,12 +616,12 @@ class PacConvTranspose2d(_PacModule):
             ones = guidance.new_ones(1, 1, *input_size)
             z = _zero_insert(ones, self.stride, k, self.padding, self.output_padding, d)
             ho, wo = guidance.shape[-2:]
-            mask = torch.cat([_tap_view(z, ty, tx, (ho, wo), (1, 1), d) for ty in range(k[0]) for tx in range(k[1])],
-                             1)
+            mask = torch.cat([_tap_view(z, ty, tx, (ho, wo), (1, 1), d) for ty in range(k[0]) for tx in range(k[1])], 1)
         return self._kernel(guidance, 1, same, mask)
 
-    def forward(self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None,
-                kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if (guidance is None) == (kernel is None):
             raise ValueError('PacConvTranspose2d.forward: pass exactly one of guidance and kernel')
         if guidance is not None:
@@ -520,11 +630,22 @@ class PacConvTranspose2d(_PacModule):
                 raise ValueError('PacConvTranspose2d: input and guidance must be 4-D')
             out = self.output_size(*input.shape[2:])
             if guidance.shape[0] != input.shape[0] or tuple(guidance.shape[2:]) != out:
-                raise ValueError(f'PacConvTranspose2d: guidance must be [B={input.shape[0]}, C_f, {out[0]}, {out[1]}] '
-                                 f'(the output resolution), got {tuple(guidance.shape)}')
+                raise ValueError(
+                    f'PacConvTranspose2d: guidance must be [B={input.shape[0]}, C_f, {out[0]}, {out[1]}] '
+                    f'(the output resolution), got {tuple(guidance.shape)}'
+                )
             kernel = self.compute_kernel(guidance, tuple(input.shape[2:]))
-        return pac_conv_transpose2d(input, kernel, self.weight, self.bias, self.stride, self.padding,
-                                    self.output_padding, self.dilation, self.shared_filters)
+        return pac_conv_transpose2d(
+            input,
+            kernel,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.dilation,
+            self.shared_filters,
+        )
 
     def extra_repr(self) -> str:
         s = f'{self.in_channels}, {self.out_channels}, ' + super().extra_repr()
@@ -539,17 +660,31 @@ class PacPool2d(_PacModule):
     """Pixel-adaptive pooling: ``out_c = sum_t K_t * v_c,shifted`` (no weight); guidance at the input's
     resolution. Default ``stride=1`` (a filter, as PAC's pooling), ``normalize_kernel=False``."""
 
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair = 1, padding: IntOrPair = 0,
-                 dilation: IntOrPair = 1, kernel_type: str = 'gaussian', smooth_kernel_type: str = 'none',
-                 normalize_kernel: bool = False):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        kernel_type: str = 'gaussian',
+        smooth_kernel_type: str = 'none',
+        normalize_kernel: bool = False,
+    ):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
 
-    def forward(self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None,
-                kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if guidance is not None and isinstance(input, torch.Tensor) and isinstance(guidance, torch.Tensor):
-            if guidance.dim() != 4 or input.dim() != 4 or guidance.shape[0] != input.shape[0] \
-                    or guidance.shape[2:] != input.shape[2:]:
-                raise ValueError(f'PacPool2d: guidance must be [B, C_f, H, W] with the input\'s batch and size, got '
-                                 f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}')
+            if (
+                guidance.dim() != 4
+                or input.dim() != 4
+                or guidance.shape[0] != input.shape[0]
+                or guidance.shape[2:] != input.shape[2:]
+            ):
+                raise ValueError(
+                    f"PacPool2d: guidance must be [B, C_f, H, W] with the input's batch and size, got "
+                    f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}'
+                )
         kern = self._select_kernel(guidance, kernel, 'PacPool2d')
         return pac_pool2d(input, kern, self.kernel_size, self.stride, self.padding, self.dilation)

@@ -3,6 +3,7 @@ baseline) and ``*_taps`` (a loop over the ``k*k`` taps, ``O(C*H*W)`` memory: the
 
 Derivation / details: docs/ops.md#pytorch-references
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,7 @@ def adaptive_conv_taps(input: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     out = None
     for i in range(k):
         for j in range(k):
-            term = filters[:, None, :, :, i, j] * input[:, :, i:i + h, j:j + w]
+            term = filters[:, None, :, :, i, j] * input[:, :, i : i + h, j : j + w]
             out = term if out is None else out + term
     return out
 
@@ -36,5 +37,5 @@ def adaptive_conv_taps(input: torch.Tensor, filters: torch.Tensor) -> torch.Tens
 def local_correlation_taps(center: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
     h, w = center.shape[-2:]
     k = padded.shape[-2] - h + 1
-    maps = [(center * padded[:, :, i:i + h, j:j + w]).sum(1) for i in range(k) for j in range(k)]
+    maps = [(center * padded[:, :, i : i + h, j : j + w]).sum(1) for i in range(k) for j in range(k)]
     return torch.stack(maps, 1)

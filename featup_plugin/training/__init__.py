@@ -5,10 +5,30 @@ mmengine/mmseg are importable); the implicit per-image upsampler is :mod:`featup
 
 Derivation / details: docs/training.md
 """
+
 from .jitter import JitterParams, apply_jitter, reflect_pad, sample_jitter
-from .losses import (UncertaintyHead, blur_loss, magnitude_tv_loss, project, random_projection, total_variation,
-                     uncertainty_loss)
+from .losses import (
+    UncertaintyHead,
+    blur_loss,
+    magnitude_tv_loss,
+    project,
+    random_projection,
+    total_variation,
+    uncertainty_loss,
+)
 from .multiview import multiview_loss
 
-__all__ = ['JitterParams', 'apply_jitter', 'reflect_pad', 'sample_jitter', 'UncertaintyHead', 'uncertainty_loss',
-           'random_projection', 'project', 'total_variation', 'magnitude_tv_loss', 'blur_loss', 'multiview_loss']
+__all__ = [
+    'JitterParams',
+    'apply_jitter',
+    'reflect_pad',
+    'sample_jitter',
+    'UncertaintyHead',
+    'uncertainty_loss',
+    'random_projection',
+    'project',
+    'total_variation',
+    'magnitude_tv_loss',
+    'blur_loss',
+    'multiview_loss',
+]

@@ -4,10 +4,9 @@ renders the image's features at any resolution (:meth:`ImplicitFeatUp.features`)
 
 Derivation / details: docs/training.md#implicit-featup
 """
+
 from __future__ import annotations
 
-import math
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -61,15 +60,23 @@ class ImplicitFeatUp(nn.Module):
         hidden: MLP width (FeatUp: 128); ``dropout``: Dropout2d probability (FeatUp: 0.2).
     """
 
-    def __init__(self, image: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, num_freqs: int = 30,
-                 min_freq: float = -2.0, max_freq: float = 10.0, hidden: int = 128, dropout: float = 0.2):
+    def __init__(
+        self,
+        image: torch.Tensor,
+        mean: torch.Tensor,
+        components: torch.Tensor,
+        num_freqs: int = 30,
+        min_freq: float = -2.0,
+        max_freq: float = 10.0,
+        hidden: int = 128,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f'ImplicitFeatUp fits one RGB image [1, 3, H, W], got {tuple(image.shape)}')
         if components.dim() != 2 or mean.shape != components.shape[:1]:
             raise ValueError(f'PCA mean {tuple(mean.shape)} / components {tuple(components.shape)} do not match')
-        self.config = dict(num_freqs=num_freqs, min_freq=min_freq, max_freq=max_freq, hidden=hidden,
-                           dropout=dropout)
+        self.config = dict(num_freqs=num_freqs, min_freq=min_freq, max_freq=max_freq, hidden=hidden, dropout=dropout)
         self.register_buffer('image', image.detach().clone())
         self.register_buffer('mean', mean.detach().clone())
         self.register_buffer('components', components.detach().clone())
@@ -77,9 +84,16 @@ class ImplicitFeatUp(nn.Module):
         in_dim = 5 * 2 * num_freqs + 3
         out_dim = components.shape[1]
         self.net = nn.Sequential(
-            ChannelNorm(in_dim), nn.Dropout2d(dropout), nn.Conv2d(in_dim, hidden, 1), nn.ReLU(),
-            nn.Dropout2d(dropout), ChannelNorm(hidden), nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-            nn.Conv2d(hidden, out_dim, 1))
+            ChannelNorm(in_dim),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(in_dim, hidden, 1),
+            nn.ReLU(),
+            nn.Dropout2d(dropout),
+            ChannelNorm(hidden),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_dim, 1),
+        )
         self._cache: Dict[tuple, torch.Tensor] = {}
 
     @property
@@ -94,8 +108,13 @@ class ImplicitFeatUp(nn.Module):
         size = (int(size[0]), int(size[1]))
         if tuple(self.image.shape[-2:]) == size:
             return self.image
-        return F.interpolate(self.image, size=size, mode='bilinear', align_corners=False,
-                             antialias=size[0] < self.image.shape[-2] or size[1] < self.image.shape[-1])
+        return F.interpolate(
+            self.image,
+            size=size,
+            mode='bilinear',
+            align_corners=False,
+            antialias=size[0] < self.image.shape[-2] or size[1] < self.image.shape[-1],
+        )
 
     def inputs_at(self, size: Sequence[int]) -> torch.Tensor:
         """The Fourier features at ``size`` (cached: they do not depend on the weights)."""
@@ -103,8 +122,11 @@ class ImplicitFeatUp(nn.Module):
         if min(size) < 1:
             raise ValueError(f'size must be positive, got {size}')
         key = size
-        if key not in self._cache or self._cache[key].device != self.image.device or \
-                self._cache[key].dtype != self.image.dtype:
+        if (
+            key not in self._cache
+            or self._cache[key].device != self.image.device
+            or self._cache[key].dtype != self.image.dtype
+        ):
             self._cache = {key: fourier_features(self.image_at(size), self.freqs)}  # one size at a time
         return self._cache[key]
 
@@ -166,15 +188,26 @@ class ImplicitFeatUp(nn.Module):
         """A small file: the MLP, the PCA, the image and the config. The image is kept in float32: the highest
         Fourier frequencies (e^10 rad per unit of colour) make the model sensitive to any rounding of colours."""
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        torch.save(dict(format=IMPLICIT_FORMAT, config=self.config, net=state, image=self.image.float().cpu(),
-                        mean=self.mean.cpu(), components=self.components.cpu(), extra=extra or {}), path)
+        torch.save(
+            dict(
+                format=IMPLICIT_FORMAT,
+                config=self.config,
+                net=state,
+                image=self.image.float().cpu(),
+                mean=self.mean.cpu(),
+                components=self.components.cpu(),
+                extra=extra or {},
+            ),
+            path,
+        )
 
     @classmethod
     def load(cls, path: str, map_location='cpu') -> 'ImplicitFeatUp':
         obj = read_checkpoint(path, map_location=map_location)
         if not isinstance(obj, dict) or obj.get('format') != IMPLICIT_FORMAT:
-            raise ValueError(f'{path} is not an implicit FeatUp file ({IMPLICIT_FORMAT}); write one with '
-                             'tools/fit_implicit.py')
+            raise ValueError(
+                f'{path} is not an implicit FeatUp file ({IMPLICIT_FORMAT}); write one with tools/fit_implicit.py'
+            )
         model = cls(obj['image'], obj['mean'].float(), obj['components'].float(), **obj['config'])
         model.net.load_state_dict(obj['net'])
         model.extra = obj.get('extra', {})
@@ -185,18 +218,34 @@ def _lr_features(backbone: Backbone, img: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = backbone(img)
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise ValueError(f'the backbone must return [B, C, h, w] features, got '
-                         f'{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}')
+        raise ValueError(
+            f'the backbone must return [B, C, h, w] features, got '
+            f'{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}'
+        )
     return out
 
 
-def fit_implicit(image: torch.Tensor, backbone: Backbone, steps: int = 1200, views: int = 10, max_pad: int = 30,
-                 max_zoom: float = 1.8, pca_dim: int = 128, pca_views: int = 50, lr: float = 1e-3,
-                 downsampler: str = 'attention', downsampler_kernel: Optional[int] = None, seed: int = 0,
-                 mag_weight: float = 0.001, mag_tv_weight: float = 0.05, blur_weight: float = 0.1,
-                 view_bank: bool = False, fit_size: Optional[Union[int, Sequence[int]]] = None,
-                 progress: Optional[Callable[[int, int, float], None]] = None, **model_kwargs
-                 ) -> Tuple[ImplicitFeatUp, List[float]]:
+def fit_implicit(
+    image: torch.Tensor,
+    backbone: Backbone,
+    steps: int = 1200,
+    views: int = 10,
+    max_pad: int = 30,
+    max_zoom: float = 1.8,
+    pca_dim: int = 128,
+    pca_views: int = 50,
+    lr: float = 1e-3,
+    downsampler: str = 'attention',
+    downsampler_kernel: Optional[int] = None,
+    seed: int = 0,
+    mag_weight: float = 0.001,
+    mag_tv_weight: float = 0.05,
+    blur_weight: float = 0.1,
+    view_bank: bool = False,
+    fit_size: Optional[Union[int, Sequence[int]]] = None,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    **model_kwargs,
+) -> Tuple[ImplicitFeatUp, List[float]]:
     """Fit :class:`ImplicitFeatUp` to ``image [1, 3, H, W]`` (ImageNet-normalised RGB) for a frozen ``backbone``
     (a callable image -> ``[B, C, h, w]``; e.g. ChannelNorm'ed ViT tokens). Returns ``(model, losses)``, the
     per-step total losses. ``progress(step, steps, loss)`` is called after every step (a progress bar).
@@ -219,8 +268,13 @@ def fit_implicit(image: torch.Tensor, backbone: Backbone, steps: int = 1200, vie
     if fit_size is None:
         fit_hw = size
     else:
-        fit_hw = (fit_size, fit_size) if isinstance(fit_size, int) else \
-            tuple(fit_size) if isinstance(fit_size, (list, tuple)) else (fit_size,)
+        fit_hw = (
+            (fit_size, fit_size)
+            if isinstance(fit_size, int)
+            else tuple(fit_size)
+            if isinstance(fit_size, (list, tuple))
+            else (fit_size,)
+        )
         if len(fit_hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in fit_hw):
             raise ValueError(f'fit_size must be a positive int or (H, W), got {fit_size!r}')
     # PCA on the features of jittered views (FeatUp: 50 views); with view_bank they are also the targets
@@ -255,8 +309,7 @@ def fit_implicit(image: torch.Tensor, backbone: Backbone, steps: int = 1200, vie
             pred = down(apply_jitter(hr, t), target.shape[-2:])
             loss = loss + uncertainty_loss(pred, target, scale_net(target)) / views
         mag = hr.square().sum(1, keepdim=True)
-        loss = loss + mag_weight * mag.mean() + mag_tv_weight * magnitude_tv_loss(hr) + \
-            blur_weight * blur_loss(hr)
+        loss = loss + mag_weight * mag.mean() + mag_tv_weight * magnitude_tv_loss(hr) + blur_weight * blur_loss(hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

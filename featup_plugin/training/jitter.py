@@ -4,11 +4,12 @@ image and to features of any size; :func:`sample_jitter` draws one as FeatUp doe
 
 Derivation / details: docs/training.md#jitter-views
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ class JitterParams:
     ``offset_y``/``offset_x``: crop offset in the padded (and zoomed) map, as a fraction of the *unpadded*
     height/width; ``flip``: horizontal mirror after the crop.
     """
+
     pad: float = 0.0
     zoom: float = 1.0
     offset_y: float = 0.0
@@ -39,8 +41,9 @@ class JitterParams:
             raise ValueError(f'JitterParams offsets must be >= 0, got ({self.offset_y}, {self.offset_x})')
 
     @classmethod
-    def from_pixels(cls, size: Sequence[int], pad: int = 0, zoom: float = 1.0, y: int = 0, x: int = 0,
-                    flip: bool = False) -> 'JitterParams':
+    def from_pixels(
+        cls, size: Sequence[int], pad: int = 0, zoom: float = 1.0, y: int = 0, x: int = 0, flip: bool = False
+    ) -> 'JitterParams':
         """Parameters given in pixels of a map of ``size = (H, W)`` (square maps: pad is exact on both axes)."""
         h, w = int(size[0]), int(size[1])
         return cls(pad=pad / h, zoom=float(zoom), offset_y=y / h, offset_x=x / w, flip=bool(flip))
@@ -81,19 +84,27 @@ def apply_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
     out = reflect_pad(x, p['pad_y'], p['pad_x'])
     if tuple(out.shape[-2:]) != p['zoomed']:
         out = F.interpolate(out, size=p['zoomed'], mode='bilinear', align_corners=False)
-    out = out[:, :, p['y']:p['y'] + h, p['x']:p['x'] + w]
+    out = out[:, :, p['y'] : p['y'] + h, p['x'] : p['x'] + w]
     return out.flip(-1) if params.flip else out
 
 
-def sample_jitter(size: Sequence[int], max_pad: int = 20, max_zoom: float = 2.0, p_zoom: float = 0.5,
-                  use_flips: bool = True, generator: Optional[torch.Generator] = None) -> JitterParams:
+def sample_jitter(
+    size: Sequence[int],
+    max_pad: int = 20,
+    max_zoom: float = 2.0,
+    p_zoom: float = 0.5,
+    use_flips: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> JitterParams:
     """Draw one view's transform for a map of ``size = (H, W)`` pixels, as FeatUp does: flip with p=0.5, zoom
     uniform in ``[1, max_zoom]`` with probability ``p_zoom`` (else 1), reflect padding of ``max_pad`` pixels,
     then a crop offset drawn uniformly among the integer positions. ``generator`` makes it reproducible."""
     h, w = int(size[0]), int(size[1])
     if min(h, w) < 1 or max_pad < 0 or max_zoom < 1:
-        raise ValueError(f'sample_jitter: need size >= 1, max_pad >= 0, max_zoom >= 1; got size {size}, '
-                         f'max_pad {max_pad}, max_zoom {max_zoom}')
+        raise ValueError(
+            f'sample_jitter: need size >= 1, max_pad >= 0, max_zoom >= 1; got size {size}, '
+            f'max_pad {max_pad}, max_zoom {max_zoom}'
+        )
     u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
     flip = use_flips and u[0] > 0.5
     zoom = 1.0 + u[2] * (max_zoom - 1.0) if u[1] < p_zoom else 1.0

@@ -4,6 +4,7 @@ magnitude and blur regularisers.
 
 Derivation / details: docs/training.md#losses
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,8 +14,15 @@ import torch.nn as nn
 
 from ..upsamplers.downsamplers import gaussian_blur
 
-__all__ = ['UncertaintyHead', 'uncertainty_loss', 'random_projection', 'project', 'total_variation',
-           'magnitude_tv_loss', 'blur_loss']
+__all__ = [
+    'UncertaintyHead',
+    'uncertainty_loss',
+    'random_projection',
+    'project',
+    'total_variation',
+    'magnitude_tv_loss',
+    'blur_loss',
+]
 
 
 class UncertaintyHead(nn.Module):
@@ -36,14 +44,19 @@ def uncertainty_loss(pred: torch.Tensor, target: torch.Tensor, scale: Optional[t
     mse = (pred - target).square()
     if scale is None:
         return mse.mean()
-    if scale.dim() != 4 or scale.shape[1] != 1 or scale.shape[0] != pred.shape[0] or \
-            scale.shape[-2:] != pred.shape[-2:]:
+    if (
+        scale.dim() != 4
+        or scale.shape[1] != 1
+        or scale.shape[0] != pred.shape[0]
+        or scale.shape[-2:] != pred.shape[-2:]
+    ):
         raise ValueError(f'scale must be [B, 1, h, w] matching pred {tuple(pred.shape)}, got {tuple(scale.shape)}')
     return (mse / (2 * scale.square()) + scale.log()).mean()
 
 
-def random_projection(in_dim: int, out_dim: int = 30, generator: Optional[torch.Generator] = None,
-                      device=None, dtype=torch.float32) -> torch.Tensor:
+def random_projection(
+    in_dim: int, out_dim: int = 30, generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """``[in_dim, out_dim]`` Gaussian directions, each column of unit norm. ``out_dim >= in_dim``: identity."""
     if in_dim < 1 or out_dim < 1:
         raise ValueError(f'random_projection dims must be >= 1, got {in_dim} -> {out_dim}')

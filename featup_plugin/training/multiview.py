@@ -5,6 +5,7 @@
 
 Derivation / details: docs/training.md#multi-view-loss
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -18,11 +19,19 @@ from .losses import magnitude_tv_loss, project, random_projection, uncertainty_l
 __all__ = ['multiview_loss']
 
 
-def multiview_loss(img: torch.Tensor, extract_lr: Callable[[torch.Tensor], torch.Tensor],
-                   upsample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], downsampler: nn.Module,
-                   scale_net: Optional[nn.Module], generator: torch.Generator, n_views: int = 5, max_pad: int = 20,
-                   max_zoom: float = 2.0, proj_dim: Optional[int] = 30, tv_weight: float = 0.0
-                   ) -> Dict[str, torch.Tensor]:
+def multiview_loss(
+    img: torch.Tensor,
+    extract_lr: Callable[[torch.Tensor], torch.Tensor],
+    upsample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    downsampler: nn.Module,
+    scale_net: Optional[nn.Module],
+    generator: torch.Generator,
+    n_views: int = 5,
+    max_pad: int = 20,
+    max_zoom: float = 2.0,
+    proj_dim: Optional[int] = 30,
+    tv_weight: float = 0.0,
+) -> Dict[str, torch.Tensor]:
     """``{'loss_rec': ..., ['loss_tv': ...]}`` for a batch ``img [B, 3, H, W]``.
 
     ``extract_lr(img)``: the frozen backbone's (normed) features; ``upsample(lr, img)``: HR features at the image
@@ -37,14 +46,16 @@ def multiview_loss(img: torch.Tensor, extract_lr: Callable[[torch.Tensor], torch
         lr = extract_lr(img)
     hr = upsample(lr, img)
     if tuple(hr.shape[-2:]) != tuple(img.shape[-2:]):
-        raise ValueError(f'the upsampler must return features at the image size {tuple(img.shape[-2:])}, got '
-                         f'{tuple(hr.shape[-2:])}')
+        raise ValueError(
+            f'the upsampler must return features at the image size {tuple(img.shape[-2:])}, got {tuple(hr.shape[-2:])}'
+        )
     rec = img.new_zeros(())
     tv = img.new_zeros(())
     for _ in range(n_views):
         t = sample_jitter(img.shape[-2:], max_pad, max_zoom, generator=generator)
-        proj = random_projection(hr.shape[1], proj_dim, generator, device=img.device, dtype=hr.dtype) \
-            if proj_dim else None
+        proj = (
+            random_projection(hr.shape[1], proj_dim, generator, device=img.device, dtype=hr.dtype) if proj_dim else None
+        )
         with torch.no_grad():
             jit_lr = extract_lr(apply_jitter(img, t))
         jit_hr = apply_jitter(hr, t)

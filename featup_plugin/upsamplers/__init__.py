@@ -2,12 +2,28 @@
 
 Derivation / details: docs/jbu.md, docs/training.md#downsamplers
 """
+
 from .downsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
 from .guidance import IMAGENET_MEAN, IMAGENET_STD, imagenet_guidance, recover_rgb
 from .jbu import JBULearnedRange, JBUStack, num_x2_stages, plan_stage_sizes, resize_guidance
 from .layers import ChannelNorm
 from .target import check_target, target_size
 
-__all__ = ['JBULearnedRange', 'JBUStack', 'ChannelNorm', 'plan_stage_sizes', 'num_x2_stages', 'resize_guidance',
-           'IMAGENET_MEAN', 'IMAGENET_STD', 'imagenet_guidance', 'recover_rgb', 'check_target', 'target_size',
-           'AttentionDownsampler', 'BlurDownsampler', 'build_downsampler', 'gaussian_blur']
+__all__ = [
+    'JBULearnedRange',
+    'JBUStack',
+    'ChannelNorm',
+    'plan_stage_sizes',
+    'num_x2_stages',
+    'resize_guidance',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
+    'imagenet_guidance',
+    'recover_rgb',
+    'check_target',
+    'target_size',
+    'AttentionDownsampler',
+    'BlurDownsampler',
+    'build_downsampler',
+    'gaussian_blur',
+]

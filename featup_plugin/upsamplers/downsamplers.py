@@ -4,6 +4,7 @@ loss can compare ``downsampler(t(upsampled features))`` with ``backbone(t(image)
 
 Derivation / details: docs/training.md#downsamplers
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -21,8 +22,10 @@ def window_layout(in_size: Sequence[int], out_size: Sequence[int], kernel_size: 
     if min(h, w) < 1:
         raise ValueError(f'downsampler output size must be positive, got {h}x{w}')
     if hh < kernel_size + (h - 1) or ww < kernel_size + (w - 1):
-        raise ValueError(f'cannot place {h}x{w} windows of {kernel_size}x{kernel_size} in a {hh}x{ww} map: the '
-                         f'high-resolution features must be at least {kernel_size + h - 1}x{kernel_size + w - 1}')
+        raise ValueError(
+            f'cannot place {h}x{w} windows of {kernel_size}x{kernel_size} in a {hh}x{ww} map: the '
+            f'high-resolution features must be at least {kernel_size + h - 1}x{kernel_size + w - 1}'
+        )
     sy = (hh - kernel_size) // (h - 1) if h > 1 else 1
     sx = (ww - kernel_size) // (w - 1) if w > 1 else 1
     return max(sy, 1), max(sx, 1)
@@ -32,7 +35,7 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> 
     """Depthwise separable Gaussian blur with reflect padding (sizes kept)."""
     r = kernel_size // 2
     t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - r
-    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
     c = x.shape[1]
     mode = 'reflect' if min(x.shape[-2:]) > r else 'replicate'
@@ -88,8 +91,9 @@ class AttentionDownsampler(nn.Module):
             up to ``b``), as FeatUp's downsampler does.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 16, blur_attn: bool = True, dropout: float = 0.1,
-                 logit_dropout: float = 0.2):
+    def __init__(
+        self, dim: int, kernel_size: int = 16, blur_attn: bool = True, dropout: float = 0.1, logit_dropout: float = 0.2
+    ):
         super().__init__()
         if dim < 1 or kernel_size < 1:
             raise ValueError(f'dim and kernel_size must be >= 1, got {dim}, {kernel_size}')
@@ -106,7 +110,7 @@ class AttentionDownsampler(nn.Module):
             raise ValueError(f'AttentionDownsampler({self.dim}) got {c}-channel features')
         sy, sx = window_layout((hh, ww), (h, w), self.kernel_size)
         inputs = gaussian_blur(hr, 5, 1.0) if self.blur_attn else hr
-        k2 = self.kernel_size ** 2
+        k2 = self.kernel_size**2
         nh, nw = (hh - self.kernel_size) // sy + 1, (ww - self.kernel_size) // sx + 1
         patches = F.unfold(inputs, self.kernel_size, stride=(sy, sx)).reshape(b, c, k2, nh, nw)
         patches = patches[:, :, :, :h, :w].permute(0, 3, 4, 2, 1)  # [B, h, w, k2, C]
@@ -137,8 +141,9 @@ class AttentionDownsampler(nn.Module):
         (h, w), k = out_size, self.kernel_size
         inputs = gaussian_blur(hr, 5, 1.0) if self.blur_attn else hr
         dropout, linear = self.attention_net[0], self.attention_net[1]
-        logit_map = F.conv2d(dropout(inputs), linear.weight.view(1, c, 1, 1).to(inputs.dtype),
-                             linear.bias.to(inputs.dtype))  # [B, 1, H, W]: Linear(Dropout(feature)) per pixel
+        logit_map = F.conv2d(
+            dropout(inputs), linear.weight.view(1, c, 1, 1).to(inputs.dtype), linear.bias.to(inputs.dtype)
+        )  # [B, 1, H, W]: Linear(Dropout(feature)) per pixel
         k2 = k * k
         nh, nw = (hh - k) // stride[0] + 1, (ww - k) // stride[1] + 1
         logits = F.unfold(logit_map, k, stride=stride).reshape(b, k2, nh, nw)[:, :, :h, :w].permute(0, 2, 3, 1)

@@ -3,6 +3,7 @@ upsamplers see), and its recovery from the normalised batches that mmseg and det
 
 Details: docs/jbu.md#guidance-image
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -20,8 +21,9 @@ def _describe(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def recover_rgb(inputs: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str = 'RGB',
-                who: str = 'guidance') -> torch.Tensor:
+def recover_rgb(
+    inputs: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str = 'RGB', who: str = 'guidance'
+) -> torch.Tensor:
     """RGB in [0, 1], ``[B, 3, H, W]``, from a batch normalised as ``(x - mean) / std`` on the 0-255 scale with
     its channels in ``channel_order`` (``'L'``: one channel, repeated)."""
     order = str(channel_order).upper()
@@ -40,9 +42,13 @@ def recover_rgb(inputs: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return rgb
 
 
-def imagenet_guidance(inputs: torch.Tensor, mean: Optional[Sequence[float]] = None,
-                      std: Optional[Sequence[float]] = None, channel_order: str = 'RGB',
-                      who: str = 'guidance') -> torch.Tensor:
+def imagenet_guidance(
+    inputs: torch.Tensor,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    channel_order: str = 'RGB',
+    who: str = 'guidance',
+) -> torch.Tensor:
     """ImageNet-normalised RGB ``[B, 3, H, W]`` from a batch normalised as in :func:`recover_rgb`; with
     ``mean=None`` the batch is taken to be ImageNet-normalised RGB already (checked for shape only)."""
     if mean is None:

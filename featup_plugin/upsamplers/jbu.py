@@ -4,6 +4,7 @@ forward pass, so FeatUp state dicts load; beyond FeatUp, the stack reaches any o
 
 Derivation / details: docs/jbu.md#one-stage-jbulearnedrange
 """
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,11 @@ def plan_stage_sizes(in_size: Sequence[int], out_size: Sequence[int], max_stages
     factor = max(oh / h, ow / w)
     n = num_x2_stages(factor)
     if max_stages is not None and n > max_stages:
-        raise ValueError(f'upsampling {h}x{w} -> {oh}x{ow} (x{factor:g}) needs {n} x2 stages but the stack has '
-                         f'{max_stages}; build it with num_stages={n} or more')
-    sizes = [(min(h * 2 ** i, oh), min(w * 2 ** i, ow)) for i in range(1, n)]
+        raise ValueError(
+            f'upsampling {h}x{w} -> {oh}x{ow} (x{factor:g}) needs {n} x2 stages but the stack has '
+            f'{max_stages}; build it with num_stages={n} or more'
+        )
+    sizes = [(min(h * 2**i, oh), min(w * 2**i, ow)) for i in range(1, n)]
     return sizes + [(oh, ow)]
 
 
@@ -72,8 +75,15 @@ class JBULearnedRange(nn.Module):
     guidance's size. ``feat_dim`` is kept for signature compatibility; the stage works for any channel count.
     ``scale`` is unused (the output size is the guidance's), as in FeatUp."""
 
-    def __init__(self, guidance_dim: int = 3, feat_dim: Optional[int] = None, key_dim: int = 32, scale: int = 2,
-                 radius: int = 3, dropout: float = 0.1):
+    def __init__(
+        self,
+        guidance_dim: int = 3,
+        feat_dim: Optional[int] = None,
+        key_dim: int = 32,
+        scale: int = 2,
+        radius: int = 3,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if radius < 0:
             raise ValueError(f'radius must be >= 0, got {radius}')
@@ -83,13 +93,15 @@ class JBULearnedRange(nn.Module):
         self.guidance_dim = guidance_dim
         self.key_dim = key_dim
         self.feat_dim = feat_dim
-        taps = self.diameter ** 2
+        taps = self.diameter**2
 
         self.range_temp = nn.Parameter(torch.tensor(0.0))
         self.range_proj = nn.Sequential(
-            nn.Conv2d(guidance_dim, key_dim, 1, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(key_dim, key_dim, 1, 1))
+            nn.Conv2d(guidance_dim, key_dim, 1, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(key_dim, key_dim, 1, 1)
+        )
         self.fixup_proj = nn.Sequential(
-            nn.Conv2d(guidance_dim + taps, taps, 1, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(taps, taps, 1, 1))
+            nn.Conv2d(guidance_dim + taps, taps, 1, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(taps, taps, 1, 1)
+        )
         self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
 
     def get_range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
@@ -103,7 +115,7 @@ class JBULearnedRange(nn.Module):
         """``[1, k*k, 1, 1]`` Gaussian over the window (in the dtype of ``sigma_spatial``)."""
         grid = torch.linspace(-1, 1, self.diameter, device=device, dtype=self.sigma_spatial.dtype)
         d2 = grid[:, None] ** 2 + grid[None, :] ** 2
-        return torch.exp(-d2 / (2 * self.sigma_spatial ** 2)).reshape(1, self.diameter ** 2, 1, 1)
+        return torch.exp(-d2 / (2 * self.sigma_spatial**2)).reshape(1, self.diameter**2, 1, 1)
 
     def get_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """The combined, fixed-up kernel ``[B, k*k, H, W]`` for a guidance image ``[B, guidance_dim, H, W]``."""
@@ -115,8 +127,10 @@ class JBULearnedRange(nn.Module):
         """``premix`` (internal, used by :class:`JBUStack`): a per-pixel linear map applied to ``source`` after
         the kernel is computed; it commutes with the resize, padding and filtering below."""
         if source.dim() != 4 or guidance.dim() != 4:
-            raise ValueError(f'JBULearnedRange expects 4-D source and guidance, got {tuple(source.shape)} and '
-                             f'{tuple(guidance.shape)}')
+            raise ValueError(
+                f'JBULearnedRange expects 4-D source and guidance, got {tuple(source.shape)} and '
+                f'{tuple(guidance.shape)}'
+            )
         if guidance.shape[1] != self.guidance_dim:
             raise ValueError(f'guidance must have {self.guidance_dim} channels, got {guidance.shape[1]}')
         if source.shape[0] != guidance.shape[0]:
@@ -150,8 +164,17 @@ class JBUStack(nn.Module):
     (why: docs/jbu.md#the-fused-final-fixup-fuse_fixup).
     """
 
-    def __init__(self, feat_dim: int, num_stages: int = 4, radius: int = 3, key_dim: int = 32,
-                 guidance_dim: int = 3, dropout: float = 0.1, final_dropout: float = 0.2, fuse_fixup: bool = True):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_stages: int = 4,
+        radius: int = 3,
+        key_dim: int = 32,
+        guidance_dim: int = 3,
+        dropout: float = 0.1,
+        final_dropout: float = 0.2,
+        fuse_fixup: bool = True,
+    ):
         super().__init__()
         self.fuse_fixup = fuse_fixup
         if num_stages < 1:
@@ -160,17 +183,22 @@ class JBUStack(nn.Module):
         self.num_stages = num_stages
         self.guidance_dim = guidance_dim
         for i in range(num_stages):
-            self.add_module(f'up{i + 1}', JBULearnedRange(guidance_dim, feat_dim, key_dim, radius=radius,
-                                                          dropout=dropout))
+            self.add_module(
+                f'up{i + 1}', JBULearnedRange(guidance_dim, feat_dim, key_dim, radius=radius, dropout=dropout)
+            )
         self.fixup_proj = nn.Sequential(nn.Dropout2d(final_dropout), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
 
     @property
     def stages(self) -> List[JBULearnedRange]:
         return [getattr(self, f'up{i + 1}') for i in range(self.num_stages)]
 
-    def output_size_for(self, in_size: Sequence[int], guidance_size: Sequence[int],
-                        output_size: Union[None, int, str, Sequence[int]] = None,
-                        scale_factor: Union[None, float, Sequence[float]] = None) -> Size:
+    def output_size_for(
+        self,
+        in_size: Sequence[int],
+        guidance_size: Sequence[int],
+        output_size: Union[None, int, str, Sequence[int]] = None,
+        scale_factor: Union[None, float, Sequence[float]] = None,
+    ) -> Size:
         h, w = int(in_size[0]), int(in_size[1])
         if output_size is not None:
             if scale_factor is not None:
@@ -189,14 +217,19 @@ class JBUStack(nn.Module):
             if sy <= 0 or sx <= 0:
                 raise ValueError(f'scale_factor must be positive, got {scale_factor!r}')
             return max(1, round(h * sy)), max(1, round(w * sx))
-        return h * 2 ** self.num_stages, w * 2 ** self.num_stages
+        return h * 2**self.num_stages, w * 2**self.num_stages
 
-    def forward(self, source: torch.Tensor, guidance: torch.Tensor,
-                output_size: Union[None, int, str, Sequence[int]] = None,
-                scale_factor: Union[None, float, Sequence[float]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        source: torch.Tensor,
+        guidance: torch.Tensor,
+        output_size: Union[None, int, str, Sequence[int]] = None,
+        scale_factor: Union[None, float, Sequence[float]] = None,
+    ) -> torch.Tensor:
         if source.dim() != 4 or source.shape[1] != self.feat_dim:
-            raise ValueError(f'JBUStack({self.feat_dim}) expects source [B, {self.feat_dim}, h, w], got '
-                             f'{tuple(source.shape)}')
+            raise ValueError(
+                f'JBUStack({self.feat_dim}) expects source [B, {self.feat_dim}, h, w], got {tuple(source.shape)}'
+            )
         if guidance.dim() != 4 or guidance.shape[1] != self.guidance_dim:
             raise ValueError(f'JBUStack expects guidance [B, {self.guidance_dim}, H, W], got {tuple(guidance.shape)}')
         if source.shape[0] != guidance.shape[0]:

@@ -1,4 +1,5 @@
 """Small layers shared by the upsamplers. Details: docs/jbu.md#channelnorm"""
+
 from __future__ import annotations
 
 import torch
@@ -17,6 +18,8 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.norm.normalized_shape[0]:
-            raise ValueError(f'ChannelNorm({self.norm.normalized_shape[0]}) expects [B, '
-                             f'{self.norm.normalized_shape[0]}, H, W], got {tuple(x.shape)}')
+            raise ValueError(
+                f'ChannelNorm({self.norm.normalized_shape[0]}) expects [B, '
+                f'{self.norm.normalized_shape[0]}, H, W], got {tuple(x.shape)}'
+            )
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

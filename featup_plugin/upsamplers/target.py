@@ -2,6 +2,7 @@
 
 Details: docs/jbu.md#target-sizes-of-the-necks
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -10,9 +11,11 @@ from typing import Optional, Sequence, Tuple
 def check_target(out_size: Optional[str], scale_factor: Optional[float], output_stride: Optional[int]) -> None:
     given = sum(x is not None for x in (out_size, scale_factor, output_stride))
     if given != 1:
-        raise ValueError('give exactly one of out_size, scale_factor, output_stride '
-                         f'(got out_size={out_size!r}, scale_factor={scale_factor!r}, '
-                         f'output_stride={output_stride!r}); set out_size=None to use the others')
+        raise ValueError(
+            'give exactly one of out_size, scale_factor, output_stride '
+            f'(got out_size={out_size!r}, scale_factor={scale_factor!r}, '
+            f'output_stride={output_stride!r}); set out_size=None to use the others'
+        )
     if out_size is not None and out_size != 'image':
         raise ValueError(f"out_size must be 'image' or None, got {out_size!r}")
     if scale_factor is not None and not scale_factor > 0:
@@ -21,8 +24,13 @@ def check_target(out_size: Optional[str], scale_factor: Optional[float], output_
         raise ValueError(f'output_stride must be a positive int, got {output_stride!r}')
 
 
-def target_size(feat_hw: Sequence[int], image_hw: Sequence[int], out_size: Optional[str],
-                scale_factor: Optional[float], output_stride: Optional[int]) -> Tuple[int, int]:
+def target_size(
+    feat_hw: Sequence[int],
+    image_hw: Sequence[int],
+    out_size: Optional[str],
+    scale_factor: Optional[float],
+    output_stride: Optional[int],
+) -> Tuple[int, int]:
     """(H, W) of an upsampled level: the image size, ``round(feat * scale_factor)`` or ``ceil(image / stride)``
     (ceil matches how strided backbones size their maps on inputs not divisible by the stride)."""
     if out_size == 'image':

@@ -1,4 +1,5 @@
-"""Converting FeatUp's official JBU checkpoints (upsamplers/convert.py, tools/model_converters/convert_featup_checkpoint.py).
+"""Converting FeatUp's official JBU checkpoints (featup_plugin/checkpoint/featup.py,
+tools/model_converters/convert_featup_checkpoint.py).
 
 No official checkpoint is downloaded: each test synthesises a Lightning checkpoint with the official layout, written
 here from FeatUp's source (``featup/upsamplers.py``: ``JBUStack(feat_dim)`` = ``up1``..``up4`` =
@@ -8,6 +9,7 @@ here from FeatUp's source (``featup/upsamplers.py``: ``JBUStack(feat_dim)`` = ``
 ``JBUStack(feat_dim)`` compute FeatUp's forward, which ``official_forward`` below re-derives from the formulas,
 reading the *official* tensors directly (so it does not depend on the key mapping under test).
 """
+
 import argparse
 import importlib.util
 import math
@@ -21,12 +23,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featup_plugin.upsamplers import JBUStack
 from featup_plugin.checkpoint import featup as cv
-from featup_plugin.checkpoint.featup import (FeatUpCheckpointError, UntrustedCheckpointError,
-                                              convert_featup_state_dict, load_featup_checkpoint)
-
+from featup_plugin.checkpoint.featup import (
+    FeatUpCheckpointError,
+    UntrustedCheckpointError,
+    convert_featup_state_dict,
+    load_featup_checkpoint,
+)
+from featup_plugin.upsamplers import JBUStack
 from tests import ROOT  # noqa: E402
+
 CLI = os.path.join(ROOT, 'tools', 'model_converters', 'convert_featup_checkpoint.py')
 C = 8  # a small feat_dim
 
@@ -36,18 +42,20 @@ def official_upsampler_shapes(feat_dim, stages=4):
     a module's own parameters, then its children's)."""
     shapes = OrderedDict()
     for i in range(1, stages + 1):
-        shapes.update([
-            (f'up{i}.range_temp', ()),                        # nn.Parameter(tensor(0.0))
-            (f'up{i}.sigma_spatial', ()),                     # nn.Parameter(tensor(1.0)); own parameters first
-            (f'up{i}.range_proj.0.weight', (32, 3, 1, 1)),    # Conv2d(guidance_dim=3, key_dim=32, 1, 1)
-            (f'up{i}.range_proj.0.bias', (32,)),
-            (f'up{i}.range_proj.3.weight', (32, 32, 1, 1)),   # [1] GELU, [2] Dropout2d(.1), [3] Conv2d(32, 32)
-            (f'up{i}.range_proj.3.bias', (32,)),
-            (f'up{i}.fixup_proj.0.weight', (49, 52, 1, 1)),   # Conv2d(3 + 7**2, 7**2, 1, 1)
-            (f'up{i}.fixup_proj.0.bias', (49,)),
-            (f'up{i}.fixup_proj.3.weight', (49, 49, 1, 1)),   # [1] GELU, [2] Dropout2d(.1), [3] Conv2d(49, 49)
-            (f'up{i}.fixup_proj.3.bias', (49,)),
-        ])
+        shapes.update(
+            [
+                (f'up{i}.range_temp', ()),  # nn.Parameter(tensor(0.0))
+                (f'up{i}.sigma_spatial', ()),  # nn.Parameter(tensor(1.0)); own parameters first
+                (f'up{i}.range_proj.0.weight', (32, 3, 1, 1)),  # Conv2d(guidance_dim=3, key_dim=32, 1, 1)
+                (f'up{i}.range_proj.0.bias', (32,)),
+                (f'up{i}.range_proj.3.weight', (32, 32, 1, 1)),  # [1] GELU, [2] Dropout2d(.1), [3] Conv2d(32, 32)
+                (f'up{i}.range_proj.3.bias', (32,)),
+                (f'up{i}.fixup_proj.0.weight', (49, 52, 1, 1)),  # Conv2d(3 + 7**2, 7**2, 1, 1)
+                (f'up{i}.fixup_proj.0.bias', (49,)),
+                (f'up{i}.fixup_proj.3.weight', (49, 49, 1, 1)),  # [1] GELU, [2] Dropout2d(.1), [3] Conv2d(49, 49)
+                (f'up{i}.fixup_proj.3.bias', (49,)),
+            ]
+        )
     shapes['fixup_proj.1.weight'] = (feat_dim, feat_dim, 1, 1)  # [0] Dropout2d(0.2), [1] Conv2d(C, C, 1)
     shapes['fixup_proj.1.bias'] = (feat_dim,)
     return shapes
@@ -85,17 +93,29 @@ def official_state_dict(feat_dim=C, dtype=torch.float32, seed=0, stages=4):
 def lightning_checkpoint(state_dict, hyper_parameters=None):
     """What ``trainer.save_checkpoint`` writes around the state dict."""
     return {
-        'epoch': 0, 'global_step': 2000, 'pytorch-lightning_version': '1.9.5',
+        'epoch': 0,
+        'global_step': 2000,
+        'pytorch-lightning_version': '1.9.5',
         'state_dict': state_dict,
         'loops': {'fit_loop': {'state_dict': {}, 'epoch_progress': {'total': {'ready': 1, 'completed': 0}}}},
-        'callbacks': {"ModelCheckpoint{'monitor': None, 'mode': 'min'}": {
-            'best_model_score': None, 'best_model_path': '', 'dirpath': '../../checkpoints/jbu/x'}},
-        'optimizer_states': [{'state': {0: {'step': torch.tensor(2000.0), 'exp_avg': torch.zeros(16, 16)}},
-                              'param_groups': [{'lr': 1e-3, 'betas': (0.9, 0.999), 'params': [0, 1, 2]}]}],
+        'callbacks': {
+            "ModelCheckpoint{'monitor': None, 'mode': 'min'}": {
+                'best_model_score': None,
+                'best_model_path': '',
+                'dirpath': '../../checkpoints/jbu/x',
+            }
+        },
+        'optimizer_states': [
+            {
+                'state': {0: {'step': torch.tensor(2000.0), 'exp_avg': torch.zeros(16, 16)}},
+                'param_groups': [{'lr': 1e-3, 'betas': (0.9, 0.999), 'params': [0, 1, 2]}],
+            }
+        ],
         'lr_schedulers': [],
         'hparams_name': 'kwargs',
-        'hyper_parameters': hyper_parameters if hyper_parameters is not None else {
-            'model_type': 'vit', 'upsampler': 'jbu_stack', 'downsampler': 'attention', 'lr': 1e-3},
+        'hyper_parameters': hyper_parameters
+        if hyper_parameters is not None
+        else {'model_type': 'vit', 'upsampler': 'jbu_stack', 'downsampler': 'attention', 'lr': 1e-3},
     }
 
 
@@ -108,9 +128,9 @@ def official_stage(t, p, source, guidance, radius=3):
     def conv(x, name):
         return F.conv2d(x, t[p + name + '.weight'], t[p + name + '.bias'])
 
-    q = conv(F.gelu(conv(guidance, 'range_proj.0')), 'range_proj.3')              # keys [B, 32, H, W]
+    q = conv(F.gelu(conv(guidance, 'range_proj.0')), 'range_proj.3')  # keys [B, 32, H, W]
     qn = F.unfold(F.pad(q, [radius] * 4, mode='reflect'), d).view(b, q.shape[1], d * d, gh, gw)
-    logits = (qn * q.unsqueeze(2)).sum(1)                                          # <q(p), q(p + t)>
+    logits = (qn * q.unsqueeze(2)).sum(1)  # <q(p), q(p + t)>
     rng = torch.softmax(t[p + 'range_temp'].exp().clamp(1e-4, 1e4) * logits, dim=1)
     lin = torch.linspace(-1, 1, d, dtype=guidance.dtype)
     dist2 = (lin[:, None] ** 2 + lin[None, :] ** 2).reshape(1, d * d, 1, 1)
@@ -119,7 +139,7 @@ def official_stage(t, p, source, guidance, radius=3):
     kern = kern + 0.1 * conv(F.gelu(conv(torch.cat([kern, guidance], 1), 'fixup_proj.0')), 'fixup_proj.3')
     hr = F.interpolate(source, (gh, gw), mode='bicubic', align_corners=False)
     cols = F.unfold(F.pad(hr, [radius] * 4, mode='reflect'), d).view(b, source.shape[1], d * d, gh, gw)
-    return (cols * kern.unsqueeze(1)).sum(2)                                       # AdaptiveConv (correlation)
+    return (cols * kern.unsqueeze(1)).sum(2)  # AdaptiveConv (correlation)
 
 
 def official_forward(t, source, guidance):
@@ -140,8 +160,9 @@ def _load_cli():
 
 def _run_cli(args, timeout=120):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, CLI] + args, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, CLI] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -151,9 +172,11 @@ def untrusted_ckpt(tmp_path, monkeypatch):
     moddir = tmp_path / 'mods'
     moddir.mkdir()
     (moddir / '_fake_lightning_parsing.py').write_text(
-        'class AttributeDict(dict):\n    def __getattr__(self, k):\n        return self[k]\n')
+        'class AttributeDict(dict):\n    def __getattr__(self, k):\n        return self[k]\n'
+    )
     monkeypatch.syspath_prepend(str(moddir))
     import _fake_lightning_parsing as fake
+
     hp = fake.AttributeDict(model_type='vit', lr=1e-3, args=argparse.Namespace(epochs=1))
     path = tmp_path / 'vit_jbu_stack_cocostuff.ckpt'
     torch.save(lightning_checkpoint(official_state_dict(), hyper_parameters=hp), path)
@@ -172,8 +195,14 @@ def test_official_layout_is_our_jbustack_layout(feat_dim):
 
 
 def test_official_feat_dims_documented():
-    assert cv.OFFICIAL_FEAT_DIMS == {'vit': 384, 'dino16': 384, 'dinov2': 384, 'clip': 512, 'maskclip': 512,
-                                     'resnet50': 2048}
+    assert cv.OFFICIAL_FEAT_DIMS == {
+        'vit': 384,
+        'dino16': 384,
+        'dinov2': 384,
+        'clip': 512,
+        'maskclip': 512,
+        'resnet50': 2048,
+    }
     for name, dim in cv.OFFICIAL_FEAT_DIMS.items():
         assert f'``{name}``' in cv.__doc__ and name in cv.guess_backbone(dim)
 
@@ -197,8 +226,10 @@ def test_converted_stack_equals_official_forward(dtype, tol):
     stack.load_state_dict(sd, strict=True)
     stack.eval()
     g = torch.Generator().manual_seed(1)
-    cases = [((2, 6, 6), (96, 96)),      # x16, image at the output size
-             ((1, 6, 8), (100, 130))]    # non-square, image larger than x16: every stage's guidance is pooled
+    cases = [
+        ((2, 6, 6), (96, 96)),  # x16, image at the output size
+        ((1, 6, 8), (100, 130)),
+    ]  # non-square, image larger than x16: every stage's guidance is pooled
     with torch.no_grad():
         for (b, h, w), img_hw in cases:
             src = torch.randn(b, C, h, w, generator=g, dtype=dtype)
@@ -226,7 +257,7 @@ def test_prefix_src_prefix_and_stage_count():
     sd, _ = convert_featup_state_dict(raw, prefix='upsamplers.0.')
     assert all(k.startswith('upsamplers.0.up') or k.startswith('upsamplers.0.fixup_proj.') for k in sd)
     # a bare FeatUp JBUStack.state_dict() (no 'upsampler.'): src_prefix=''
-    bare = {k[len('upsampler.'):]: v for k, v in raw.items() if k.startswith('upsampler.')}
+    bare = {k[len('upsampler.') :]: v for k, v in raw.items() if k.startswith('upsampler.')}
     with pytest.raises(FeatUpCheckpointError, match=r"no 'upsampler\.' keys.*src_prefix=''"):
         convert_featup_state_dict(bare)
     sd2, info = convert_featup_state_dict(dict(bare, **{'scale_net.net.bias': torch.zeros(1)}), src_prefix='')
@@ -250,27 +281,53 @@ def _edit(**changes):
     return sd
 
 
-@pytest.mark.parametrize('sd, kwargs, match', [
-    ({'model.0.w': torch.zeros(1), 'downsampler.w': torch.zeros(2, 2)}, {},
-     r"no 'upsampler\.' keys.*found downsampler\.\* \(1\), model\.\* \(1\)"),
-    (_edit(**{'upsampler__up1__extra__weight': torch.zeros(3)}), {}, r'unknown upsampler\.up1\.extra\.weight'),
-    (_edit(upsampler__up2__sigma_spatial=None), {}, r'missing upsampler\.up2\.sigma_spatial'),
-    (_edit(crf__alpha=torch.zeros(1), tv__w=torch.zeros(1)), {}, r'unknown keys outside.*crf\.alpha, tv\.w'),
-    ({k: v for k, v in official_state_dict(C).items() if not k.startswith('upsampler.up4.')}, {},
-     r'expected 4 stages \(up1, up2, up3, up4.*found up1, up2, up3$'),
-    (dict(official_state_dict(C), **{k.replace('up4', 'up5'): v for k, v in official_state_dict(C).items()
-                                     if k.startswith('upsampler.up4.')}), {}, r'found up1, up2, up3, up4, up5'),
-    (_edit(upsampler__up1__range_proj__0__weight=torch.zeros(16, 3, 1, 1)), {},
-     r'unexpected shapes.*upsampler\.up1\.range_proj\.0\.weight: \[16, 3, 1, 1\] \(expected \[32, 3, 1, 1\]\)'),
-    (_edit(upsampler__fixup_proj__1__bias=torch.zeros(C - 1)), {}, r'fixup_proj\.1\.bias: \[7\] \(expected \[8\]\)'),
-    (_edit(upsampler__fixup_proj__1__weight=torch.zeros(C, 4, 1, 1)), {}, r'expected \[C, C, 1, 1\]'),
-    (_edit(upsampler__fixup_proj__1__weight=None), {}, r'feat_dim cannot be read'),
-    (_edit(upsampler__up3__range_temp=torch.tensor(float('nan'))), {}, r'non-finite.*up3\.range_temp'),
-    (_edit(upsampler__up3__range_temp=torch.tensor(1)), {}, r'non-floating-point.*up3\.range_temp'),
-    ({'state_dict': {'upsampler.up1.range_temp': 'x'}}, {}, r'non-tensor entries'),
-    ({'epoch': 3, 'hyper_parameters': {}}, {}, r"no 'state_dict' entry"),
-    ([1, 2], {}, r'expected a checkpoint dict, got list'),
-])
+@pytest.mark.parametrize(
+    'sd, kwargs, match',
+    [
+        (
+            {'model.0.w': torch.zeros(1), 'downsampler.w': torch.zeros(2, 2)},
+            {},
+            r"no 'upsampler\.' keys.*found downsampler\.\* \(1\), model\.\* \(1\)",
+        ),
+        (_edit(**{'upsampler__up1__extra__weight': torch.zeros(3)}), {}, r'unknown upsampler\.up1\.extra\.weight'),
+        (_edit(upsampler__up2__sigma_spatial=None), {}, r'missing upsampler\.up2\.sigma_spatial'),
+        (_edit(crf__alpha=torch.zeros(1), tv__w=torch.zeros(1)), {}, r'unknown keys outside.*crf\.alpha, tv\.w'),
+        (
+            {k: v for k, v in official_state_dict(C).items() if not k.startswith('upsampler.up4.')},
+            {},
+            r'expected 4 stages \(up1, up2, up3, up4.*found up1, up2, up3$',
+        ),
+        (
+            dict(
+                official_state_dict(C),
+                **{
+                    k.replace('up4', 'up5'): v
+                    for k, v in official_state_dict(C).items()
+                    if k.startswith('upsampler.up4.')
+                },
+            ),
+            {},
+            r'found up1, up2, up3, up4, up5',
+        ),
+        (
+            _edit(upsampler__up1__range_proj__0__weight=torch.zeros(16, 3, 1, 1)),
+            {},
+            r'unexpected shapes.*upsampler\.up1\.range_proj\.0\.weight: \[16, 3, 1, 1\] \(expected \[32, 3, 1, 1\]\)',
+        ),
+        (
+            _edit(upsampler__fixup_proj__1__bias=torch.zeros(C - 1)),
+            {},
+            r'fixup_proj\.1\.bias: \[7\] \(expected \[8\]\)',
+        ),
+        (_edit(upsampler__fixup_proj__1__weight=torch.zeros(C, 4, 1, 1)), {}, r'expected \[C, C, 1, 1\]'),
+        (_edit(upsampler__fixup_proj__1__weight=None), {}, r'feat_dim cannot be read'),
+        (_edit(upsampler__up3__range_temp=torch.tensor(float('nan'))), {}, r'non-finite.*up3\.range_temp'),
+        (_edit(upsampler__up3__range_temp=torch.tensor(1)), {}, r'non-floating-point.*up3\.range_temp'),
+        ({'state_dict': {'upsampler.up1.range_temp': 'x'}}, {}, r'non-tensor entries'),
+        ({'epoch': 3, 'hyper_parameters': {}}, {}, r"no 'state_dict' entry"),
+        ([1, 2], {}, r'expected a checkpoint dict, got list'),
+    ],
+)
 def test_conversion_errors(sd, kwargs, match):
     with pytest.raises(FeatUpCheckpointError, match=match):
         convert_featup_state_dict(sd, **kwargs)
@@ -346,6 +403,7 @@ def test_mmseg_neck_loads_prefixed_output(tmp_path):
     """``--prefix upsamplers.0.`` + ``init_cfg=dict(type='Pretrained', checkpoint=OUT)`` loads into FeatUpJBU."""
     pytest.importorskip('mmseg')
     from featup_plugin.mmseg.necks.featup_jbu import FeatUpJBU
+
     raw = official_state_dict(C)
     sd, _ = convert_featup_state_dict(raw, prefix='upsamplers.0.')
     path = tmp_path / 'neck.pth'

@@ -1,4 +1,5 @@
 """featup_plugin.checkpoint.io: checkpoint loading under torch's safe unpickler."""
+
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ def test_plain_weights_load_with_the_safe_unpickler(tmp_path):
 
 def test_mmengine_style_checkpoint_loads(tmp_path):
     from mmengine.logging.history_buffer import HistoryBuffer
+
     buf = HistoryBuffer()
     buf.update(np.float64(1.5))
     path = str(tmp_path / 'ckpt.pth')

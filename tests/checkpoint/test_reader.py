@@ -1,4 +1,5 @@
 """The one checkpoint reader (featup_plugin.checkpoint.io) and the shared stack loader (layout.load_stacks)."""
+
 import importlib.util
 import os
 import zipfile
@@ -6,9 +7,17 @@ import zipfile
 import pytest
 import torch
 
-from featup_plugin.checkpoint import (CheckpointError, NotACheckpointError, UntrustedCheckpointError,
-                                      UpsamplerMismatchError, UpsamplerWeightsError, load_mmengine_checkpoint,
-                                      load_stacks, read_checkpoint, read_state_dict)
+from featup_plugin.checkpoint import (
+    CheckpointError,
+    NotACheckpointError,
+    UntrustedCheckpointError,
+    UpsamplerMismatchError,
+    UpsamplerWeightsError,
+    load_mmengine_checkpoint,
+    load_stacks,
+    read_checkpoint,
+    read_state_dict,
+)
 from featup_plugin.checkpoint.featup import FeatUpCheckpointError
 from featup_plugin.upsamplers import ChannelNorm, JBUStack
 from tests import ROOT
@@ -36,7 +45,7 @@ def _bad_files(tmp_path):
     torch.save(_stack().state_dict(), good)
     data = good.read_bytes()
     files = {
-        'truncated zip': ('truncated.pth', data[:len(data) // 2], 'truncated'),
+        'truncated zip': ('truncated.pth', data[: len(data) // 2], 'truncated'),
         'random bytes': ('random.pth', bytes(range(7, 250)) * 8, 'not a zip archive nor a legacy torch.save file'),
         'text': ('notes.pth', b'these are my notes, not weights\n', 'text file'),
         'json': ('config.pth', b'{"model": {"type": "FeatUpJBU"}}', 'JSON'),
@@ -91,6 +100,7 @@ def test_formats_that_load(tmp_path):
     zipped = tmp_path / 'zip.pth'
     torch.save(dict(state_dict=sd, meta=dict(epoch=1)), zipped)
     from safetensors.torch import save_file
+
     st = tmp_path / 'w.safetensors'
     save_file(dict(sd), str(st))
     st_named_pth = tmp_path / 'st_but_named.pth'  # safetensors content whatever the suffix
@@ -125,6 +135,7 @@ def test_untrusted_objects_are_named_and_trust_reads_them(tmp_path):
 def test_the_neck_names_a_file_that_is_not_a_checkpoint(tmp_path):
     pytest.importorskip('mmseg')
     from featup_plugin.mmseg.necks.featup_jbu import FeatUpJBU
+
     for path, words in _bad_files(tmp_path).values():
         neck = FeatUpJBU(8, scale_factor=4, out_size=None, init_cfg=dict(type='Pretrained', checkpoint=path))
         with pytest.raises(NotACheckpointError) as err:
@@ -139,6 +150,7 @@ def test_timm_vit_names_a_file_that_is_not_a_checkpoint(tmp_path):
     pytest.importorskip('mmseg')
     pytest.importorskip('timm')
     from featup_plugin.mmseg.backbones import TimmViT
+
     for path, words in _bad_files(tmp_path).values():
         with pytest.raises(NotACheckpointError) as err:
             TimmViT('vit_small_patch16_224', model_kwargs=dict(depth=1), pretrained=path)
@@ -149,6 +161,7 @@ def test_detectron2_featup_backbone_names_a_file_that_is_not_a_checkpoint(tmp_pa
     pytest.importorskip('detectron2')
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import Backbone
+
     from featup_plugin.detectron2 import FeatUpBackbone
 
     class Tiny(Backbone):
@@ -175,7 +188,8 @@ def test_detectron2_featup_backbone_names_a_file_that_is_not_a_checkpoint(tmp_pa
 
 def test_converter_cli_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
-        '_convert_cli_reader_test', os.path.join(ROOT, 'tools', 'model_converters', 'convert_featup_checkpoint.py'))
+        '_convert_cli_reader_test', os.path.join(ROOT, 'tools', 'model_converters', 'convert_featup_checkpoint.py')
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     for path, words in _bad_files(tmp_path).values():
@@ -203,19 +217,32 @@ def test_load_stacks_layouts(tmp_path):
         assert load_stacks({'0': dst}, source) == {'0': ''}
         assert _equal(dst, sd)
     # the upsampler training's layout: upsampler.* beside backbone.*, norm.*, scale_net.*
-    trainer = dict(state_dict={**{f'upsampler.{k}': v for k, v in sd.items()}, 'backbone.model.w': torch.ones(1),
-                               'norm.norm.weight': torch.ones(8), 'scale_net.net.bias': torch.zeros(1)})
+    trainer = dict(
+        state_dict={
+            **{f'upsampler.{k}': v for k, v in sd.items()},
+            'backbone.model.w': torch.ones(1),
+            'norm.norm.weight': torch.ones(8),
+            'scale_net.net.bias': torch.zeros(1),
+        }
+    )
     dst = JBUStack(8, num_stages=2)
     assert load_stacks({'0': dst}, trainer) == {'0': 'upsampler'}
     assert _equal(dst, sd)
     # the neck's layout (a segmentor checkpoint): stacks and the channel norms beside them
     other = _stack(4, 2, seed=2)
     norm_w = torch.rand(8) + 0.5
-    seg = {'model': {**{f'neck.upsamplers.0.{k}': v for k, v in other.state_dict().items()},
-                     **{f'neck.upsamplers.1.{k}': v for k, v in sd.items()},
-                     'neck.norms.1.norm.weight': norm_w, 'neck.norms.1.norm.bias': torch.zeros(8)}}
-    ups, norms = {'0': JBUStack(4, num_stages=2), '1': JBUStack(8, num_stages=2)}, {'0': ChannelNorm(4),
-                                                                                     '1': ChannelNorm(8)}
+    seg = {
+        'model': {
+            **{f'neck.upsamplers.0.{k}': v for k, v in other.state_dict().items()},
+            **{f'neck.upsamplers.1.{k}': v for k, v in sd.items()},
+            'neck.norms.1.norm.weight': norm_w,
+            'neck.norms.1.norm.bias': torch.zeros(8),
+        }
+    }
+    ups, norms = (
+        {'0': JBUStack(4, num_stages=2), '1': JBUStack(8, num_stages=2)},
+        {'0': ChannelNorm(4), '1': ChannelNorm(8)},
+    )
     assert load_stacks(ups, seg, norms=norms) == {'0': 'neck.upsamplers.0', '1': 'neck.upsamplers.1'}
     assert _equal(ups['0'], other.state_dict()) and _equal(ups['1'], sd)
     assert torch.equal(norms['1'].norm.weight, norm_w) and torch.equal(norms['0'].norm.weight, torch.ones(4))

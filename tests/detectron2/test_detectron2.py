@@ -1,4 +1,5 @@
 """The detectron2 adapter (featup_plugin.detectron2) on real detectron2 code: models, configs, data, training."""
+
 import importlib.util
 import math
 import os
@@ -71,12 +72,15 @@ def test_build_model_output_shapes_strides_and_stage_count():
         assert tuple(out[name].shape) == (2, c, 64 // s, 96 // s), name
 
 
-@pytest.mark.parametrize('opts, name, channels, stride, stages, divisibility', [
-    (['MODEL.FEATUP.MODE', 'replace', 'MODEL.SEM_SEG_HEAD.IN_FEATURES', ['res5']], 'res5', 512, 4, 3, 32),
-    (['MODEL.FEATUP.SCALE_FACTOR', 4.0], 'featup', 512, 8, 2, 32),
-    (['MODEL.FEATUP.OUTPUT_STRIDE', 1], 'featup', 512, 1, 5, 32),
-    (['MODEL.FEATUP.IN_FEATURES', ['res4'], 'MODEL.FEATUP.OUTPUT_STRIDE', 2], 'featup', 256, 2, 3, 16),
-])
+@pytest.mark.parametrize(
+    'opts, name, channels, stride, stages, divisibility',
+    [
+        (['MODEL.FEATUP.MODE', 'replace', 'MODEL.SEM_SEG_HEAD.IN_FEATURES', ['res5']], 'res5', 512, 4, 3, 32),
+        (['MODEL.FEATUP.SCALE_FACTOR', 4.0], 'featup', 512, 8, 2, 32),
+        (['MODEL.FEATUP.OUTPUT_STRIDE', 1], 'featup', 512, 1, 5, 32),
+        (['MODEL.FEATUP.IN_FEATURES', ['res4'], 'MODEL.FEATUP.OUTPUT_STRIDE', 2], 'featup', 256, 2, 3, 16),
+    ],
+)
 def test_upsampling_targets(opts, name, channels, stride, stages, divisibility):
     bb = build_backbone(make_cfg(SEMSEG_YAML, *opts))
     shape = bb.output_shape()[name]
@@ -106,8 +110,17 @@ def test_invalid_targets_raise():
 # -- training and inference of SemanticSegmentor ----------------------------------------------------------------
 @pytest.mark.slow
 def test_semantic_segmentor_train_step_and_inference(synth_names):
-    cfg = make_cfg(SEMSEG_YAML, 'DATASETS.TRAIN', (synth_names[0],), 'DATASETS.TEST', (synth_names[1],),
-                   'INPUT.MIN_SIZE_TRAIN', (64,), 'INPUT.MAX_SIZE_TRAIN', 64)
+    cfg = make_cfg(
+        SEMSEG_YAML,
+        'DATASETS.TRAIN',
+        (synth_names[0],),
+        'DATASETS.TEST',
+        (synth_names[1],),
+        'INPUT.MIN_SIZE_TRAIN',
+        (64,),
+        'INPUT.MAX_SIZE_TRAIN',
+        64,
+    )
     model = build_model(cfg)
     mapper = DatasetMapper(cfg, is_train=True)
     batch = [mapper(d) for d in DatasetCatalog.get(synth_names[0])[:2]]
@@ -142,11 +155,14 @@ def test_freeze_options():
 
 
 # -- the guidance: un-normalising detectron2's input ------------------------------------------------------------
-@pytest.mark.parametrize('fmt, mean, std', [
-    ('BGR', [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]),
-    ('RGB', [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
-    ('BGR', [100.0, 110.0, 120.0], [1.0, 1.0, 1.0]),  # detectron2's caffe2-style defaults (std 1)
-])
+@pytest.mark.parametrize(
+    'fmt, mean, std',
+    [
+        ('BGR', [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]),
+        ('RGB', [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+        ('BGR', [100.0, 110.0, 120.0], [1.0, 1.0, 1.0]),  # detectron2's caffe2-style defaults (std 1)
+    ],
+)
 def test_guidance_is_imagenet_normalised_rgb(fmt, mean, std):
     cfg = make_cfg(SEMSEG_YAML, 'INPUT.FORMAT', fmt, 'MODEL.PIXEL_MEAN', mean, 'MODEL.PIXEL_STD', std)
     model = build_model(cfg).eval()
@@ -161,13 +177,15 @@ def test_guidance_is_imagenet_normalised_rgb(fmt, mean, std):
     torch.testing.assert_close(g[:, :60, :52], expected, atol=1e-4, rtol=1e-4)
     # detectron2 pads the normalised batch with 0, i.e. with pixel_mean: the padding is the mean colour
     mean_rgb = torch.tensor(mean if fmt == 'RGB' else mean[::-1]).view(3, 1, 1)
-    torch.testing.assert_close(g[:, 60:, :], ((mean_rgb / 255 - IMNET_MEAN) / IMNET_STD).expand(3, 4, 64),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        g[:, 60:, :], ((mean_rgb / 255 - IMNET_MEAN) / IMNET_STD).expand(3, 4, 64), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_grey_input_format():
-    bb = build_backbone(make_cfg(SEMSEG_YAML, 'INPUT.FORMAT', 'L', 'MODEL.PIXEL_MEAN', [120.0],
-                                 'MODEL.PIXEL_STD', [60.0])).eval()
+    bb = build_backbone(
+        make_cfg(SEMSEG_YAML, 'INPUT.FORMAT', 'L', 'MODEL.PIXEL_MEAN', [120.0], 'MODEL.PIXEL_STD', [60.0])
+    ).eval()
     grey = torch.rand(1, 1, 32, 32) * 255
     rgb = bb.recover_rgb((grey - 120.0) / 60.0)
     torch.testing.assert_close(rgb, (grey / 255).expand(1, 3, 32, 32))
@@ -185,12 +203,18 @@ def _random_stack(feat_dim, num_stages):
 
 def test_load_upsampler_weights_with_prefix(tmp_path):
     stack = _random_stack(512, 4)  # a FeatUp-style x16 stack; x8 (32 -> 4) uses its first 3 stages
-    ckpt = {'state_dict': {**{f'upsampler.{k}': v for k, v in stack.state_dict().items()},
-                           'scale_net.net.weight': torch.zeros(1), 'downsampler.kernel': torch.zeros(3)}}
+    ckpt = {
+        'state_dict': {
+            **{f'upsampler.{k}': v for k, v in stack.state_dict().items()},
+            'scale_net.net.weight': torch.zeros(1),
+            'downsampler.kernel': torch.zeros(3),
+        }
+    }
     path = str(tmp_path / 'jbu.ckpt')
     torch.save(ckpt, path)
-    bb = build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', path,
-                                 'MODEL.FEATUP.WEIGHTS_PREFIX', 'upsampler.'))
+    bb = build_backbone(
+        make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.WEIGHTS', path, 'MODEL.FEATUP.WEIGHTS_PREFIX', 'upsampler.')
+    )
     loaded = bb.upsampler('res5').state_dict()
     assert bb.upsampler('res5').num_stages == 3
     for k, v in loaded.items():
@@ -215,8 +239,10 @@ def test_load_upsampler_weights_with_prefix(tmp_path):
 def test_load_weights_of_several_upsamplers(tmp_path):
     opts = ['MODEL.FEATUP.IN_FEATURES', ['res4', 'res5'], 'MODEL.SEM_SEG_HEAD.IN_FEATURES', ['featup_res5']]
     src = build_backbone(make_cfg(SEMSEG_YAML, *opts))
-    assert {k: v.stride for k, v in src.output_shape().items() if k.startswith('featup')} == \
-        {'featup_res4': 4, 'featup_res5': 4}
+    assert {k: v.stride for k, v in src.output_shape().items() if k.startswith('featup')} == {
+        'featup_res4': 4,
+        'featup_res5': 4,
+    }
     with torch.no_grad():
         for p in src.upsamplers.parameters():
             p.add_(torch.randn_like(p))
@@ -239,11 +265,18 @@ def test_imagenet_style_checkpoint_loads_into_the_wrapped_base(tmp_path):
     """MODEL.WEIGHTS holding a plain ResNet (the .pkl format of detectron2's convert-torchvision-to-d2.py) reaches
     backbone.base through detectron2's name-matching heuristics, as ImageNet weights for R-50 do."""
     import pickle
+
     plain = build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.BACKBONE.NAME', 'build_resnet_backbone'))
     path = str(tmp_path / 'R-18.pkl')
     with open(path, 'wb') as f:
-        pickle.dump({'model': {k: v.numpy() for k, v in plain.state_dict().items()}, '__author__': 'test',
-                     'matching_heuristics': True}, f)
+        pickle.dump(
+            {
+                'model': {k: v.numpy() for k, v in plain.state_dict().items()},
+                '__author__': 'test',
+                'matching_heuristics': True,
+            },
+            f,
+        )
     model = build_model(make_cfg())
     DetectionCheckpointer(model).load(path)
     for k, v in plain.state_dict().items():
@@ -294,8 +327,9 @@ def test_square_size_of_the_base_is_kept():
     inner = build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.BACKBONE.NAME', 'build_resnet_backbone'))
     bb = fd2.FeatUpBackbone(SquarePaddedBackbone(inner), in_features=['res5'], mode='append', output_stride=8)
     assert bb.padding_constraints == {'square_size': 96, 'size_divisibility': 32}
-    il = ImageList.from_tensors([torch.randn(3, 40, 70)], bb.size_divisibility,
-                                padding_constraints=bb.padding_constraints)
+    il = ImageList.from_tensors(
+        [torch.randn(3, 40, 70)], bb.size_divisibility, padding_constraints=bb.padding_constraints
+    )
     assert tuple(il.tensor.shape[-2:]) == (96, 96)
     assert tuple(bb(il.tensor)['featup'].shape) == (1, 512, 12, 12)
 
@@ -303,11 +337,17 @@ def test_square_size_of_the_base_is_kept():
 # -- timm backbones ---------------------------------------------------------------------------------------------
 def test_timm_vit_patch14_local_weights_and_divisibility(tmp_path):
     import timm
+
     src = timm.create_model('vit_small_patch14_dinov2', depth=1, img_size=56)
     path = str(tmp_path / 'vit.pth')
     torch.save(src.state_dict(), path)
-    cfg = make_cfg(os.path.join(CONFIGS, 'semantic_fpn_vit-s16_featup_synth.yaml'),
-                   'MODEL.FEATUP.TIMM_MODEL', 'vit_small_patch14_dinov2', 'MODEL.FEATUP.TIMM_PRETRAINED', path)
+    cfg = make_cfg(
+        os.path.join(CONFIGS, 'semantic_fpn_vit-s16_featup_synth.yaml'),
+        'MODEL.FEATUP.TIMM_MODEL',
+        'vit_small_patch14_dinov2',
+        'MODEL.FEATUP.TIMM_PRETRAINED',
+        path,
+    )
     cfg.MODEL.FEATUP.TIMM_KWARGS.depth = 1
     model = build_model(cfg)
     bb = model.backbone
@@ -317,8 +357,11 @@ def test_timm_vit_patch14_local_weights_and_divisibility(tmp_path):
     vit_params = dict(bb.base.model.named_parameters())
     qkv = [v for k, v in vit_params.items() if k.endswith('blocks.0.attn.qkv.weight')][0]
     assert torch.equal(qkv, src.blocks[0].attn.qkv.weight)
-    il = ImageList.from_tensors([torch.randn(3, 50, 70), torch.randn(3, 61, 45)], bb.size_divisibility,
-                                padding_constraints=bb.padding_constraints)
+    il = ImageList.from_tensors(
+        [torch.randn(3, 50, 70), torch.randn(3, 61, 45)],
+        bb.size_divisibility,
+        padding_constraints=bb.padding_constraints,
+    )
     assert tuple(il.tensor.shape[-2:]) == (84, 84)
     out = bb(il.tensor)
     assert tuple(out['vit'].shape) == (2, 384, 6, 6) and tuple(out['featup'].shape) == (2, 384, 21, 21)
@@ -330,7 +373,11 @@ def test_timm_vit_patch14_local_weights_and_divisibility(tmp_path):
 def test_timm_cnn_backbone_names_and_strides():
     bb = fd2.TimmBackbone('resnet18', out_indices=[1, 2, 3, 4])
     assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
-        'layer1': (64, 4), 'layer2': (128, 8), 'layer3': (256, 16), 'layer4': (512, 32)}
+        'layer1': (64, 4),
+        'layer2': (128, 8),
+        'layer3': (256, 16),
+        'layer4': (512, 32),
+    }
     assert bb.size_divisibility == 32
     with pytest.raises(ValueError, match='not a timm model'):
         fd2.TimmBackbone('no_such_model_xyz')
@@ -338,23 +385,48 @@ def test_timm_cnn_backbone_names_and_strides():
 
 # -- detection: FPN and Mask R-CNN ------------------------------------------------------------------------------
 def test_fpn_over_featup_and_mask_rcnn_step():
-    cfg = make_cfg(os.path.join(CONFIGS, 'mask_rcnn_R50_FPN_featup_1x.yaml'),
-                   'MODEL.RESNETS.DEPTH', 18, 'MODEL.RESNETS.RES2_OUT_CHANNELS', 64, 'MODEL.FPN.OUT_CHANNELS', 32,
-                   'MODEL.ROI_BOX_HEAD.FC_DIM', 64, 'MODEL.ROI_MASK_HEAD.CONV_DIM', 32,
-                   'MODEL.RPN.PRE_NMS_TOPK_TRAIN', 50, 'MODEL.RPN.POST_NMS_TOPK_TRAIN', 20,
-                   'MODEL.RPN.PRE_NMS_TOPK_TEST', 50, 'MODEL.RPN.POST_NMS_TOPK_TEST', 20,
-                   'MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE', 16, 'MODEL.ROI_HEADS.NUM_CLASSES', 3)
+    cfg = make_cfg(
+        os.path.join(CONFIGS, 'mask_rcnn_R50_FPN_featup_1x.yaml'),
+        'MODEL.RESNETS.DEPTH',
+        18,
+        'MODEL.RESNETS.RES2_OUT_CHANNELS',
+        64,
+        'MODEL.FPN.OUT_CHANNELS',
+        32,
+        'MODEL.ROI_BOX_HEAD.FC_DIM',
+        64,
+        'MODEL.ROI_MASK_HEAD.CONV_DIM',
+        32,
+        'MODEL.RPN.PRE_NMS_TOPK_TRAIN',
+        50,
+        'MODEL.RPN.POST_NMS_TOPK_TRAIN',
+        20,
+        'MODEL.RPN.PRE_NMS_TOPK_TEST',
+        50,
+        'MODEL.RPN.POST_NMS_TOPK_TEST',
+        20,
+        'MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE',
+        16,
+        'MODEL.ROI_HEADS.NUM_CLASSES',
+        3,
+    )
     model = build_model(cfg)
     fpn = model.backbone
     assert isinstance(fpn, FPN) and isinstance(fpn.bottom_up, fd2.FeatUpBackbone)
     assert fpn.in_features == ('featup', 'res3', 'res4', 'res5')
     assert {k: v.stride for k, v in fpn.output_shape().items()} == {'p2': 4, 'p3': 8, 'p4': 16, 'p5': 32, 'p6': 64}
     assert fpn.size_divisibility == 32 and fpn.padding_constraints['size_divisibility'] == 32
-    il = ImageList.from_tensors([torch.randn(3, 50, 70)], fpn.size_divisibility,
-                                padding_constraints=fpn.padding_constraints)
+    il = ImageList.from_tensors(
+        [torch.randn(3, 50, 70)], fpn.size_divisibility, padding_constraints=fpn.padding_constraints
+    )
     feats = fpn(il.tensor)
     assert {k: tuple(v.shape[-2:]) for k, v in feats.items()} == {
-        'p2': (16, 24), 'p3': (8, 12), 'p4': (4, 6), 'p5': (2, 3), 'p6': (1, 2)}
+        'p2': (16, 24),
+        'p3': (8, 12),
+        'p4': (4, 6),
+        'p5': (2, 3),
+        'p6': (1, 2),
+    }
 
     inst = Instances((64, 64))
     inst.gt_boxes = Boxes(torch.tensor([[8.0, 8.0, 40.0, 40.0]]))
@@ -389,8 +461,9 @@ def test_dataset_registration(synth_names, tmp_path):
     names = fd2.register_featup_synthetic(root, prefix='featup_synth_gen', generate=None, replace=True)
     with pytest.raises(FileNotFoundError, match='tools/dataset_converters/generate_dataset.py'):
         DatasetCatalog.get(names[0])
-    names = fd2.register_featup_synthetic(root, prefix='featup_synth_gen', replace=True,
-                                          generate=dict(num_train=2, num_val=1, size=32, seed=0))
+    names = fd2.register_featup_synthetic(
+        root, prefix='featup_synth_gen', replace=True, generate=dict(num_train=2, num_val=1, size=32, seed=0)
+    )
     assert len(DatasetCatalog.get(names[0])) == 2 and len(DatasetCatalog.get(names[1])) == 1
     with pytest.raises(ValueError, match='already registered'):
         fd2.register_featup_synthetic(root, prefix='featup_synth_gen')
@@ -408,16 +481,46 @@ def _load_train_net():
 def test_train_net_d2_yaml_train_then_eval_only(synth_names, tmp_path):
     tool = _load_train_net()
     out = str(tmp_path / 'run')
-    common = ['DATASETS.TRAIN', f"('{synth_names[0]}',)", 'DATASETS.TEST', f"('{synth_names[1]}',)",
-              'OUTPUT_DIR', out, 'INPUT.MIN_SIZE_TRAIN', '(64,)', 'INPUT.MAX_SIZE_TRAIN', '64',
-              'INPUT.MIN_SIZE_TEST', '64', 'INPUT.MAX_SIZE_TEST', '64', 'DATALOADER.NUM_WORKERS', '0']
-    args = tool.parse_args(['--config-file', SEMSEG_YAML, 'SOLVER.MAX_ITER', '2', 'SOLVER.IMS_PER_BATCH', '2',
-                            'SOLVER.WARMUP_ITERS', '1', 'TEST.EVAL_PERIOD', '2', 'SOLVER.CHECKPOINT_PERIOD', '2']
-                           + common)
+    common = [
+        'DATASETS.TRAIN',
+        f"('{synth_names[0]}',)",
+        'DATASETS.TEST',
+        f"('{synth_names[1]}',)",
+        'OUTPUT_DIR',
+        out,
+        'INPUT.MIN_SIZE_TRAIN',
+        '(64,)',
+        'INPUT.MAX_SIZE_TRAIN',
+        '64',
+        'INPUT.MIN_SIZE_TEST',
+        '64',
+        'INPUT.MAX_SIZE_TEST',
+        '64',
+        'DATALOADER.NUM_WORKERS',
+        '0',
+    ]
+    args = tool.parse_args(
+        [
+            '--config-file',
+            SEMSEG_YAML,
+            'SOLVER.MAX_ITER',
+            '2',
+            'SOLVER.IMS_PER_BATCH',
+            '2',
+            'SOLVER.WARMUP_ITERS',
+            '1',
+            'TEST.EVAL_PERIOD',
+            '2',
+            'SOLVER.CHECKPOINT_PERIOD',
+            '2',
+        ]
+        + common
+    )
     res = tool.main(args)
     assert math.isfinite(res['sem_seg']['mIoU']) and os.path.isfile(os.path.join(out, 'model_final.pth'))
-    args = tool.parse_args(['--config-file', SEMSEG_YAML, '--eval-only', 'MODEL.WEIGHTS',
-                            os.path.join(out, 'model_final.pth')] + common)
+    args = tool.parse_args(
+        ['--config-file', SEMSEG_YAML, '--eval-only', 'MODEL.WEIGHTS', os.path.join(out, 'model_final.pth')] + common
+    )
     again = tool.main(args)
     assert again['sem_seg']['mIoU'] == pytest.approx(res['sem_seg']['mIoU'])
 
@@ -429,12 +532,21 @@ def test_lazy_config_trains_and_evaluates(synth_names, tmp_path):
     assert bb.pixel_mean == (103.53, 116.28, 123.675) and bb.input_format == 'BGR'  # interpolated from the model
     tool = _load_train_net()
     out = str(tmp_path / 'lazy')
-    args = tool.parse_args(['--config-file', os.path.join(CONFIGS, 'semantic_fpn_R18_featup_synth.py'),
-                            'train.max_iter=2', 'train.eval_period=2', 'train.checkpointer.period=2',
-                            f'train.output_dir={out}', 'dataloader.train.total_batch_size=2',
-                            'dataloader.train.num_workers=0', 'dataloader.test.num_workers=0',
-                            f'dataloader.train.dataset.names={synth_names[0]}',
-                            f'dataloader.test.dataset.names={synth_names[1]}'])
+    args = tool.parse_args(
+        [
+            '--config-file',
+            os.path.join(CONFIGS, 'semantic_fpn_R18_featup_synth.py'),
+            'train.max_iter=2',
+            'train.eval_period=2',
+            'train.checkpointer.period=2',
+            f'train.output_dir={out}',
+            'dataloader.train.total_batch_size=2',
+            'dataloader.train.num_workers=0',
+            'dataloader.test.num_workers=0',
+            f'dataloader.train.dataset.names={synth_names[0]}',
+            f'dataloader.test.dataset.names={synth_names[1]}',
+        ]
+    )
     res = tool.main(args)
     assert math.isfinite(res['sem_seg']['mIoU']) and os.path.isfile(os.path.join(out, 'model_final.pth'))
 
@@ -443,7 +555,7 @@ def test_lazy_config_trains_and_evaluates(synth_names, tmp_path):
 def test_featup_plugin_alone_does_not_import_detectron2():
     """``import featup_plugin`` leaves detectron2 alone; ``featup_plugin.detectron2`` without it names the installer.
     (MMSegmentation's stack is blocked only to keep the subprocess fast: it is not what is tested here.)"""
-    code = '''
+    code = """
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
     blocked = {"mmseg", "mmcv", "mmengine", "mmdet"}
@@ -458,7 +570,7 @@ try:
     import featup_plugin.detectron2
 except ImportError as e:
     print(e)
-'''
+"""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -471,8 +583,10 @@ R18 = ['MODEL.RESNETS.DEPTH', 18, 'MODEL.RESNETS.RES2_OUT_CHANNELS', 64]
 
 def _mm():
     pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
-    import featup_plugin  # noqa: F401  registers the mmseg modules
     from mmseg.registry import MODELS
+
+    import featup_plugin  # noqa: F401  registers the mmseg modules
+
     return MODELS
 
 
@@ -480,21 +594,31 @@ def _imagenet_normalised(rgb_uint8):
     return ((rgb_uint8.float() / 255 - IMNET_MEAN) / IMNET_STD).unsqueeze(0)
 
 
-@pytest.mark.parametrize('fmt, mean, std', [
-    (None, [103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),  # detectron2's defaults (BGR, caffe2 ResNets)
-    ('RGB', [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),  # torchvision-style weights
-    ('L', [120.0], [60.0]),
-])
+@pytest.mark.parametrize(
+    'fmt, mean, std',
+    [
+        (None, [103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),  # detectron2's defaults (BGR, caffe2 ResNets)
+        ('RGB', [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),  # torchvision-style weights
+        ('L', [120.0], [60.0]),
+    ],
+)
 def test_detectron2_backbone_converts_imagenet_rgb_to_the_d2_input(fmt, mean, std):
     MODELS = _mm()
     extra = {} if fmt is None else dict(input_format=fmt, pixel_mean=mean, pixel_std=std)
-    bb = MODELS.build(dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3', 'res4']],
-                           out_feature='res4', **extra))
+    bb = MODELS.build(
+        dict(
+            type='Detectron2Backbone',
+            opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3', 'res4']],
+            out_feature='res4',
+            **extra,
+        )
+    )
     assert (bb.out_channels, bb.out_stride, bb.input_format) == (256, 16, fmt or 'BGR')
     assert bb.pixel_mean == tuple(mean) and bb.pixel_std == tuple(std)
     rgb = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
-    manual = ((rgb_to_input(rgb, fmt or 'BGR') - torch.tensor(mean).view(-1, 1, 1))
-              / torch.tensor(std).view(-1, 1, 1)).unsqueeze(0)
+    manual = (
+        (rgb_to_input(rgb, fmt or 'BGR') - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    ).unsqueeze(0)
     x = _imagenet_normalised(rgb)
     torch.testing.assert_close(bb.to_detectron2_input(x), manual, atol=2e-4, rtol=1e-5)
     with torch.no_grad():
@@ -506,10 +630,22 @@ def test_detectron2_backbone_converts_imagenet_rgb_to_the_d2_input(fmt, mean, st
 
 def test_detectron2_backbone_pads_to_size_divisibility_and_crops():
     MODELS = _mm()
-    bb = MODELS.build(dict(type='Detectron2Backbone', name='build_resnet_fpn_backbone', out_feature='p3',
-                           opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res2', 'res3', 'res4', 'res5'],
-                                       'MODEL.FPN.IN_FEATURES', ['res2', 'res3', 'res4', 'res5'],
-                                       'MODEL.FPN.OUT_CHANNELS', 32]))
+    bb = MODELS.build(
+        dict(
+            type='Detectron2Backbone',
+            name='build_resnet_fpn_backbone',
+            out_feature='p3',
+            opts=R18
+            + [
+                'MODEL.RESNETS.OUT_FEATURES',
+                ['res2', 'res3', 'res4', 'res5'],
+                'MODEL.FPN.IN_FEATURES',
+                ['res2', 'res3', 'res4', 'res5'],
+                'MODEL.FPN.OUT_CHANNELS',
+                32,
+            ],
+        )
+    )
     assert (bb.size_divisibility, bb.out_channels, bb.out_stride) == (32, 32, 8)
     rgb = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
     x = _imagenet_normalised(rgb)
@@ -536,8 +672,11 @@ def test_detectron2_backbone_errors(monkeypatch):
     with pytest.raises(ValueError, match=r'set feat_dim=256'):
         MODELS.build(dict(type='FeatUpJBUTrainer', feat_dim=128, backbone=dict(type='Detectron2Backbone', opts=R18)))
     from featup_plugin.mmseg.backbones import Detectron2Backbone
+
     assert Detectron2Backbone.output_shapes(opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res2', 'res5']]) == {
-        'res2': dict(channels=64, stride=4), 'res5': dict(channels=512, stride=32)}
+        'res2': dict(channels=64, stride=4),
+        'res5': dict(channels=512, stride=32),
+    }
     monkeypatch.setitem(sys.modules, 'detectron2', None)  # as if detectron2 were not installed
     with pytest.raises(ImportError, match='tools/install_detectron2.sh'):
         MODELS.build(dict(type='Detectron2Backbone'))
@@ -546,6 +685,7 @@ def test_detectron2_backbone_errors(monkeypatch):
 def test_detectron2_backbone_weights(tmp_path):
     MODELS = _mm()
     import pickle
+
     cfg = dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3']])
     src = MODELS.build(cfg).model
     with torch.no_grad():
@@ -560,8 +700,9 @@ def test_detectron2_backbone_weights(tmp_path):
     # a detectron2 .pkl (e.g. the model zoo's ImageNet R-50.pkl): detectron2's name matching
     pkl = str(tmp_path / 'R-18.pkl')
     with open(pkl, 'wb') as f:
-        pickle.dump({'model': {k: v.numpy() for k, v in ref.items()}, '__author__': 'test',
-                     'matching_heuristics': True}, f)
+        pickle.dump(
+            {'model': {k: v.numpy() for k, v in ref.items()}, '__author__': 'test', 'matching_heuristics': True}, f
+        )
     bb = MODELS.build(dict(cfg, weights=pkl))
     assert all(torch.equal(bb.model.state_dict()[k], v) for k, v in ref.items())
     # weights of another network: an error naming what is missing, nothing silently random
@@ -577,16 +718,28 @@ def test_jbu_trainer_on_a_detectron2_backbone_and_its_checkpoint_in_featupbackbo
     into FeatUpBackbone over the same ResNet, which then gives the trainer's upsampled features on d2 input."""
     MODELS = _mm()
     from featup_plugin.data.synthetic import generate_scene
-    trainer = MODELS.build(dict(
-        type='FeatUpJBUTrainer', feat_dim=128, num_stages=3, downsampler_kernel=8, n_views=2, max_pad=3,
-        backbone=dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3']])))
+
+    trainer = MODELS.build(
+        dict(
+            type='FeatUpJBUTrainer',
+            feat_dim=128,
+            num_stages=3,
+            downsampler_kernel=8,
+            n_views=2,
+            max_pad=3,
+            backbone=dict(type='Detectron2Backbone', opts=R18 + ['MODEL.RESNETS.OUT_FEATURES', ['res3']]),
+        )
+    )
     trainer.init_weights()
     rgb = torch.stack([torch.from_numpy(generate_scene(i, (32, 32))[0]).permute(2, 0, 1) for i in range(2)])
     x = torch.cat([_imagenet_normalised(im) for im in rgb])
     frozen = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
     params = [p for p in trainer.parameters() if p.requires_grad]
-    assert {n.split('.')[0] for n, p in trainer.named_parameters() if p.requires_grad} == \
-        {'upsampler', 'downsampler', 'scale_net'}
+    assert {n.split('.')[0] for n, p in trainer.named_parameters() if p.requires_grad} == {
+        'upsampler',
+        'downsampler',
+        'scale_net',
+    }
     opt = torch.optim.NAdam(params, lr=1e-3)
     trainer.train()
     before = trainer.upsampler.state_dict()['fixup_proj.1.weight'].clone()
@@ -606,8 +759,18 @@ def test_jbu_trainer_on_a_detectron2_backbone_and_its_checkpoint_in_featupbackbo
     torch.save({'state_dict': trainer.state_dict(), 'meta': {}}, path)
     d2 = trainer.backbone.cfg.clone()  # the same detectron2 config (ResNet, PIXEL_MEAN/STD, INPUT.FORMAT)
     d2.defrost()
-    d2.merge_from_list(['MODEL.BACKBONE.NAME', 'FeatUpBackbone', 'MODEL.FEATUP.IN_FEATURES', ['res3'],
-                        'MODEL.FEATUP.OUTPUT_STRIDE', 1, 'MODEL.FEATUP.WEIGHTS', path])
+    d2.merge_from_list(
+        [
+            'MODEL.BACKBONE.NAME',
+            'FeatUpBackbone',
+            'MODEL.FEATUP.IN_FEATURES',
+            ['res3'],
+            'MODEL.FEATUP.OUTPUT_STRIDE',
+            1,
+            'MODEL.FEATUP.WEIGHTS',
+            path,
+        ]
+    )
     bb = build_backbone(d2)
     assert bb.upsampler('res3').num_stages == 3
     for k, v in trainer.upsampler.state_dict().items():
@@ -615,8 +778,13 @@ def test_jbu_trainer_on_a_detectron2_backbone_and_its_checkpoint_in_featupbackbo
     bb.base.load_state_dict(trainer.backbone.model.state_dict())
     bb.eval()
     trainer.eval()
-    d2_input = torch.stack([(rgb_to_input(im, 'BGR') - torch.tensor(bb.pixel_mean).view(3, 1, 1))
-                            / torch.tensor(bb.pixel_std).view(3, 1, 1) for im in rgb])
+    d2_input = torch.stack(
+        [
+            (rgb_to_input(im, 'BGR') - torch.tensor(bb.pixel_mean).view(3, 1, 1))
+            / torch.tensor(bb.pixel_std).view(3, 1, 1)
+            for im in rgb
+        ]
+    )
     with torch.no_grad():
         expected = trainer.upsample(x)
         got = bb(d2_input)['res3']  # mode 'replace': the upsampled map keeps the name

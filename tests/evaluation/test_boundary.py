@@ -1,11 +1,17 @@
 """Boundary F-score: the framework-free function and the mmengine metric BoundaryFScore."""
+
 import numpy as np
 import pytest
 import torch
 
 from featup_plugin.data.synthetic import CLASSES, generate_scene
-from featup_plugin.evaluation.boundary import (COUNT_KEYS, boundary_counts, boundary_f_score, boundary_map,
-                                               scores_from_counts)
+from featup_plugin.evaluation.boundary import (
+    COUNT_KEYS,
+    boundary_counts,
+    boundary_f_score,
+    boundary_map,
+    scores_from_counts,
+)
 
 # 4 x 4 hand-computed case: GT splits columns 0-1 | 2-3; the prediction moves the lower half of the edge right.
 GT = np.array([[0, 0, 1, 1]] * 4)
@@ -72,7 +78,7 @@ def test_shift_within_tolerance_beats_shift_beyond():
     scores = [boundary_f_score(np.roll(lab, s, axis=1), lab, n, tolerance=2)['f_score'] for s in (0, 1, 2, 4, 6)]
     assert scores[0] == 1.0
     assert scores[1] > 0.9 and scores[2] > 0.85  # within tolerance: only the wrapped column and thin
-    assert scores[3] < scores[2] - 0.2          # structures (which move by more than their width) suffer
+    assert scores[3] < scores[2] - 0.2  # structures (which move by more than their width) suffer
     assert scores[4] <= scores[3]
     # a larger tolerance forgives the 4-px shift
     assert boundary_f_score(np.roll(lab, 4, axis=1), lab, n, tolerance=4)['f_score'] > scores[3] + 0.2
@@ -132,7 +138,8 @@ def test_counts_accumulate_over_images():
     batch = boundary_counts(np.stack(preds), np.stack(labs), n)
     assert all(np.array_equal(summed[k], batch[k]) for k in COUNT_KEYS)
     assert scores_from_counts(summed)['f_score'] == pytest.approx(
-        boundary_f_score(np.stack(preds), np.stack(labs), n)['f_score'])
+        boundary_f_score(np.stack(preds), np.stack(labs), n)['f_score']
+    )
 
 
 def test_bad_arguments():
@@ -157,15 +164,19 @@ def test_bad_arguments():
 def mm():
     pytest.importorskip('mmseg')
     from mmseg.utils import register_all_modules
+
     register_all_modules()
-    import featup_plugin  # noqa: F401
     from mmseg.registry import METRICS
+
+    import featup_plugin  # noqa: F401
+
     return METRICS
 
 
 def make_sample(pred, gt):
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+
     s = SegDataSample()
     s.gt_sem_seg = PixelData(data=torch.as_tensor(gt, dtype=torch.int64)[None])
     s.pred_sem_seg = PixelData(data=torch.as_tensor(pred, dtype=torch.int64)[None])
@@ -174,12 +185,13 @@ def make_sample(pred, gt):
 
 def test_metric_matches_the_function_and_runs_next_to_iou(mm):
     from mmengine.evaluator import Evaluator
+
     labs = [generate_scene(s, 64)[1] for s in range(4)]
     preds = [lab if i == 0 else np.roll(lab, i, axis=1) for i, lab in enumerate(labs)]
     evaluator = Evaluator([dict(type='IoUMetric', iou_metrics=['mIoU']), dict(type='BoundaryFScore', tolerance=2)])
     evaluator.dataset_meta = dict(classes=CLASSES, palette=[[0, 0, 0]] * len(CLASSES))
     for i in range(0, 4, 2):  # two batches of two
-        evaluator.process([make_sample(p, g) for p, g in zip(preds[i:i + 2], labs[i:i + 2])])
+        evaluator.process([make_sample(p, g) for p, g in zip(preds[i : i + 2], labs[i : i + 2])])
     res = evaluator.evaluate(4)
     assert {'mIoU', 'bF', 'bPrecision', 'bRecall'} <= set(res)
     expected = boundary_f_score(np.stack(preds), np.stack(labs), len(CLASSES), tolerance=2)

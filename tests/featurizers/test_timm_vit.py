@@ -1,4 +1,5 @@
 """featup_plugin.featurizers.TimmViTFeatures (and TimmFeaturizer), without any framework."""
+
 import subprocess
 import sys
 
@@ -61,8 +62,9 @@ def test_equals_timm_forward_features(name, hw):
     m.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
-        want = tokens_to_map(ref.forward_features(x), ref.num_prefix_tokens, hw[0] // m.patch_size,
-                             hw[1] // m.patch_size)
+        want = tokens_to_map(
+            ref.forward_features(x), ref.num_prefix_tokens, hw[0] // m.patch_size, hw[1] // m.patch_size
+        )
         torch.testing.assert_close(m(x)[0], want, rtol=1e-5, atol=1e-5)
     raw = TimmViTFeatures(name, model_kwargs=SMALL, img_size=hw, norm=False).eval()
     raw.load_state_dict(ref.state_dict())  # norm.* ignored: removed
@@ -87,10 +89,11 @@ def test_pruning_and_pos_embed_resampling():
 
 def test_key_formats(tmp_path):
     src = perturbed(TimmViTFeatures(P16, model_kwargs=SMALL), seed=5)
-    bare = {k[len('model.'):]: v for k, v in src.state_dict().items()}
+    bare = {k[len('model.') :]: v for k, v in src.state_dict().items()}
     head = timm.create_model(P16, pretrained=False, num_classes=10, **SMALL).state_dict()
     with_head = {**bare, 'head.weight': head['head.weight'], 'head.bias': head['head.bias']}
     from safetensors.torch import save_file
+
     save_file(bare, str(tmp_path / 'bare.safetensors'))
     variants = {
         'own.pth': src.state_dict(),
@@ -107,13 +110,14 @@ def test_key_formats(tmp_path):
         assert_same(TimmViTFeatures(P16, model_kwargs=SMALL, pretrained=str(tmp_path / name)), src)
     other = perturbed(TimmViTFeatures(P16, model_kwargs=SMALL), seed=6)
     torch.save(dict(a=other.state_dict(), b={}), tmp_path / 'keyed.pth')
-    assert_same(TimmViTFeatures(P16, model_kwargs=SMALL, pretrained=str(tmp_path / 'keyed.pth'),
-                                checkpoint_key='a'), other)
+    assert_same(
+        TimmViTFeatures(P16, model_kwargs=SMALL, pretrained=str(tmp_path / 'keyed.pth'), checkpoint_key='a'), other
+    )
     with pytest.raises(ValueError, match="checkpoint_key 'c' is not in"):
         TimmViTFeatures(P16, model_kwargs=SMALL, pretrained=str(tmp_path / 'keyed.pth'), checkpoint_key='c')
     # DINOv2's original release: mask_token dropped by timm's filter; pos_embed resampled to another img_size
     d2v = perturbed(TimmViTFeatures(P14, model_kwargs=SMALL), seed=7)
-    sd = {k[len('model.'):]: v for k, v in d2v.state_dict().items()}
+    sd = {k[len('model.') :]: v for k, v in d2v.state_dict().items()}
     sd['mask_token'] = torch.zeros(1, 384)
     torch.save(sd, tmp_path / 'dinov2.pth')
     assert_same(TimmViTFeatures(P14, model_kwargs=SMALL, pretrained=str(tmp_path / 'dinov2.pth')), d2v)
@@ -169,8 +173,15 @@ def test_timm_featurizer_keeps_its_keys_and_outputs(tmp_path):
     assert not f.model.training and not f.norm.training
     ref = bare_timm(P16, seed=8, dynamic_img_size=True)
     path = tmp_path / 'trainer.pth'  # the upsampler training's checkpoint: the ViT under backbone.model.
-    torch.save(dict(state_dict={**{f'backbone.model.{k}': v for k, v in ref.state_dict().items()},
-                                'upsampler.up1.range_temp': torch.zeros(())}), path)
+    torch.save(
+        dict(
+            state_dict={
+                **{f'backbone.model.{k}': v for k, v in ref.state_dict().items()},
+                'upsampler.up1.range_temp': torch.zeros(()),
+            }
+        ),
+        path,
+    )
     f = TimmFeaturizer(P16, weights=str(path), depth=2)
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
@@ -179,15 +190,17 @@ def test_timm_featurizer_keeps_its_keys_and_outputs(tmp_path):
 
 
 def test_imports_no_framework():
-    code = ('import sys, importlib.abc\n'
-            'class B(importlib.abc.MetaPathFinder):\n'
-            '    def find_spec(self, name, path=None, target=None):\n'
-            '        if name.split(".")[0] in ("mmseg", "mmcv", "mmengine", "mmdet", "detectron2"):\n'
-            '            raise ImportError(name)\n'
-            'sys.meta_path.insert(0, B())\n'
-            'import torch\n'
-            'from featup_plugin.featurizers import TimmViTFeatures\n'
-            'm = TimmViTFeatures("vit_small_patch16_224", model_kwargs=dict(depth=1))\n'
-            'assert m(torch.randn(1, 3, 32, 32))[0].shape == (1, 384, 2, 2)\n')
+    code = (
+        'import sys, importlib.abc\n'
+        'class B(importlib.abc.MetaPathFinder):\n'
+        '    def find_spec(self, name, path=None, target=None):\n'
+        '        if name.split(".")[0] in ("mmseg", "mmcv", "mmengine", "mmdet", "detectron2"):\n'
+        '            raise ImportError(name)\n'
+        'sys.meta_path.insert(0, B())\n'
+        'import torch\n'
+        'from featup_plugin.featurizers import TimmViTFeatures\n'
+        'm = TimmViTFeatures("vit_small_patch16_224", model_kwargs=dict(depth=1))\n'
+        'assert m(torch.randn(1, 3, 32, 32))[0].shape == (1, 384, 2, 2)\n'
+    )
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

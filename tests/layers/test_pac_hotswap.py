@@ -1,4 +1,5 @@
 """PAC hot-swap: the swapped model equals the original at initialisation, then learns; selection and errors."""
+
 import copy
 
 import pytest
@@ -64,8 +65,9 @@ def test_image_guidance_predicate_and_deepcopy():
 
 
 def test_fcn_vgg16_recipe_in_one_call():
-    torchvision = pytest.importorskip('torchvision')
+    pytest.importorskip('torchvision')
     from torchvision.models.vgg import cfgs, make_layers
+
     vgg = make_layers(cfgs['D'])  # = torchvision.models.vgg16().features: 14/21/28 are conv3_3 / conv4_3 / conv5_3
     x = torch.randn(1, 3, 32, 32)
     swapped, _ = assert_equal_at_init(vgg, x, ['14', '21', '28'], guidance='3')
@@ -85,25 +87,52 @@ def test_mmseg_segmentor_equal_at_init():
     from mmengine.config import ConfigDict
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
+
     register_all_modules()
     cfg = ConfigDict(
         type='EncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, size_divisor=32),
-        backbone=dict(type='ResNetV1c', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), stem_channels=32,
-                      base_channels=32, norm_cfg=dict(type='BN'), contract_dilation=True, style='pytorch'),
-        decode_head=dict(type='FCNHead', in_channels=256, in_index=3, channels=16, num_convs=1,
-                         concat_input=False, num_classes=4, norm_cfg=dict(type='BN'), align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-        train_cfg=dict(), test_cfg=dict(mode='whole'))
+        data_preprocessor=dict(
+            type='SegDataPreProcessor',
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True,
+            size_divisor=32,
+        ),
+        backbone=dict(
+            type='ResNetV1c',
+            depth=18,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            stem_channels=32,
+            base_channels=32,
+            norm_cfg=dict(type='BN'),
+            contract_dilation=True,
+            style='pytorch',
+        ),
+        decode_head=dict(
+            type='FCNHead',
+            in_channels=256,
+            in_index=3,
+            channels=16,
+            num_convs=1,
+            concat_input=False,
+            num_classes=4,
+            norm_cfg=dict(type='BN'),
+            align_corners=False,
+            loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        ),
+        train_cfg=dict(),
+        test_cfg=dict(mode='whole'),
+    )
     model = MODELS.build(cfg)
     model.init_weights()
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x, mode='tensor')
-    swapped = pac_hot_swap(copy.deepcopy(model), ['backbone.layer4.*.conv2', 'decode_head.convs.0.conv'],
-                           guidance='backbone:input')
+    swapped = pac_hot_swap(
+        copy.deepcopy(model), ['backbone.layer4.*.conv2', 'decode_head.convs.0.conv'], guidance='backbone:input'
+    )
     assert len(swapped_layers(swapped)) == 3
     with torch.no_grad():
         assert (swapped(x, mode='tensor') - ref).abs().max().item() <= TOL
@@ -111,6 +140,7 @@ def test_mmseg_segmentor_equal_at_init():
     swapped.test_cfg = ConfigDict(mode='slide', crop_size=(48, 48), stride=(32, 32))
     model.test_cfg = swapped.test_cfg
     from mmseg.structures import SegDataSample
+
     metas = [dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64), padding_size=[0, 0, 0, 0])] * 2
     with torch.no_grad():
         a = swapped.inference(x, metas)
@@ -120,8 +150,9 @@ def test_mmseg_segmentor_equal_at_init():
 
 
 def test_selection_errors_and_stale_guidance():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=2),
-                        nn.Conv2d(4, 4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 2)
+    )
     with pytest.raises(ValueError, match='matches no nn.Conv2d'):
         pac_hot_swap(net, 'layer9')
     with pytest.raises(TypeError, match='not an nn.Conv2d'):
@@ -132,11 +163,14 @@ def test_selection_errors_and_stale_guidance():
         pac_hot_swap(net, '3')
     with pytest.raises(ValueError, match='no submodule'):
         pac_hot_swap(net, '0', guidance='nope')
+
     class StdConv(nn.Conv2d):  # weight standardisation: a different function than nn.Conv2d's
         def forward(self, x):
-            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3),
-                                                                                               keepdim=True) + 1e-5)
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (
+                self.weight.std((1, 2, 3), keepdim=True) + 1e-5
+            )
             return self._conv_forward(x, w, self.bias)
+
     net.add_module('4', StdConv(4, 4, 3, padding=1))
     with pytest.raises(ValueError, match="cannot swap '4'.*overrides nn.Conv2d.forward"):
         pac_hot_swap(net, '4')
@@ -163,34 +197,62 @@ def test_mmseg_hotswap_tool_finetunes_from_a_checkpoint(tmp_path):
 
     import featup_plugin  # noqa: F401
     from tests import ROOT
+
     register_all_modules()
     base_cfg = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py')
-    pac_cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'synthetic',
-                                           'fcn_r18_pac-hotswap_1xb8-200i_featup-synth-128x128.py'))
+    pac_cfg = Config.fromfile(
+        os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_pac-hotswap_1xb8-200i_featup-synth-128x128.py')
+    )
     base = Config.fromfile(base_cfg)
     assert pac_cfg.model.type == 'PacHotSwap' and pac_cfg.model.model == base.model  # the baseline, wrapped
     assert len(swapped_layers(MODELS.build(pac_cfg.model))) == 3
     ckpt = str(tmp_path / 'base.pth')
     torch.save({'state_dict': MODELS.build(base.model).state_dict(), 'meta': {}}, ckpt)
     data = str(tmp_path / 'data')
-    opts = [f'synthetic_data.root={data}', 'synthetic_data.num_train=2', 'synthetic_data.num_val=1',
-            'synthetic_data.size=64', f'train_dataloader.dataset.data_root={data}',
-            f'val_dataloader.dataset.data_root={data}', f'test_dataloader.dataset.data_root={data}',
-            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
-            'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
-            'val_dataloader.persistent_workers=False', 'train_cfg.max_iters=1', 'train_cfg.val_interval=1',
-            'default_hooks.checkpoint.interval=1']
+    opts = [
+        f'synthetic_data.root={data}',
+        'synthetic_data.num_train=2',
+        'synthetic_data.num_val=1',
+        'synthetic_data.size=64',
+        f'train_dataloader.dataset.data_root={data}',
+        f'val_dataloader.dataset.data_root={data}',
+        f'test_dataloader.dataset.data_root={data}',
+        'train_dataloader.batch_size=2',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False',
+        'train_cfg.max_iters=1',
+        'train_cfg.val_interval=1',
+        'default_hooks.checkpoint.interval=1',
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'model_converters', 'pac_hotswap.py'), base_cfg, ckpt,
-                          '--targets', 'backbone.layer4.1.conv*', '--work-dir', str(tmp_path / 'work'),
-                          '--cfg-options'] + opts, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'tools', 'model_converters', 'pac_hotswap.py'),
+            base_cfg,
+            ckpt,
+            '--targets',
+            'backbone.layer4.1.conv*',
+            '--work-dir',
+            str(tmp_path / 'work'),
+            '--cfg-options',
+        ]
+        + opts,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert 'swapped: backbone.layer4.1.conv1, backbone.layer4.1.conv2' in out
     assert 'Load checkpoint from' in out and 'mIoU' in out
     # Only the two new parameters per swapped layer are missing from the original checkpoint.
     missing = [ln for ln in out.splitlines() if 'missing keys in source state_dict' in ln]
-    assert missing and all(k.strip().endswith(('blend', 'guidance_scale'))
-                           for ln in missing for k in ln.split(':', 1)[1].split(','))
+    assert missing and all(
+        k.strip().endswith(('blend', 'guidance_scale')) for ln in missing for k in ln.split(':', 1)[1].split(',')
+    )
     saved = torch.load(str(tmp_path / 'work' / 'iter_1.pth'), map_location='cpu', weights_only=False)
     assert 'backbone.layer4.1.conv1.blend' in saved['state_dict']

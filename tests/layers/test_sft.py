@@ -56,9 +56,12 @@ def test_condition_net_one_condition_per_scale(signal, in_ch):
     assert [tuple(c.shape) for c in conds] == [(2, 5) + s for s in sizes]
     assert net.trunk[0].in_channels == in_ch * (2 if signal == 'raw+edges' else 1)
     # each scale sees the guidance at its size
-    torch.testing.assert_close(net.signal_at(g, (5, 7))[:, :in_ch] if signal != 'edges' else net.signal_at(g, (5, 7)),
-                               torch.nn.functional.adaptive_avg_pool2d(g, (5, 7)) if signal != 'edges'
-                               else sobel_magnitude(torch.nn.functional.adaptive_avg_pool2d(g, (5, 7))))
+    torch.testing.assert_close(
+        net.signal_at(g, (5, 7))[:, :in_ch] if signal != 'edges' else net.signal_at(g, (5, 7)),
+        torch.nn.functional.adaptive_avg_pool2d(g, (5, 7))
+        if signal != 'edges'
+        else sobel_magnitude(torch.nn.functional.adaptive_avg_pool2d(g, (5, 7))),
+    )
 
 
 def test_resize_condition_and_sobel():
@@ -105,7 +108,7 @@ def test_gradients_reach_the_condition_network():
         opt.zero_grad()
         conds = net(g, [(4, 6), (8, 12)])
         y = blocks[1](nn.functional.interpolate(blocks[0](x, conds[0]), size=(8, 12)), conds[1])
-        (y ** 2).mean().backward()
+        (y**2).mean().backward()
 
     step()
     # zero-initialised SFT outputs: their own weights get gradient, the condition does not yet
@@ -125,10 +128,12 @@ def test_condition_net_takes_several_maps_of_different_sizes():
     conds = net([prior, img], sizes)
     assert [tuple(c.shape) for c in conds] == [(2, 5) + s for s in sizes]
     for s in sizes:  # prior enlarged bilinearly, image area-pooled, each on its own
-        torch.testing.assert_close(net.signal_at([prior, img], s),
-                                   torch.cat([resize_condition(prior, s), resize_condition(img, s)], 1))
-    torch.testing.assert_close(net.signal_at([prior, img], (6, 10))[:, 4:],
-                               torch.nn.functional.adaptive_avg_pool2d(img, (6, 10)))
+        torch.testing.assert_close(
+            net.signal_at([prior, img], s), torch.cat([resize_condition(prior, s), resize_condition(img, s)], 1)
+        )
+    torch.testing.assert_close(
+        net.signal_at([prior, img], (6, 10))[:, 4:], torch.nn.functional.adaptive_avg_pool2d(img, (6, 10))
+    )
     with pytest.raises(ValueError, match='7 channels in all'):
         net([prior, img[:, :2]], sizes)
     with pytest.raises(ValueError, match='batch size'):

@@ -3,12 +3,13 @@
 Imported by the test modules after ``pytest.importorskip('mmseg')``: it imports mmseg and registers the plugin's
 modules and mmseg's with mmseg as the default scope (as mmseg's tools/train.py does).
 """
-import torch
 
-import featup_plugin.mmseg  # noqa: F401  (registers the plugin's modules)
+import torch
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
+
+import featup_plugin.mmseg  # noqa: F401  (registers the plugin's modules)
 
 register_all_modules()
 
@@ -17,15 +18,31 @@ MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # ImageNet, in 0
 
 def data_preprocessor(size_divisor=32, bgr_to_rgb=True):
     """mmseg's SegDataPreProcessor with ImageNet statistics, padding images with 0 and labels with 255."""
-    return dict(type='SegDataPreProcessor', mean=MEAN, std=STD, bgr_to_rgb=bgr_to_rgb, pad_val=0,
-                seg_pad_val=255, size_divisor=size_divisor)
+    return dict(
+        type='SegDataPreProcessor',
+        mean=MEAN,
+        std=STD,
+        bgr_to_rgb=bgr_to_rgb,
+        pad_val=0,
+        seg_pad_val=255,
+        size_divisor=size_divisor,
+    )
 
 
 def fcn_head(in_channels, in_index=0, num_classes=4):
     """A one-conv FCNHead of 16 channels with BN and cross-entropy."""
-    return dict(type='FCNHead', in_channels=in_channels, in_index=in_index, channels=16, num_convs=1,
-                concat_input=False, num_classes=num_classes, norm_cfg=dict(type='BN'), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+    return dict(
+        type='FCNHead',
+        in_channels=in_channels,
+        in_index=in_index,
+        channels=16,
+        num_convs=1,
+        concat_input=False,
+        num_classes=num_classes,
+        norm_cfg=dict(type='BN'),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0),
+    )
 
 
 def seg_samples(n, h, w, classes=4, ignore=None):

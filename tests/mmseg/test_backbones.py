@@ -1,4 +1,5 @@
 """TimmViT backbone, and the FeatUpJBU neck behind transformer backbones (mmseg's ViT and MiT, timm ViTs)."""
+
 import copy
 
 import pytest
@@ -13,8 +14,8 @@ from mmengine.optim import OptimWrapper  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
-from tests.mmseg.helpers import batch, data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 from featup_plugin.mmseg.backbones import TimmViT  # noqa: E402
+from tests.mmseg.helpers import batch, data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 
 P16 = 'vit_small_patch16_224'
 P14 = 'vit_small_patch14_dinov2.lvd142m'
@@ -58,8 +59,9 @@ def test_matches_timm_forward_features(name, hw):
     m.load_state_dict(ref.state_dict())  # bare timm keys
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
-        want = tokens_to_map(ref.forward_features(x), ref.num_prefix_tokens, hw[0] // m.patch_size,
-                             hw[1] // m.patch_size)
+        want = tokens_to_map(
+            ref.forward_features(x), ref.num_prefix_tokens, hw[0] // m.patch_size, hw[1] // m.patch_size
+        )
         got = m(x)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -142,15 +144,14 @@ def perturbed(module, seed):
 def test_load_from_file_all_key_formats(tmp_path):
     src = perturbed(TimmViT(P16, model_kwargs=SMALL), seed=5)
     bare = timm.create_model(P16, pretrained=False, num_classes=0, **SMALL)
-    bare.load_state_dict({k[len('model.'):]: v for k, v in src.state_dict().items()})
+    bare.load_state_dict({k[len('model.') :]: v for k, v in src.state_dict().items()})
     full_bare = timm.create_model(P16, pretrained=False, num_classes=1000, **SMALL)  # with a head
     full_bare.load_state_dict(bare.state_dict(), strict=False)
     variants = {
         'wrapped.pth': src.state_dict(),
         'bare.pth': bare.state_dict(),
         'bare_with_head.pth': full_bare.state_dict(),
-        'mmengine.pth': dict(state_dict={'backbone.' + k: v for k, v in src.state_dict().items()},
-                             meta=dict(epoch=1)),
+        'mmengine.pth': dict(state_dict={'backbone.' + k: v for k, v in src.state_dict().items()}, meta=dict(epoch=1)),
         'ddp.pth': {'module.' + k: v for k, v in bare.state_dict().items()},
     }
     for fname, obj in variants.items():
@@ -161,8 +162,9 @@ def test_load_from_file_all_key_formats(tmp_path):
     # a DINO-style training checkpoint: pick the entry
     other = perturbed(TimmViT(P16, model_kwargs=SMALL), seed=6)
     path = tmp_path / 'dino_full.pth'
-    torch.save(dict(student=other.state_dict(), teacher={'backbone.' + k: v for k, v in bare.state_dict().items()}),
-               path)
+    torch.save(
+        dict(student=other.state_dict(), teacher={'backbone.' + k: v for k, v in bare.state_dict().items()}), path
+    )
     assert_params_equal(TimmViT(P16, model_kwargs=SMALL, pretrained=str(path)), src)  # 'teacher' by default
     assert_params_equal(TimmViT(P16, model_kwargs=SMALL, pretrained=str(path), checkpoint_key='student'), other)
     with pytest.raises(ValueError, match="checkpoint_key 'nope'"):
@@ -171,7 +173,7 @@ def test_load_from_file_all_key_formats(tmp_path):
 
 def test_load_dinov2_original_format_and_resample_pos_embed(tmp_path):
     src = perturbed(TimmViT(P14, model_kwargs=SMALL), seed=7)  # pos_embed for 518: 37x37
-    sd = {k[len('model.'):]: v for k, v in src.state_dict().items()}
+    sd = {k[len('model.') :]: v for k, v in src.state_dict().items()}
     sd['mask_token'] = torch.zeros(1, 384)  # as in facebookresearch/dinov2 releases
     path = tmp_path / 'dinov2_vits14.pth'
     torch.save(sd, path)
@@ -195,7 +197,7 @@ def test_missing_parameters_raise(tmp_path):
 @pytest.mark.parametrize('fmt', ['wrapped', 'bare'])
 def test_init_cfg_pretrained(tmp_path, fmt):
     src = perturbed(TimmViT(P16, model_kwargs=SMALL), seed=8)
-    sd = src.state_dict() if fmt == 'wrapped' else {k[len('model.'):]: v for k, v in src.state_dict().items()}
+    sd = src.state_dict() if fmt == 'wrapped' else {k[len('model.') :]: v for k, v in src.state_dict().items()}
     path = tmp_path / f'{fmt}.pth'
     torch.save(sd, path)
     dst = TimmViT(P16, model_kwargs=SMALL, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
@@ -209,16 +211,18 @@ def test_init_weights_keeps_loaded_weights_and_segmentor_prefix(tmp_path):
     # mmengine's init_weights must not re-initialise the timm model (timm's own init_weights would)
     src = perturbed(TimmViT(P16, model_kwargs=SMALL), seed=9)
     path = tmp_path / 'bare.pth'
-    torch.save({k[len('model.'):]: v for k, v in src.state_dict().items()}, path)
-    model = MODELS.build(seg_cfg(dict(type='TimmViT', model_name=P16, model_kwargs=SMALL, pretrained=str(path)),
-                                 *vit_neck_head(384)))
+    torch.save({k[len('model.') :]: v for k, v in src.state_dict().items()}, path)
+    model = MODELS.build(
+        seg_cfg(dict(type='TimmViT', model_name=P16, model_kwargs=SMALL, pretrained=str(path)), *vit_neck_head(384))
+    )
     model.init_weights()
     assert_params_equal(model.backbone, src)
     # a whole segmentor checkpoint -> init_cfg with prefix='backbone.'
     seg_path = tmp_path / 'segmentor.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), seg_path)
-    dst = TimmViT(P16, model_kwargs=SMALL,
-                  init_cfg=dict(type='Pretrained', checkpoint=str(seg_path), prefix='backbone.'))
+    dst = TimmViT(
+        P16, model_kwargs=SMALL, init_cfg=dict(type='Pretrained', checkpoint=str(seg_path), prefix='backbone.')
+    )
     dst.init_weights()
     assert_params_equal(dst, src)
 
@@ -249,36 +253,85 @@ def seg_cfg(backbone, neck, head, test_cfg=None):
     return ConfigDict(
         type='GuidedEncoderDecoder',
         data_preprocessor=data_preprocessor(size_divisor=32),
-        backbone=backbone, neck=neck, decode_head=head,
-        train_cfg=dict(), test_cfg=test_cfg or dict(mode='whole'))
+        backbone=backbone,
+        neck=neck,
+        decode_head=head,
+        train_cfg=dict(),
+        test_cfg=test_cfg or dict(mode='whole'),
+    )
 
 
 def vit_neck_head(channels, stride=16, **target):
     target = target or dict(out_size=None, output_stride=4)
-    return dict(type='FeatUpJBU', in_channels=channels, in_index=0, feature_strides=stride, **target), \
-        fcn_head(channels)
+    return dict(type='FeatUpJBU', in_channels=channels, in_index=0, feature_strides=stride, **target), fcn_head(
+        channels
+    )
 
 
 MIT_CHANNELS = [16, 32, 80, 128]
 CASES = {
-    'mmseg_vit': (dict(type='VisionTransformer', img_size=64, patch_size=16, embed_dims=64, num_layers=2,
-                       num_heads=2, out_indices=(1,), final_norm=True),
-                  *vit_neck_head(64)),
-    'mmseg_vit_to_image': (dict(type='VisionTransformer', img_size=64, patch_size=16, embed_dims=64, num_layers=2,
-                                num_heads=2, out_indices=(1,), final_norm=True),
-                           *vit_neck_head(64, out_size='image')),
-    'mmseg_mit': (dict(type='MixVisionTransformer', in_channels=3, embed_dims=16, num_stages=4, num_layers=[1, 1, 1, 1],
-                       num_heads=[1, 2, 5, 8], patch_sizes=[7, 3, 3, 3], sr_ratios=[8, 4, 2, 1],
-                       out_indices=(0, 1, 2, 3)),
-                  dict(type='FeatUpJBU', in_channels=MIT_CHANNELS, in_index=3, out_size=None, output_stride=4,
-                       feature_strides=[4, 8, 16, 32]),
-                  dict(type='SegformerHead', in_channels=MIT_CHANNELS, in_index=[0, 1, 2, 3], channels=32,
-                       num_classes=4, norm_cfg=dict(type='BN'), align_corners=False,
-                       loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))),
-    'timm_vit_p16': (dict(type='TimmViT', model_name=P16, pretrained=False, model_kwargs=SMALL),
-                     *vit_neck_head(384)),
-    'timm_dinov2_p14': (dict(type='TimmViT', model_name=P14, pretrained=False, model_kwargs=SMALL),
-                        *vit_neck_head(384, stride=14)),
+    'mmseg_vit': (
+        dict(
+            type='VisionTransformer',
+            img_size=64,
+            patch_size=16,
+            embed_dims=64,
+            num_layers=2,
+            num_heads=2,
+            out_indices=(1,),
+            final_norm=True,
+        ),
+        *vit_neck_head(64),
+    ),
+    'mmseg_vit_to_image': (
+        dict(
+            type='VisionTransformer',
+            img_size=64,
+            patch_size=16,
+            embed_dims=64,
+            num_layers=2,
+            num_heads=2,
+            out_indices=(1,),
+            final_norm=True,
+        ),
+        *vit_neck_head(64, out_size='image'),
+    ),
+    'mmseg_mit': (
+        dict(
+            type='MixVisionTransformer',
+            in_channels=3,
+            embed_dims=16,
+            num_stages=4,
+            num_layers=[1, 1, 1, 1],
+            num_heads=[1, 2, 5, 8],
+            patch_sizes=[7, 3, 3, 3],
+            sr_ratios=[8, 4, 2, 1],
+            out_indices=(0, 1, 2, 3),
+        ),
+        dict(
+            type='FeatUpJBU',
+            in_channels=MIT_CHANNELS,
+            in_index=3,
+            out_size=None,
+            output_stride=4,
+            feature_strides=[4, 8, 16, 32],
+        ),
+        dict(
+            type='SegformerHead',
+            in_channels=MIT_CHANNELS,
+            in_index=[0, 1, 2, 3],
+            channels=32,
+            num_classes=4,
+            norm_cfg=dict(type='BN'),
+            align_corners=False,
+            loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        ),
+    ),
+    'timm_vit_p16': (dict(type='TimmViT', model_name=P16, pretrained=False, model_kwargs=SMALL), *vit_neck_head(384)),
+    'timm_dinov2_p14': (
+        dict(type='TimmViT', model_name=P14, pretrained=False, model_kwargs=SMALL),
+        *vit_neck_head(384, stride=14),
+    ),
 }
 
 
@@ -293,11 +346,11 @@ def test_segmentor_train_val_slide(case):
     model.train()
     proc = model.data_preprocessor(copy.deepcopy(data), True)
     sum(v for k, v in model(**proc, mode='loss').items() if 'loss' in k).backward()
-    no_grad = [n for n, p in model.named_parameters()
-               if n.startswith('neck.') and (p.grad is None or not p.grad.any())]
+    no_grad = [n for n, p in model.named_parameters() if n.startswith('neck.') and (p.grad is None or not p.grad.any())]
     assert not no_grad, no_grad
-    backbone_grads = [p.grad is not None and bool(p.grad.any()) for n, p in model.named_parameters()
-                      if n.startswith('backbone.')]
+    backbone_grads = [
+        p.grad is not None and bool(p.grad.any()) for n, p in model.named_parameters() if n.startswith('backbone.')
+    ]
     assert any(backbone_grads)
     if backbone['type'] == 'TimmViT':
         assert all(backbone_grads)  # nothing unused (heads and unused blocks are pruned): DDP-friendly
@@ -313,7 +366,8 @@ def test_segmentor_train_val_slide(case):
     model.test_cfg = ConfigDict(mode='slide', crop_size=(64, 64), stride=(32, 32))
     seen = []
     hook = model.neck.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(tuple(kwargs['guidance'].shape)), with_kwargs=True)
+        lambda mod, args, kwargs: seen.append(tuple(kwargs['guidance'].shape)), with_kwargs=True
+    )
     preds = model.val_step(batch(n=1, w=96))
     hook.remove()
     assert preds[0].pred_sem_seg.data.shape == (1, 64, 96)

@@ -4,6 +4,7 @@ Real-dataset configs (ADE20K, COCO-Stuff-164k, Cityscapes) keep their model, opt
 cannot work here is swapped: the dataset (the generated one, 64x64 crops, batch 1), the pad size of the data
 preprocessor, and downloads of pretrained weights (random init instead; no internet).
 """
+
 import copy
 import glob
 import math
@@ -13,8 +14,6 @@ import pytest
 
 pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
-from tests import ROOT  # noqa: E402
-import torch  # noqa: E402
 from mmengine.config import Config, ConfigDict  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -22,12 +21,16 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 import featup_plugin  # noqa: E402,F401
 from featup_plugin.data.synthetic import CLASSES  # noqa: E402
+from tests import ROOT  # noqa: E402
 
 register_all_modules()
 
 # detectron2/: tests/detectron2/test_detectron2.py; jbu_*: upsampler-training configs, tests/training/test_multiview.py
-ALL = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
-             if not {'_base_', 'detectron2'} & set(p.split(os.sep)) and not os.path.basename(p).startswith('jbu_'))
+ALL = sorted(
+    p
+    for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    if not {'_base_', 'detectron2'} & set(p.split(os.sep)) and not os.path.basename(p).startswith('jbu_')
+)
 SYNTH = [p for p in ALL if os.sep + 'synthetic' + os.sep in p]
 REAL = [p for p in ALL if os.sep + 'featup' + os.sep in p]
 NAMES = [os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in ALL]
@@ -40,8 +43,10 @@ def test_the_expected_configs_exist():
             got = [n for n in names if n.startswith(model + '_') and dataset in n]
             assert len(got) == 2, (dataset, model, got)  # the FeatUp config and its bilinear twin
         # the SFT guided decoder alone and after the FeatUp neck
-        assert sorted(n.split('_8xb2')[0] for n in names if n.startswith('sft_') and dataset in n) == \
-            ['sft_vit-s16-dino', 'sft_vit-s16-dino_featup'], dataset
+        assert sorted(n.split('_8xb2')[0] for n in names if n.startswith('sft_') and dataset in n) == [
+            'sft_vit-s16-dino',
+            'sft_vit-s16-dino_featup',
+        ], dataset
     assert len(SYNTH) >= 4
 
 
@@ -68,12 +73,22 @@ def _on_generated_data(cfg, root, work_dir, crop=64):
     if _segmentor(cfg.model).data_preprocessor.get('size') is not None:
         _segmentor(cfg.model).data_preprocessor.size = (crop, crop)
     cfg.train_dataloader = ConfigDict(
-        batch_size=2, num_workers=0, persistent_workers=False,
+        batch_size=2,
+        num_workers=0,
+        persistent_workers=False,
         sampler=dict(type='InfiniteSampler', shuffle=True),
-        dataset=dict(type='FeatUpSyntheticDataset', data_root=root,
-                     data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
-                     pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-                               dict(type='RandomCrop', crop_size=(crop, crop)), dict(type='PackSegInputs')]))
+        dataset=dict(
+            type='FeatUpSyntheticDataset',
+            data_root=root,
+            data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+            pipeline=[
+                dict(type='LoadImageFromFile'),
+                dict(type='LoadAnnotations'),
+                dict(type='RandomCrop', crop_size=(crop, crop)),
+                dict(type='PackSegInputs'),
+            ],
+        ),
+    )
     cfg.train_cfg = ConfigDict(type='IterBasedTrainLoop', max_iters=1, val_interval=1000)
     cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
@@ -92,7 +107,7 @@ class _NeckWatch(Hook):
         self.trainable, self.got_grad, self.handles = set(), set(), []
         self.head_got_grad = set()
         model = runner.model
-        for name, p in (model.neck.named_parameters() if model.with_neck else []):
+        for name, p in model.neck.named_parameters() if model.with_neck else []:
             if p.requires_grad:
                 self.trainable.add(name)
                 self.handles.append(p.register_hook(lambda g, name=name: self.got_grad.add(name)))
@@ -147,15 +162,17 @@ def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
         assert sft_out and sft_out <= runner.watch.head_got_grad
 
 
-@pytest.mark.parametrize('path', [p for p in ALL if '_bilinear_' in os.path.basename(p)],
-                         ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize(
+    'path', [p for p in ALL if '_bilinear_' in os.path.basename(p)], ids=lambda p: os.path.basename(p)
+)
 def test_bilinear_twin_differs_only_in_the_upsampler(path):
     twin = Config.fromfile(path)
     featup = Config.fromfile(path.replace('_bilinear_', '_featup_'))
     a, b = twin.model.neck, featup.model.neck
     for key in ('in_index', 'out_size', 'output_stride', 'scale_factor'):
-        assert a.get(key, 'image' if key == 'out_size' else None) == \
-            b.get(key, 'image' if key == 'out_size' else None), key
+        assert a.get(key, 'image' if key == 'out_size' else None) == b.get(
+            key, 'image' if key == 'out_size' else None
+        ), key
     da, db = twin.to_dict(), featup.to_dict()
     da['model'].pop('neck'), db['model'].pop('neck')
     assert da == db
@@ -166,6 +183,7 @@ def test_bilinear_twin_differs_only_in_the_upsampler(path):
 def test_generated_data_configs_run_as_configured(path, tmp_path):
     """The CPU configs, unchanged except for a smaller generated set and one iteration, train and evaluate."""
     from featup_plugin.data.prepare import prepare_generated_datasets
+
     cfg = Config.fromfile(path)
     assert cfg.num_classes == len(CLASSES) == _segmentor(cfg.model).decode_head.num_classes
     root = str(tmp_path / 'data')

@@ -1,4 +1,5 @@
 """featup_plugin.mmseg.engine: the CPU distributed backend."""
+
 import pytest
 import torch
 

@@ -3,6 +3,7 @@
 mmengine reads the config (importing featup_plugin, not mmseg), then the Runner's ``default_scope='mmseg'``
 imports mmseg, and the plugin must be registered by then.
 """
+
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
-CONFIG = '''
+CONFIG = """
 _base_ = ['mmseg::_base_/models/fcn_r50-d8.py', 'mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['featup_plugin'], allow_failed_imports=False)
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -22,9 +23,9 @@ model = dict(
               out_size=None, output_stride=4),
     decode_head=dict(in_channels=512, channels=16, num_convs=1, num_classes=3, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=256, channels=16, num_classes=3, norm_cfg=norm_cfg))
-'''
+"""
 
-SCRIPT = '''
+SCRIPT = """
 import sys, torch
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -48,14 +49,19 @@ from mmengine.optim import OptimWrapper
 losses = model.train_step(data, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
 assert torch.isfinite(losses['decode.loss_ce']), losses
 print('ok')
-'''
+"""
 
 
 @pytest.mark.slow
 def test_stock_mmseg_config_with_custom_imports_builds_through_the_runner(tmp_path):
     cfg = tmp_path / 'fcn_r18_featup.py'
     cfg.write_text(CONFIG)
-    res = subprocess.run([sys.executable, '-c', SCRIPT, str(cfg), str(tmp_path / 'work')], capture_output=True,
-                         text=True, timeout=600, cwd=str(tmp_path))
+    res = subprocess.run(
+        [sys.executable, '-c', SCRIPT, str(cfg), str(tmp_path / 'work')],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert res.stdout.strip().endswith('ok')

@@ -1,4 +1,5 @@
 """SFTGuidedHead (mmseg decode head) and the image reaching it through GuidedEncoderDecoder."""
+
 import copy
 
 import pytest
@@ -12,41 +13,67 @@ from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from tests.mmseg.helpers import MEAN, batch, data_preprocessor, seg_samples  # noqa: E402  (registers the modules)
 from featup_plugin.mmseg.heads import SFTGuidedHead  # noqa: E402
 from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from tests.mmseg.helpers import MEAN, batch, data_preprocessor, seg_samples  # noqa: E402  (registers the modules)
 
-R18 = dict(type='ResNetV1c', depth=18, stem_channels=16, base_channels=8, num_stages=4, out_indices=(0, 1, 2, 3),
-           norm_cfg=dict(type='BN'), contract_dilation=True, style='pytorch')  # tiny: 8, 16, 32, 64 channels
+R18 = dict(
+    type='ResNetV1c',
+    depth=18,
+    stem_channels=16,
+    base_channels=8,
+    num_stages=4,
+    out_indices=(0, 1, 2, 3),
+    norm_cfg=dict(type='BN'),
+    contract_dilation=True,
+    style='pytorch',
+)  # tiny: 8, 16, 32, 64 channels
 
 
 def head_cfg(**kw):
-    cfg = dict(type='SFTGuidedHead', in_channels=64, in_index=3, feature_stride=32, output_stride=1, channels=8,
-               cond_channels=8, num_classes=4, norm_cfg=dict(type='BN'), align_corners=False,
-               loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+    cfg = dict(
+        type='SFTGuidedHead',
+        in_channels=64,
+        in_index=3,
+        feature_stride=32,
+        output_stride=1,
+        channels=8,
+        cond_channels=8,
+        num_classes=4,
+        norm_cfg=dict(type='BN'),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0),
+    )
     cfg.update(kw)
     return cfg
 
 
 def model_cfg(head=None, neck=None, seg_type='GuidedEncoderDecoder', test_cfg=None, bgr_to_rgb=True):
-    cfg = dict(type=seg_type,
-               data_preprocessor=data_preprocessor(size_divisor=16, bgr_to_rgb=bgr_to_rgb),
-               backbone=R18, decode_head=head or head_cfg(), train_cfg=dict(),
-               test_cfg=test_cfg or dict(mode='whole'))
+    cfg = dict(
+        type=seg_type,
+        data_preprocessor=data_preprocessor(size_divisor=16, bgr_to_rgb=bgr_to_rgb),
+        backbone=R18,
+        decode_head=head or head_cfg(),
+        train_cfg=dict(),
+        test_cfg=test_cfg or dict(mode='whole'),
+    )
     if neck is not None:
         cfg['neck'] = neck
     return ConfigDict(cfg)
 
 
-@pytest.mark.parametrize('kw, feat_hw, image_hw, want_hw, n_up', [
-    (dict(feature_stride=32, output_stride=1), (3, 2), (70, 45), (70, 45), 5),     # non-square, not divisible
-    (dict(feature_stride=16, output_stride=4), (4, 6), (64, 96), (16, 24), 2),
-    (dict(feature_stride=16, output_stride=4), (4, 7), (61, 99), (16, 25), 2),     # ceil(image / stride)
-    (dict(feature_stride=4, output_stride=1), (9, 5), (33, 17), (33, 17), 2),      # after a stride-4 neck
-    (dict(feature_stride=14, output_stride=1), (4, 4), (56, 56), (56, 56), 4),     # ViT/14: last stage x1.75
-    (dict(feature_stride=8, output_stride=8), (5, 3), (40, 24), (5, 3), 0),        # no upsampling stage
-    (dict(feature_stride=32, output_stride=1), (1, 1), (8, 8), (8, 8), 5),         # tiny image: stages clamp
-])
+@pytest.mark.parametrize(
+    'kw, feat_hw, image_hw, want_hw, n_up',
+    [
+        (dict(feature_stride=32, output_stride=1), (3, 2), (70, 45), (70, 45), 5),  # non-square, not divisible
+        (dict(feature_stride=16, output_stride=4), (4, 6), (64, 96), (16, 24), 2),
+        (dict(feature_stride=16, output_stride=4), (4, 7), (61, 99), (16, 25), 2),  # ceil(image / stride)
+        (dict(feature_stride=4, output_stride=1), (9, 5), (33, 17), (33, 17), 2),  # after a stride-4 neck
+        (dict(feature_stride=14, output_stride=1), (4, 4), (56, 56), (56, 56), 4),  # ViT/14: last stage x1.75
+        (dict(feature_stride=8, output_stride=8), (5, 3), (40, 24), (5, 3), 0),  # no upsampling stage
+        (dict(feature_stride=32, output_stride=1), (1, 1), (8, 8), (8, 8), 5),  # tiny image: stages clamp
+    ],
+)
 def test_head_output_shapes(kw, feat_hw, image_hw, want_hw, n_up):
     head = SFTGuidedHead(**{k: v for k, v in head_cfg(in_index=0, **kw).items() if k != 'type'})
     assert head.num_up == n_up and len(head.blocks) == n_up + 1 and len(head.condition_net.outs) == n_up + 1
@@ -102,8 +129,7 @@ def test_head_bad_configs_and_inputs():
     with pytest.raises(ValueError, match='feature_stride'):
         SFTGuidedHead(64, 8, num_classes=4, feature_stride=0)
     with pytest.raises(ValueError, match='multiple_select'):
-        SFTGuidedHead([64, 32], 8, num_classes=4, feature_stride=4, in_index=[0, 1],
-                      input_transform='multiple_select')
+        SFTGuidedHead([64, 32], 8, num_classes=4, feature_stride=4, in_index=[0, 1], input_transform='multiple_select')
     head = SFTGuidedHead(64, 8, num_classes=4, feature_stride=8, in_index=0)
     with pytest.raises(RuntimeError, match=r"model = dict\(type='GuidedEncoderDecoder'\)"):
         head([torch.randn(1, 64, 4, 4)])
@@ -113,8 +139,16 @@ def test_head_bad_configs_and_inputs():
         head([torch.randn(1, 64, 2, 2)], guidance=torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match=r'\[B, 3, H, W\]'):
         head([torch.randn(1, 64, 4, 4)], guidance=torch.randn(1, 1, 32, 32))
-    feat_head = SFTGuidedHead(64, 8, num_classes=4, feature_stride=8, in_index=0, condition='features',
-                              condition_index=1, condition_channels=5)
+    feat_head = SFTGuidedHead(
+        64,
+        8,
+        num_classes=4,
+        feature_stride=8,
+        in_index=0,
+        condition='features',
+        condition_index=1,
+        condition_channels=5,
+    )
     with pytest.raises(ValueError, match='condition_channels'):
         feat_head([torch.randn(1, 64, 4, 4), torch.randn(1, 6, 32, 32)], guidance=torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match='out of range'):
@@ -124,7 +158,7 @@ def test_head_bad_configs_and_inputs():
 def test_plain_encoder_decoder_tells_the_line_to_add():
     model = MODELS.build(model_cfg(seg_type='EncoderDecoder'))
     data = model.data_preprocessor(batch(), True)
-    with pytest.raises(RuntimeError, match="GuidedEncoderDecoder"):
+    with pytest.raises(RuntimeError, match='GuidedEncoderDecoder'):
         model(**data, mode='loss')
 
 
@@ -136,8 +170,9 @@ def test_head_gets_the_data_normalisation_and_recovers_rgb():
         rgb = torch.rand(1, 3, 8, 8)
         loaded = (rgb.flip(1) * 255).round()  # mmcv loads BGR
         data = model.data_preprocessor(dict(inputs=[loaded[0].to(torch.uint8)], data_samples=None), False)
-        want = (loaded.flip(1) / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / \
-            torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        want = (loaded.flip(1) / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
         torch.testing.assert_close(head.guidance_from_inputs(data['inputs']), want, rtol=1e-5, atol=1e-5)
 
 
@@ -148,6 +183,7 @@ def _seen_guidance(head):
     def forward(inputs, guidance=None):
         seen.append(tuple(inputs.guidance.shape))
         return orig(inputs, guidance)
+
     head.forward = forward
     return seen
 
@@ -179,10 +215,19 @@ def test_segmentor_train_step_val_step_without_neck():
 def test_segmentor_with_featup_neck_and_feature_condition():
     """FeatUpJBU in append mode gives stride-4 features; the head decodes the stride-32 level and conditions on
     the upsampled features (condition='features'); output at stride 2."""
-    neck = dict(type='FeatUpJBU', in_channels=[8, 16, 32, 64], in_index=3, out_size=None, output_stride=4,
-                feature_strides=[4, 8, 16, 32], mode='append', key_dim=8)
-    head = head_cfg(in_index=3, feature_stride=32, output_stride=2, condition='features', condition_index=4,
-                    condition_channels=64)
+    neck = dict(
+        type='FeatUpJBU',
+        in_channels=[8, 16, 32, 64],
+        in_index=3,
+        out_size=None,
+        output_stride=4,
+        feature_strides=[4, 8, 16, 32],
+        mode='append',
+        key_dim=8,
+    )
+    head = head_cfg(
+        in_index=3, feature_stride=32, output_stride=2, condition='features', condition_index=4, condition_channels=64
+    )
     model = MODELS.build(model_cfg(head=head, neck=neck))
     model.init_weights()
     _randomise_sft(model.decode_head, std=0.1)
@@ -192,8 +237,11 @@ def test_segmentor_with_featup_neck_and_feature_condition():
     model.zero_grad()
     proc = model.data_preprocessor(copy.deepcopy(data), True)
     sum(v for k, v in model(**proc, mode='loss').items() if 'loss' in k).backward()
-    no_grad = [n for n, p in model.named_parameters() if (n.startswith('neck.') or 'condition_net' in n)
-               and (p.grad is None or not p.grad.any())]
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if (n.startswith('neck.') or 'condition_net' in n) and (p.grad is None or not p.grad.any())
+    ]
     assert not no_grad, no_grad  # the neck's output reaches the loss through the condition network only
     proc = model.data_preprocessor(copy.deepcopy(data), False)
     assert model(proc['inputs'], proc['data_samples'], mode='tensor').shape == (2, 4, 24, 40)
@@ -219,8 +267,9 @@ def test_test_time_augmentation():
         s.set_metainfo(dict(flip=True, flip_direction='horizontal', img_path='a.png'))
     for s in plain['data_samples']:
         s.set_metainfo(dict(flip=False, flip_direction=None, img_path='a.png'))
-    data = dict(inputs=[plain['inputs'], flipped['inputs']],
-                data_samples=[plain['data_samples'], flipped['data_samples']])
+    data = dict(
+        inputs=[plain['inputs'], flipped['inputs']], data_samples=[plain['data_samples'], flipped['data_samples']]
+    )
     preds = tta.test_step(data)
     assert len(preds) == 1 and preds[0].pred_sem_seg.data.shape == (1, 32, 48)
     assert len(seen) == 2 and all(s == (1, 3, 32, 48) for s in seen)
@@ -231,7 +280,8 @@ def _capture_condition(head):
     """Records what the condition network gets (its guidance) and gives (one condition per scale)."""
     seen = {}
     head.condition_net.register_forward_hook(
-        lambda m, args, out: seen.update(source=args[0], conds=[c.detach().clone() for c in out]))
+        lambda m, args, out: seen.update(source=args[0], conds=[c.detach().clone() for c in out])
+    )
     return seen
 
 
@@ -296,6 +346,7 @@ def _prior_head_grads(head, feats, img, samples):
     """Gradient of the prior branch's weight from the decode loss alone (the SFT path), from loss_prior alone,
     and from their sum (what training uses)."""
     from featup_plugin.mmseg.segmentors.guided_encoder_decoder import GuidedFeatures
+
     grads = {}
     for which in ('loss_ce', 'loss_prior', 'all'):
         head.zero_grad()
@@ -323,12 +374,15 @@ def test_prior_gradients_loss_and_detach():
     _, prior = head(feats, guidance=img, return_prior=True)
     label = torch.stack([s.gt_sem_seg.data for s in samples]).squeeze(1)
     want = 0.4 * torch.nn.functional.cross_entropy(
-        torch.nn.functional.interpolate(prior, size=(32, 40), mode='bilinear', align_corners=False), label,
-        ignore_index=255)
+        torch.nn.functional.interpolate(prior, size=(32, 40), mode='bilinear', align_corners=False),
+        label,
+        ignore_index=255,
+    )
     torch.testing.assert_close(losses['loss_prior'], want)
     # prior_detach: the same weights, the condition path is cut: the prior branch learns from loss_prior only
-    detached = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', ignore_index=255,
-                                     prior_detach=True))
+    detached = MODELS.build(
+        head_cfg(in_index=0, feature_stride=8, condition='prior', ignore_index=255, prior_detach=True)
+    )
     detached.load_state_dict(head.state_dict())
     dgrads, _ = _prior_head_grads(detached, feats, img, samples)
     assert not dgrads['loss_ce'].any()
@@ -336,12 +390,14 @@ def test_prior_gradients_loss_and_detach():
     # prior_loss_weight=0: no auxiliary loss
     none = MODELS.build(head_cfg(in_index=0, feature_stride=8, condition='prior', prior_loss_weight=0))
     from featup_plugin.mmseg.segmentors.guided_encoder_decoder import GuidedFeatures
+
     assert set(none.loss(GuidedFeatures(feats, guidance=img), samples, None)) == {'loss_ce', 'acc_seg'}
 
 
 def test_prior_bad_configs():
     def build(**kw):
         return SFTGuidedHead(64, 8, num_classes=4, feature_stride=4, **kw)
+
     with pytest.raises(ValueError, match="condition_index / condition_channels apply only to condition='features'"):
         build(condition='prior', condition_index=1)
     for bad in (-0.1, '0.4', True, [0.4], float('nan')):
@@ -357,19 +413,30 @@ def test_prior_bad_configs():
         with pytest.raises(ValueError, match=f"{next(iter(kw))} apply only to condition='prior'"):
             build(condition='image', **kw)
     with pytest.raises(ValueError, match='prior_loss_weight / prior_detach apply only'):
-        build(condition='features', condition_index=1, condition_channels=3, prior_loss_weight=1.0,
-              prior_detach=True)
+        build(condition='features', condition_index=1, condition_channels=3, prior_loss_weight=1.0, prior_detach=True)
     with pytest.raises(ValueError, match='out_channels=1'):  # binary sigmoid head: no softmax prior
-        SFTGuidedHead(64, 8, num_classes=2, out_channels=1, threshold=0.3, feature_stride=4, condition='prior',
-                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True))
+        SFTGuidedHead(
+            64,
+            8,
+            num_classes=2,
+            out_channels=1,
+            threshold=0.3,
+            feature_stride=4,
+            condition='prior',
+            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True),
+        )
     with pytest.raises(ValueError, match="return_prior=True needs condition='prior'"):
         build(in_index=0)([torch.randn(1, 64, 4, 4)], guidance=torch.randn(1, 3, 16, 16), return_prior=True)
 
 
 def test_segmentor_with_prior_condition_train_val_slide_tta():
     torch.manual_seed(0)
-    model = MODELS.build(model_cfg(head=head_cfg(condition='prior+image', prior_channels=8),
-                                   test_cfg=dict(mode='slide', crop_size=(48, 40), stride=(32, 32))))
+    model = MODELS.build(
+        model_cfg(
+            head=head_cfg(condition='prior+image', prior_channels=8),
+            test_cfg=dict(mode='slide', crop_size=(48, 40), stride=(32, 32)),
+        )
+    )
     model.init_weights()
     head = model.decode_head
     calls = []
@@ -378,6 +445,7 @@ def test_segmentor_with_prior_condition_train_val_slide_tta():
     def forward(inputs, guidance=None, **kw):
         calls.append((tuple(inputs.guidance.shape), kw.get('return_prior', False)))
         return orig(inputs, guidance, **kw)
+
     head.forward = forward
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05))
     data = batch(h=64, w=96)

@@ -1,4 +1,5 @@
 """tools/train.py and tools/test.py as a user runs them (subprocesses), including a 2-process gloo launch."""
+
 import glob
 import os
 import socket
@@ -15,15 +16,26 @@ CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_fe
 
 
 def _small_run_options(data_root, iters):
-    return ['--cfg-options', f'synthetic_data.root={data_root}', 'synthetic_data.num_train=4',
-            'synthetic_data.num_val=2', 'synthetic_data.size=64',
-            f'train_dataloader.dataset.data_root={data_root}', f'val_dataloader.dataset.data_root={data_root}',
-            f'test_dataloader.dataset.data_root={data_root}', 'train_dataloader.batch_size=2',
-            'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
-            'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
-            'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-            f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-            f'default_hooks.checkpoint.interval={iters}']
+    return [
+        '--cfg-options',
+        f'synthetic_data.root={data_root}',
+        'synthetic_data.num_train=4',
+        'synthetic_data.num_val=2',
+        'synthetic_data.size=64',
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}',
+        'train_dataloader.batch_size=2',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False',
+        'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False',
+        f'train_cfg.max_iters={iters}',
+        f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={iters}',
+    ]
 
 
 def _run(args, cwd, timeout=600):
@@ -38,28 +50,39 @@ def _run(args, cwd, timeout=600):
 def test_train_generates_data_trains_evaluates_then_test_tool(tmp_path):
     data_root, work = str(tmp_path / 'data'), str(tmp_path / 'work')
     assert not os.path.exists(data_root)
-    out = _run([os.path.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', work]
-               + _small_run_options(data_root, 2), cwd=str(tmp_path))
+    out = _run(
+        [os.path.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', work] + _small_run_options(data_root, 2),
+        cwd=str(tmp_path),
+    )
     assert os.path.isfile(os.path.join(data_root, 'meta.json'))  # generated because it was absent
     assert 'mIoU' in out and 'bF' in out
     ckpt = os.path.join(work, 'iter_2.pth')
     assert os.path.isfile(ckpt)
 
     # --resume continues from the last checkpoint of the work dir
-    out = _run([os.path.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', work, '--resume']
-               + _small_run_options(data_root, 3), cwd=str(tmp_path))
+    out = _run(
+        [os.path.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', work, '--resume']
+        + _small_run_options(data_root, 3),
+        cwd=str(tmp_path),
+    )
     assert 'resumed epoch: 0, iter: 2' in out and 'Saving checkpoint at 3 iterations' in out
     ckpt = os.path.join(work, 'iter_3.pth')
     assert os.path.isfile(ckpt)
 
     pred_dir = str(tmp_path / 'pred')
-    out = _run([os.path.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir', work, '--out', pred_dir]
-               + _small_run_options(data_root, 2), cwd=str(tmp_path))
+    out = _run(
+        [os.path.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir', work, '--out', pred_dir]
+        + _small_run_options(data_root, 2),
+        cwd=str(tmp_path),
+    )
     assert 'mIoU' in out
     assert len(glob.glob(os.path.join(pred_dir, '*.png'))) == 2
 
-    out = _run([os.path.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir', work, '--tta']
-               + _small_run_options(data_root, 2), cwd=str(tmp_path))
+    out = _run(
+        [os.path.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir', work, '--tta']
+        + _small_run_options(data_root, 2),
+        cwd=str(tmp_path),
+    )
     assert 'mIoU' in out
 
 
@@ -72,9 +95,22 @@ def _free_port():
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     data_root, work = str(tmp_path / 'data'), str(tmp_path / 'work')
-    out = _run(['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
-                os.path.join(ROOT, 'tools', 'train.py'), CONFIG, '--launcher', 'pytorch', '--work-dir', work]
-               + _small_run_options(data_root, 1), cwd=str(tmp_path))
+    out = _run(
+        [
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            f'--master_port={_free_port()}',
+            os.path.join(ROOT, 'tools', 'train.py'),
+            CONFIG,
+            '--launcher',
+            'pytorch',
+            '--work-dir',
+            work,
+        ]
+        + _small_run_options(data_root, 1),
+        cwd=str(tmp_path),
+    )
     assert 'distributed backend is gloo' in out
     assert 'Distributed training: True' in out
     assert os.path.isfile(os.path.join(work, 'iter_1.pth'))

@@ -1,4 +1,5 @@
 """The JBU op: exactness against the unfold reference, float64 gradients, errors, backends."""
+
 import os
 import random
 import subprocess
@@ -7,14 +8,16 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import featup_plugin.ops as ops
 from featup_plugin.ops import _backend, adaptive_conv, local_correlation
 from featup_plugin.ops.adaptive_conv import flip_taps
-from featup_plugin.ops.reference import (adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps,
-                                         local_correlation_unfold)
-
+from featup_plugin.ops.reference import (
+    adaptive_conv_taps,
+    adaptive_conv_unfold,
+    local_correlation_taps,
+    local_correlation_unfold,
+)
 from tests import ROOT
 
 # fp32 tolerance: each output sums k*k*(1 or C) products; we compare with
@@ -56,7 +59,7 @@ def test_randomised_float32_against_reference():
         if layout == 1:  # channels_last input
             x = x.contiguous(memory_format=torch.channels_last)
         elif layout == 2:  # non-contiguous slices of bigger tensors
-            x = torch.randn(b, c + 2, h + k + 1, w + k + 3)[:, 1:c + 1, 1:h + k, 2:w + k + 1]
+            x = torch.randn(b, c + 2, h + k + 1, w + k + 3)[:, 1 : c + 1, 1 : h + k, 2 : w + k + 1]
             f = torch.randn(b, h, w, k + 1, k + 1)[..., :k, 1:]
             assert not x.is_contiguous() and not f.is_contiguous()
         elif layout == 3:  # filters as a permuted tap-major tensor (what the JBU upsampler passes)
@@ -70,7 +73,7 @@ def test_randomised_float32_against_reference():
         g = torch.randn(b, c, h, w)
         refc = local_correlation_unfold(g.double(), x.double())
         outc = local_correlation(g, x)
-        tol = FP32_ATOL * c ** 0.5 + FP32_RTOL * refc.abs()
+        tol = FP32_ATOL * c**0.5 + FP32_RTOL * refc.abs()
         assert (outc.double() - refc).abs().le(tol).all(), (b, c, h, w, k, layout)
 
 
@@ -134,15 +137,16 @@ def test_every_cpu_code_path(isa):
         pytest.skip(f'this CPU has no {isa} path')
     try:
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
-            for (b, c, h, w, k) in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
+            for b, c, h, w, k in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
                 x, f = make(b, c, h, w, k, dtype=torch.float64)
                 ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double())
                 tol = 1e-10 if dtype == torch.float64 else 1e-3 if dtype == torch.float32 else 0.5
                 torch.testing.assert_close(adaptive_conv(x.to(dtype), f.to(dtype)).double(), ref, rtol=tol, atol=tol)
                 g = torch.randn(b, c, h, w, dtype=torch.float64)
                 refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
-                torch.testing.assert_close(local_correlation(g.to(dtype), x.to(dtype)).double(), refc,
-                                           rtol=tol, atol=tol * c)
+                torch.testing.assert_close(
+                    local_correlation(g.to(dtype), x.to(dtype)).double(), refc, rtol=tol, atol=tol * c
+                )
     finally:
         ext.set_cpu_isa(before)
     with pytest.raises(RuntimeError, match='unknown CPU code path'):
@@ -157,33 +161,39 @@ def test_bfloat16_cpu_close_to_float32():
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize('make_args, exc, match', [
-    (lambda: (torch.randn(2, 3, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'input must be 4-D'),
-    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 9)), ValueError, 'filters must be 5-D'),
-    (lambda: (torch.randn(2, 3, 9, 9), torch.randn(2, 6, 6, 4, 4)), ValueError, 'must be odd'),
-    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 5)), ValueError, 'square'),
-    (lambda: (torch.randn(2, 3, 9, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'spatial size'),
-    (lambda: (torch.randn(3, 3, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'batch size'),
-    (lambda: (torch.randn(2, 0, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'empty'),
-    (lambda: (torch.randn(0, 3, 8, 8), torch.randn(0, 6, 6, 3, 3)), ValueError, 'empty'),
-    (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 3).double()), TypeError, 'same dtype'),
-    (lambda: (torch.randint(0, 3, (2, 3, 8, 8)), torch.randn(2, 6, 6, 3, 3)), TypeError, 'floating point'),
-    (lambda: (torch.randn(2, 3, 8, 8, device='meta'), torch.randn(2, 6, 6, 3, 3)), ValueError, 'same device'),
-    (lambda: ([[1.0]], torch.randn(2, 6, 6, 3, 3)), TypeError, 'torch.Tensor'),
-])
+@pytest.mark.parametrize(
+    'make_args, exc, match',
+    [
+        (lambda: (torch.randn(2, 3, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'input must be 4-D'),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 9)), ValueError, 'filters must be 5-D'),
+        (lambda: (torch.randn(2, 3, 9, 9), torch.randn(2, 6, 6, 4, 4)), ValueError, 'must be odd'),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 5)), ValueError, 'square'),
+        (lambda: (torch.randn(2, 3, 9, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'spatial size'),
+        (lambda: (torch.randn(3, 3, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'batch size'),
+        (lambda: (torch.randn(2, 0, 8, 8), torch.randn(2, 6, 6, 3, 3)), ValueError, 'empty'),
+        (lambda: (torch.randn(0, 3, 8, 8), torch.randn(0, 6, 6, 3, 3)), ValueError, 'empty'),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 6, 6, 3, 3).double()), TypeError, 'same dtype'),
+        (lambda: (torch.randint(0, 3, (2, 3, 8, 8)), torch.randn(2, 6, 6, 3, 3)), TypeError, 'floating point'),
+        (lambda: (torch.randn(2, 3, 8, 8, device='meta'), torch.randn(2, 6, 6, 3, 3)), ValueError, 'same device'),
+        (lambda: ([[1.0]], torch.randn(2, 6, 6, 3, 3)), TypeError, 'torch.Tensor'),
+    ],
+)
 def test_adaptive_conv_bad_inputs(make_args, exc, match):
     with pytest.raises(exc, match=match):
         adaptive_conv(*make_args())
 
 
-@pytest.mark.parametrize('make_args, exc, match', [
-    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 9)), ValueError, 'same odd window'),
-    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 9, 9)), ValueError, 'same odd window'),
-    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4, 8, 8)), ValueError, 'channel'),
-    (lambda: (torch.randn(2, 3, 6), torch.randn(2, 3, 8, 8)), ValueError, '4-D'),
-    (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 8).half()), TypeError, 'same dtype'),
-    (lambda: (torch.randn(2, 0, 6, 6), torch.randn(2, 0, 8, 8)), ValueError, 'empty'),
-])
+@pytest.mark.parametrize(
+    'make_args, exc, match',
+    [
+        (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 9)), ValueError, 'same odd window'),
+        (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 9, 9)), ValueError, 'same odd window'),
+        (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4, 8, 8)), ValueError, 'channel'),
+        (lambda: (torch.randn(2, 3, 6), torch.randn(2, 3, 8, 8)), ValueError, '4-D'),
+        (lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 8).half()), TypeError, 'same dtype'),
+        (lambda: (torch.randn(2, 0, 6, 6), torch.randn(2, 0, 8, 8)), ValueError, 'empty'),
+    ],
+)
 def test_local_correlation_bad_inputs(make_args, exc, match):
     with pytest.raises(exc, match=match):
         local_correlation(*make_args())
@@ -207,12 +217,14 @@ def _run(code, **env):
 
 @pytest.mark.slow
 def test_env_var_forces_reference():
-    code = ('import torch, warnings\n'
-            'import featup_plugin.ops as o\n'
-            'warnings.simplefilter("error")  # the op itself must not warn when the reference is requested\n'
-            'x = torch.randn(1, 2, 6, 6); f = torch.randn(1, 4, 4, 3, 3)\n'
-            'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
-            'print(o.backend_name())')
+    code = (
+        'import torch, warnings\n'
+        'import featup_plugin.ops as o\n'
+        'warnings.simplefilter("error")  # the op itself must not warn when the reference is requested\n'
+        'x = torch.randn(1, 2, 6, 6); f = torch.randn(1, 4, 4, 3, 3)\n'
+        'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
+        'print(o.backend_name())'
+    )
     res = _run(code, FEATUP_OPS='reference')
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == 'reference (FEATUP_OPS=reference)'
@@ -220,14 +232,17 @@ def test_env_var_forces_reference():
 
 @pytest.mark.slow
 def test_invalid_env_var_is_an_error():
-    res = _run('import torch, featup_plugin.ops as o; o.adaptive_conv(torch.randn(1,1,3,3), torch.randn(1,1,1,3,3))',
-               FEATUP_OPS='fast')
+    res = _run(
+        'import torch, featup_plugin.ops as o; o.adaptive_conv(torch.randn(1,1,3,3), torch.randn(1,1,1,3,3))',
+        FEATUP_OPS='fast',
+    )
     assert res.returncode != 0 and "FEATUP_OPS='fast' is not one of" in res.stderr
 
 
 def test_fallback_warns_once_and_is_correct(monkeypatch):
     # Hide the prebuilt extension and make the JIT build fail: the reference must run, with ONE warning.
     import featup_plugin
+
     monkeypatch.setitem(sys.modules, 'featup_plugin._ext', None)
     monkeypatch.delattr(featup_plugin, '_ext', raising=False)
     monkeypatch.setattr(_backend, '_jit_build', lambda with_cuda: (_ for _ in ()).throw(OSError('no compiler')))
@@ -252,8 +267,10 @@ def test_fallback_warns_once_and_is_correct(monkeypatch):
 
 
 def test_build_error_message_names_the_compiler_error():
-    log = ("Error building extension 'x': [1/2] c++ -c a.cpp\nFAILED: a.o\n"
-           "a.cpp:3:1: error: 'foo' was not declared in this scope\nninja: build stopped: subcommand failed.")
+    log = (
+        "Error building extension 'x': [1/2] c++ -c a.cpp\nFAILED: a.o\n"
+        "a.cpp:3:1: error: 'foo' was not declared in this scope\nninja: build stopped: subcommand failed."
+    )
     assert _backend._first_error_line(log) == "a.cpp:3:1: error: 'foo' was not declared in this scope"
     assert _backend._first_error_line('') == 'unknown error'
 
@@ -261,10 +278,12 @@ def test_build_error_message_names_the_compiler_error():
 @pytest.mark.slow
 def test_jit_build_path(tmp_path):
     # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds).
-    code = ('import torch, featup_plugin.ops as o\n'
-            'x = torch.randn(2, 5, 9, 10, dtype=torch.float64); f = torch.randn(2, 5, 6, 5, 5, dtype=torch.float64)\n'
-            'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
-            'print(o.backend_name())')
+    code = (
+        'import torch, featup_plugin.ops as o\n'
+        'x = torch.randn(2, 5, 9, 10, dtype=torch.float64); f = torch.randn(2, 5, 6, 5, 5, dtype=torch.float64)\n'
+        'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
+        'print(o.backend_name())'
+    )
     res = _run(code, FEATUP_OPS='jit', TORCH_EXTENSIONS_DIR=str(tmp_path), MAX_JOBS='2')
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1].startswith('jit')
@@ -296,7 +315,13 @@ def test_cuda_gradcheck_float64(k):
 def test_cuda_matches_cpu_reference(dtype, tol):
     rng = random.Random(7)
     for _ in range(12):
-        b, c, h, w, k = rng.randint(1, 3), rng.randint(1, 70), rng.randint(1, 40), rng.randint(1, 40), rng.choice([3, 5, 7])
+        b, c, h, w, k = (
+            rng.randint(1, 3),
+            rng.randint(1, 70),
+            rng.randint(1, 40),
+            rng.randint(1, 40),
+            rng.choice([3, 5, 7]),
+        )
         x, f = make(b, c, h, w, k, dtype=torch.float32)
         f = f.softmax(-1)
         ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double()).float()
@@ -305,7 +330,7 @@ def test_cuda_matches_cpu_reference(dtype, tol):
         g = torch.randn(b, c, h, w)
         refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double()).float()
         outc = local_correlation(g.to(dtype).cuda(), x.to(dtype).cuda()).float().cpu()
-        torch.testing.assert_close(outc, refc, rtol=tol, atol=tol * c ** 0.5)
+        torch.testing.assert_close(outc, refc, rtol=tol, atol=tol * c**0.5)
 
 
 @pytest.mark.cuda

@@ -1,5 +1,6 @@
 """PAC ops: the compiled op against the unfold reference, float64 gradients, the adapting kernels against the
 paper's formulas, module semantics (nn.Conv2d / nn.ConvTranspose2d compatibility) and errors."""
+
 import os
 
 import pytest
@@ -9,15 +10,26 @@ import torch.nn.functional as F
 
 from featup_plugin.ops import _backend
 from featup_plugin.ops import pac as pac_mod
-from featup_plugin.ops.pac import (PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv_transpose2d,
-                                   pac_kernel2d, pac_pool2d, parse_kernel_type)
+from featup_plugin.ops.pac import (
+    PacConv2d,
+    PacConvTranspose2d,
+    PacPool2d,
+    pac_conv2d,
+    pac_conv_transpose2d,
+    pac_kernel2d,
+    pac_pool2d,
+    parse_kernel_type,
+)
 from featup_plugin.ops.pac_reference import pac_conv2d_taps, pac_conv2d_unfold
-
 
 D = torch.float64
 # (kernel_size, stride, padding, dilation): square and not, strided, dilated, padding larger than the window
-GEOMS = [((3, 3), (1, 1), (1, 1), (1, 1)), ((5, 3), (2, 1), (2, 0), (1, 2)), ((3, 3), (3, 2), (0, 3), (2, 1)),
-         ((1, 1), (1, 1), (0, 0), (1, 1))]
+GEOMS = [
+    ((3, 3), (1, 1), (1, 1), (1, 1)),
+    ((5, 3), (2, 1), (2, 0), (1, 2)),
+    ((3, 3), (3, 2), (0, 3), (2, 1)),
+    ((1, 1), (1, 1), (0, 0), (1, 1)),
+]
 
 
 def kernel_oracle(g, k, s, p, d, kind='gaussian', alpha=None, lam=None, asym=False, normalize=False, center=None):
@@ -33,7 +45,7 @@ def kernel_oracle(g, k, s, p, d, kind='gaussian', alpha=None, lam=None, asym=Fal
     diff = cols - center
     if asym:
         diff = diff.clamp(min=0)
-    sq = (diff ** 2).sum(1)
+    sq = (diff**2).sum(1)
     kern = torch.exp(-0.5 * sq) if kind == 'gaussian' else alpha + (sq + 1e-4) ** (lam / 2)
     kern = kern * mask
     if normalize:
@@ -57,8 +69,9 @@ def test_forward_matches_unfold_and_taps(geom):
     ref = pac_conv2d_unfold(x, kern, w, b, k, s, p, d)
     torch.testing.assert_close(pac_conv2d(x, kern, w, b, s, p, d), ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pac_conv2d_taps(x, kern, w, b, k, s, p, d), ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(pac_pool2d(x, kern, k, s, p, d), pac_conv2d_unfold(x, kern, None, None, k, s, p, d),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        pac_pool2d(x, kern, k, s, p, d), pac_conv2d_unfold(x, kern, None, None, k, s, p, d), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize('tile_mb', ['0.00002', '0.003', '0.04', '100'])
@@ -72,8 +85,9 @@ def test_tiling_is_exact(monkeypatch, tile_mb):
     ref = pac_conv2d_unfold(x, kern, w, None, k, s, p, d)
     out = pac_conv2d(x, kern, w, None, s, p, d)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    for a, e in zip(torch.autograd.grad((out ** 2).sum(), (x, kern, w)),
-                    torch.autograd.grad((ref ** 2).sum(), (x, kern, w))):
+    for a, e in zip(
+        torch.autograd.grad((out**2).sum(), (x, kern, w)), torch.autograd.grad((ref**2).sum(), (x, kern, w))
+    ):
         torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
 
 
@@ -90,8 +104,12 @@ def test_float32_random_shapes_against_reference():
         x, g = torch.randn(b, c, h, w), torch.randn(b, 3, h, w)
         x = x if trial % 2 else x.contiguous(memory_format=torch.channels_last)
         kern, wt = pac_kernel2d(g, k, s, p, d), torch.randn(o, c, *k)
-        torch.testing.assert_close(pac_conv2d(x, kern, wt, None, s, p, d),
-                                   pac_conv2d_unfold(x, kern, wt, None, k, s, p, d), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            pac_conv2d(x, kern, wt, None, s, p, d),
+            pac_conv2d_unfold(x, kern, wt, None, k, s, p, d),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 @pytest.mark.slow
@@ -107,18 +125,17 @@ def test_gradcheck_compiled_op(geom):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kernel_type,normalize', [('gaussian', False), ('inv_0.5_-1', True),
-                                                   ('inv_1_-2_asym', False)])
+@pytest.mark.parametrize('kernel_type,normalize', [('gaussian', False), ('inv_0.5_-1', True), ('inv_1_-2_asym', False)])
 def test_gradcheck_input_guidance_weight(kernel_type, normalize):
     # The whole layer: gradients reach the input, the guidance (through the adapting kernel) and the weight.
-    layer = PacConv2d(3, 2, 3, stride=(1, 2), padding=1, kernel_type=kernel_type,
-                      normalize_kernel=normalize).double()
+    layer = PacConv2d(3, 2, 3, stride=(1, 2), padding=1, kernel_type=kernel_type, normalize_kernel=normalize).double()
     x = torch.randn(1, 3, 6, 7, dtype=D, requires_grad=True)
     g = torch.randn(1, 2, 6, 7, dtype=D, requires_grad=True)
     w = layer.weight.detach().clone().requires_grad_()
 
     def f(x, g, w):
         return pac_conv2d(x, layer.compute_kernel(g), w, layer.bias, layer.stride, layer.padding)
+
     assert torch.autograd.gradcheck(f, (x, g, w))
 
 
@@ -129,12 +146,14 @@ def test_gradcheck_transposed_and_shared():
     g = torch.randn(1, 2, 8, 6, dtype=D, requires_grad=True)
     w = layer.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x, g, w: pac_conv_transpose2d(x, layer.compute_kernel(g, (4, 3)), w, None, 2, 1, 1), (x, g, w))
+        lambda x, g, w: pac_conv_transpose2d(x, layer.compute_kernel(g, (4, 3)), w, None, 2, 1, 1), (x, g, w)
+    )
     shared = PacConv2d(2, 2, 3, padding=1, shared_filters=True).double()
     ws = shared.weight.detach().clone().requires_grad_()
     g2 = torch.randn(1, 2, 4, 3, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, g, w: pac_conv2d(x, shared.compute_kernel(g), w, None, 1, 1, shared_filters=True), (x, g2, ws))
+        lambda x, g, w: pac_conv2d(x, shared.compute_kernel(g), w, None, 1, 1, shared_filters=True), (x, g2, ws)
+    )
 
 
 @pytest.mark.parametrize('kernel_type', ['gaussian', 'gaussian_asym', 'inv_0.5_-1', 'inv_2_1_asym_fixed'])
@@ -160,8 +179,9 @@ def test_smoothed_centre():
     assert isinstance(full.smooth_kernel, nn.Parameter)
     torch.testing.assert_close(full.compute_kernel(g), ref, rtol=1e-7, atol=1e-7)  # initialised to the average
     gauss = PacPool2d(3, padding=1, smooth_kernel_type='gaussian')
-    assert torch.allclose(gauss.smooth_kernel.sum(), torch.tensor(1.0)) and not isinstance(gauss.smooth_kernel,
-                                                                                          nn.Parameter)
+    assert torch.allclose(gauss.smooth_kernel.sum(), torch.tensor(1.0)) and not isinstance(
+        gauss.smooth_kernel, nn.Parameter
+    )
 
 
 def test_conv2d_state_dict_loads_and_unit_kernel_is_conv():
@@ -194,8 +214,7 @@ def test_transposed_equals_conv_transpose_with_unit_kernel():
         ho, wo = layer.output_size(5, 6)
         assert (ho, wo) == tuple(ct(x).shape[2:])
         kk = layer.kernel_size[0] * layer.kernel_size[1]
-        torch.testing.assert_close(layer(x, kernel=torch.ones(2, kk, ho, wo, dtype=D)), ct(x), rtol=1e-12,
-                                   atol=1e-12)
+        torch.testing.assert_close(layer(x, kernel=torch.ones(2, kk, ho, wo, dtype=D)), ct(x), rtol=1e-12, atol=1e-12)
         # Zero guidance gives K = 1 on every tap, including taps beyond the output border that still read input
         # samples when padding > d*(k-1)/2 (the guidance is zero-padded there, as in PAC).
         torch.testing.assert_close(layer(x, torch.zeros(2, 1, ho, wo, dtype=D)), ct(x), rtol=1e-12, atol=1e-12)
@@ -208,16 +227,21 @@ def test_transposed_matches_unfold_of_zero_inserted_input():
     z = torch.zeros(2, 3, 7, 9, dtype=D)
     z[:, :, ::2, ::2] = x
     z = F.pad(z, [1, 2, 1, 2])
-    ref = pac_conv2d_unfold(z, kern, layer.weight.transpose(0, 1).flip(2, 3), layer.bias, (3, 3), (1, 1), (0, 0),
-                            (1, 1))
+    ref = pac_conv2d_unfold(
+        z, kern, layer.weight.transpose(0, 1).flip(2, 3), layer.bias, (3, 3), (1, 1), (0, 0), (1, 1)
+    )
     torch.testing.assert_close(layer(x, g), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_normalized_pool_with_uniform_kernel_is_average_pool():
     x = torch.randn(2, 3, 7, 9, dtype=D)
     pool = PacPool2d(3, stride=2, padding=1, normalize_kernel=True)
-    torch.testing.assert_close(pool(x, torch.zeros(2, 1, 7, 9, dtype=D)),
-                               F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        pool(x, torch.zeros(2, 1, 7, 9, dtype=D)),
+        F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_shared_filters_and_inv_parameters():
@@ -225,8 +249,9 @@ def test_shared_filters_and_inv_parameters():
     assert layer.weight.shape == (1, 1, 3, 3)
     x, g = torch.randn(1, 3, 6, 6), torch.randn(1, 2, 6, 6)
     kern = layer.compute_kernel(g)
-    ref = pac_conv2d_unfold(x, kern, torch.eye(3)[:, :, None, None] * layer.weight, layer.bias, (3, 3), (1, 1),
-                            (1, 1), (1, 1))
+    ref = pac_conv2d_unfold(
+        x, kern, torch.eye(3)[:, :, None, None] * layer.weight, layer.bias, (3, 3), (1, 1), (1, 1), (1, 1)
+    )
     out = layer(x, g)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     out.sum().backward()
@@ -322,8 +347,9 @@ def test_cuda_matches_cpu_and_memory_is_bounded():
 @pytest.mark.cuda
 def test_cuda_gradcheck_float64():
     x = torch.randn(2, 3, 7, 6, dtype=D, device='cuda', requires_grad=True)
-    kern = pac_kernel2d(torch.randn(2, 2, 7, 6, dtype=D, device='cuda'), (3, 5), (2, 1), (1, 2),
-                        (1, 1)).requires_grad_()
+    kern = pac_kernel2d(
+        torch.randn(2, 2, 7, 6, dtype=D, device='cuda'), (3, 5), (2, 1), (1, 2), (1, 1)
+    ).requires_grad_()
     w = torch.randn(2, 3, 3, 5, dtype=D, device='cuda', requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: pac_conv2d(*a, None, (2, 1), (1, 2)), (x, kern, w))
     assert torch.autograd.gradcheck(lambda xx, kk: pac_pool2d(xx, kk, (3, 5), (2, 1), (1, 2)), (x, kern))

@@ -1,4 +1,5 @@
 """Implicit FeatUp (featup_plugin.training.implicit): Fourier inputs, PCA, fitting, any-resolution answers, files."""
+
 import math
 
 import pytest
@@ -18,8 +19,9 @@ def _backbone():
 
 
 def _image(size=32):
-    from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD
     from featup_plugin.data.synthetic import generate_scene
+    from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD
+
     rgb = torch.from_numpy(generate_scene(7, (size, size))[0]).permute(2, 0, 1).float() / 255
     return ((rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1))[None]
 
@@ -65,6 +67,7 @@ def test_fit_reduces_the_loss_and_answers_at_any_resolution(tmp_path):
 
     def err(f):
         return float((torch.nn.functional.adaptive_avg_pool2d(f, lr.shape[-2:]) - lr).square().mean())
+
     assert err(a) < 0.8 * err(untrained)
 
     path = str(tmp_path / 'x.implicit.pt')
@@ -86,8 +89,9 @@ def test_fit_rejects_bad_input():
 def test_fast_forward_equals_the_module_forward_and_its_gradients():
     torch.manual_seed(0)
     img = torch.randn(1, 3, 10, 14, dtype=torch.float64)
-    model = ImplicitFeatUp(img, torch.randn(12, dtype=torch.float64), torch.randn(12, 8, dtype=torch.float64),
-                           hidden=16).double()
+    model = ImplicitFeatUp(
+        img, torch.randn(12, dtype=torch.float64), torch.randn(12, 8, dtype=torch.float64), hidden=16
+    ).double()
     with torch.no_grad():  # non-trivial norms, so folding their affine into the first layer is exercised
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -119,6 +123,7 @@ def test_view_bank_runs_the_backbone_only_for_the_pca_views_and_fit_size_is_the_
     def backbone(x):
         calls.append(tuple(x.shape))
         return net(x)
+
     renders = []
     orig = ImplicitFeatUp.forward
 
@@ -126,8 +131,8 @@ def test_view_bank_runs_the_backbone_only_for_the_pca_views_and_fit_size_is_the_
         out = orig(self, size)
         renders.append(tuple(out.shape[-2:]))
         return out
-    kwargs = dict(views=3, max_pad=4, pca_dim=8, pca_views=7, hidden=32, lr=1e-2, seed=0, view_bank=True,
-                  fit_size=16)
+
+    kwargs = dict(views=3, max_pad=4, pca_dim=8, pca_views=7, hidden=32, lr=1e-2, seed=0, view_bank=True, fit_size=16)
     ImplicitFeatUp.forward = spy
     try:
         model, losses = fit_implicit(img, backbone, steps=40, **kwargs)
@@ -147,14 +152,38 @@ def test_fit_implicit_tool_cpu_preset(tmp_path):
     import os
     import subprocess
     import sys
+
     from PIL import Image
+
     from featup_plugin.data.synthetic import generate_scene
+
     Image.fromarray(generate_scene(3, (40, 40))[0]).save(tmp_path / 'scene.png')
     from tests import ROOT as root
-    cmd = [sys.executable, os.path.join(root, 'tools', 'fit_implicit.py'), str(tmp_path / 'scene.png'),
-           '--out-dir', str(tmp_path / 'out'), '--preset', 'cpu', '--steps', '3', '--size', '32', '--pca-views', '4',
-           '--model', 'vit_small_patch8_224', '--model-kwargs', 'depth=1', 'embed_dim=32', 'num_heads=2',
-           '--quiet', '--device', 'cpu']
+
+    cmd = [
+        sys.executable,
+        os.path.join(root, 'tools', 'fit_implicit.py'),
+        str(tmp_path / 'scene.png'),
+        '--out-dir',
+        str(tmp_path / 'out'),
+        '--preset',
+        'cpu',
+        '--steps',
+        '3',
+        '--size',
+        '32',
+        '--pca-views',
+        '4',
+        '--model',
+        'vit_small_patch8_224',
+        '--model-kwargs',
+        'depth=1',
+        'embed_dim=32',
+        'num_heads=2',
+        '--quiet',
+        '--device',
+        'cpu',
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     assert '3 steps x 4 views (view bank), fitted at 32 px' in res.stdout, res.stdout

@@ -1,5 +1,6 @@
 """FeatUp's upsampler training: jitter views, downsamplers, losses (framework-free), and the mmengine trainer
 (loss decreases, checkpoint loads into FeatUpJBU and the detectron2 wrapper, resume equivalence)."""
+
 import copy
 import glob
 import math
@@ -8,12 +9,21 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from tests import ROOT
 
-from featup_plugin.training import (JitterParams, UncertaintyHead, apply_jitter, magnitude_tv_loss, project,
-                                    random_projection, reflect_pad, sample_jitter, total_variation,
-                                    uncertainty_loss)
+from featup_plugin.training import (
+    JitterParams,
+    UncertaintyHead,
+    apply_jitter,
+    magnitude_tv_loss,
+    project,
+    random_projection,
+    reflect_pad,
+    sample_jitter,
+    total_variation,
+    uncertainty_loss,
+)
 from featup_plugin.upsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
+from tests import ROOT
 
 
 # -- jitter --------------------------------------------------------------------------------------------------
@@ -45,8 +55,9 @@ def test_jitter_with_zoom_commutes_with_linear_per_pixel_maps():
     img = torch.randn(1, 3, 32, 32)
     t = JitterParams.from_pixels((32, 32), pad=4, zoom=1.7, y=11, x=20, flip=True)
     w = torch.randn(6, 3, 1, 1)
-    torch.testing.assert_close(F.conv2d(apply_jitter(img, t), w), apply_jitter(F.conv2d(img, w), t),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        F.conv2d(apply_jitter(img, t), w), apply_jitter(F.conv2d(img, w), t), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_jitter_is_resolution_independent_for_flips_and_agrees_for_zooms():
@@ -99,8 +110,9 @@ def test_reflect_pad_matches_torch_and_handles_large_pads():
 
 # -- downsamplers ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('kind', ['blur', 'attention'])
-@pytest.mark.parametrize('hr,lr,k', [((224, 224), (14, 14), 16), ((64, 96), (4, 6), 16), ((40, 40), (5, 5), 8),
-                                     ((20, 20), (4, 4), 8)])  # the last: overlapping windows
+@pytest.mark.parametrize(
+    'hr,lr,k', [((224, 224), (14, 14), 16), ((64, 96), (4, 6), 16), ((40, 40), (5, 5), 8), ((20, 20), (4, 4), 8)]
+)  # the last: overlapping windows
 def test_downsampler_shapes_and_constant_maps(kind, hr, lr, k):
     down = build_downsampler(kind, 6, k).eval()
     out = down(torch.randn(2, 6, *hr), lr)
@@ -132,8 +144,16 @@ def test_attention_weights_normalised_and_trainable_everywhere():
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('hr,lr,k', [((64, 64), (4, 4), 16), ((40, 56), (5, 7), 8), ((50, 45), (3, 2), 12),
-                                     ((37, 41), (4, 5), 8), ((30, 30), (3, 3), 16)])
+@pytest.mark.parametrize(
+    'hr,lr,k',
+    [
+        ((64, 64), (4, 4), 16),
+        ((40, 56), (5, 7), 8),
+        ((50, 45), (3, 2), 12),
+        ((37, 41), (4, 5), 8),
+        ((30, 30), (3, 3), 16),
+    ],
+)
 def test_attention_disjoint_windows_path_equals_the_gathered_patches(hr, lr, k):
     """Windows that do not overlap (stride >= kernel, incl. gaps and windows past the output) take a path that
     never gathers patches; it must equal the weighted sum over the gathered patches, values and gradients."""
@@ -179,7 +199,7 @@ def test_gaussian_blur_keeps_constants_and_size():
 def test_uncertainty_loss_formula_and_its_optimal_scale():
     pred, target = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     s = torch.rand(2, 1, 4, 4) + 0.5
-    expect = ((pred - target) ** 2 / (2 * s ** 2) + s.log()).mean()
+    expect = ((pred - target) ** 2 / (2 * s**2) + s.log()).mean()
     torch.testing.assert_close(uncertainty_loss(pred, target, s), expect)
     torch.testing.assert_close(uncertainty_loss(pred, target), ((pred - target) ** 2).mean())
     # d/ds of e/(2s^2) + log s vanishes at s^2 = e: a constant scale is optimal at the per-pixel RMS
@@ -215,11 +235,11 @@ def test_tv_terms():
     assert float(total_variation(ramp)) == pytest.approx(1.0)
 
 
-
 # -- the multi-view loss (framework-free) ---------------------------------------------------------------------
 def _generated_batch(n=2, size=32):
-    from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD
     from featup_plugin.data.synthetic import generate_scene
+    from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD
+
     rgb = torch.stack([torch.from_numpy(generate_scene(i, (size, size))[0]).permute(2, 0, 1) for i in range(n)])
     rgb = rgb.float() / 255
     return (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -228,12 +248,14 @@ def _generated_batch(n=2, size=32):
 def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
     from featup_plugin.training import multiview_loss
     from featup_plugin.upsamplers import ChannelNorm, JBUStack
+
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 12, 8, 8).requires_grad_(False)
     norm = ChannelNorm(12).requires_grad_(False)
 
     def extract_lr(x):
         return norm(conv(x))
+
     jbu, down, scale = JBUStack(12, num_stages=3), AttentionDownsampler(12, 8), UncertaintyHead(12)
     params = [*jbu.parameters(), *down.parameters(), *scale.parameters()]
     opt = torch.optim.NAdam(params, lr=3e-3)
@@ -241,8 +263,18 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
     losses = []
     for step in range(12):
         gen = torch.Generator().manual_seed(step)
-        out = multiview_loss(img, extract_lr, lambda lr, im: jbu(lr, im, output_size=im.shape[-2:]), down, scale,
-                             gen, n_views=2, max_pad=3, proj_dim=6, tv_weight=0.1)
+        out = multiview_loss(
+            img,
+            extract_lr,
+            lambda lr, im: jbu(lr, im, output_size=im.shape[-2:]),
+            down,
+            scale,
+            gen,
+            n_views=2,
+            max_pad=3,
+            proj_dim=6,
+            tv_weight=0.1,
+        )
         assert set(out) == {'loss_rec', 'loss_tv'}
         loss = sum(out.values())
         opt.zero_grad()
@@ -255,6 +287,7 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
     with pytest.raises(ValueError, match='image size'):
         multiview_loss(img, extract_lr, lambda lr, im: lr, down, scale, torch.Generator())
 
+
 # -- the mmengine trainer (FeatUpJBUTrainer), its configs and checkpoints ------------------------------------------
 CPU_CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'jbu_vit-tiny-p8_1xb2-100i_featup-synth-64.py')
 JBU_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', 'jbu_*.py'), recursive=True))
@@ -262,9 +295,11 @@ JBU_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', 'jbu_*.py'), 
 
 def _mmseg():
     pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
-    import featup_plugin  # noqa: F401  registers the modules
     from mmseg.utils import register_all_modules
+
+    import featup_plugin  # noqa: F401  registers the modules
     from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
+
     register_all_modules(init_default_scope=False)
     use_mmengine_checkpoint_loader()
 
@@ -300,11 +335,13 @@ class _Losses:
         class H(Hook):
             def after_train_iter(hook, runner, batch_idx, data_batch=None, outputs=None):
                 self.values.append(float(outputs['loss'].detach()))
+
         self.values, self.hook = [], H()
 
 
 def _train(cfg):
     from mmengine.runner import Runner
+
     runner = Runner.from_cfg(cfg)
     rec = _Losses()
     runner.register_hook(rec.hook)
@@ -317,6 +354,7 @@ def _train(cfg):
 def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
     _mmseg()
     from mmengine.config import Config
+
     cfg = Config.fromfile(path)
     assert cfg.model.type == 'FeatUpJBUTrainer' and 'featup_plugin' in cfg.custom_imports['imports']
     assert cfg.optim_wrapper.optimizer.type == 'NAdam' and cfg.optim_wrapper.optimizer.lr == 1e-3
@@ -337,27 +375,40 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
     _mmseg()
     from mmengine.config import Config
     from mmseg.registry import MODELS
+
     from featup_plugin.checkpoint import load_mmengine_checkpoint
     from featup_plugin.upsamplers import JBUStack
+
     cfg = _tiny(Config.fromfile(CPU_CONFIG), synth_root, tmp_path / 'work', iters=2)
     runner, _ = _train(cfg)
     ckpt = str(tmp_path / 'work' / 'iter_2.pth')
     trained = {k: v for k, v in runner.model.upsampler.state_dict().items()}
-    assert any(not torch.equal(v, JBUStack(64, 3).state_dict()[k]) for k, v in trained.items()
-               if 'fixup_proj.1' in k)  # trained: not the init
+    assert any(
+        not torch.equal(v, JBUStack(64, 3).state_dict()[k]) for k, v in trained.items() if 'fixup_proj.1' in k
+    )  # trained: not the init
     state = load_mmengine_checkpoint(ckpt)['state_dict']
     assert {k.split('.')[0] for k in state} == {'backbone', 'norm', 'upsampler', 'downsampler', 'scale_net', 'step'}
 
     # mmseg neck, through mmengine's init_cfg
-    neck = MODELS.build(dict(type='FeatUpJBU', in_channels=64, in_index=0, feature_strides=8,
-                             init_cfg=dict(type='Pretrained', checkpoint=ckpt)))
+    neck = MODELS.build(
+        dict(
+            type='FeatUpJBU',
+            in_channels=64,
+            in_index=0,
+            feature_strides=8,
+            init_cfg=dict(type='Pretrained', checkpoint=ckpt),
+        )
+    )
     neck.init_weights()
     for k, v in trained.items():
         assert torch.equal(neck.upsamplers[0].state_dict()[k], v), k
 
     # the bare stack via tools/model_converters/extract_upsampler.py
     import importlib.util
-    spec = importlib.util.spec_from_file_location('extract_upsampler', os.path.join(ROOT, 'tools', 'model_converters', 'extract_upsampler.py'))
+
+    spec = importlib.util.spec_from_file_location(
+        'extract_upsampler', os.path.join(ROOT, 'tools', 'model_converters', 'extract_upsampler.py')
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = str(tmp_path / 'jbu.pth')
@@ -371,14 +422,20 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
     if __import__('importlib').util.find_spec('detectron2') is not None:
         from detectron2.config import get_cfg
         from detectron2.modeling import build_backbone
+
         from featup_plugin.detectron2 import add_featup_config
+
         d2 = add_featup_config(get_cfg())
         d2.MODEL.FEATUP.TIMM_MODEL = 'vit_small_patch8_224'
         d2.MODEL.FEATUP.TIMM_KWARGS.update(depth=2, embed_dim=64, num_heads=2)
         d2.MODEL.FEATUP.OUTPUT_STRIDE = 1
         d2.MODEL.FEATUP.WEIGHTS = ckpt
         d2.MODEL.BACKBONE.NAME = 'FeatUpBackbone'
-        d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD, d2.INPUT.FORMAT = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], 'RGB'
+        d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD, d2.INPUT.FORMAT = (
+            [123.675, 116.28, 103.53],
+            [58.395, 57.12, 57.375],
+            'RGB',
+        )
         bb = build_backbone(d2)
         (loaded,) = [u for u in bb.upsamplers.values()]
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
@@ -388,6 +445,7 @@ def test_checkpoint_loads_into_featupjbu_detectron2_and_extracts(synth_root, tmp
 def test_resume_gives_the_next_step_loss_of_an_uninterrupted_run(synth_root, tmp_path):
     _mmseg()
     from mmengine.config import Config
+
     base = Config.fromfile(CPU_CONFIG)
     cfg = _tiny(base, synth_root, tmp_path / 'a', iters=3)
     cfg.default_hooks.checkpoint.interval = 2
@@ -407,19 +465,46 @@ def test_two_process_ddp_training_through_tools_train(synth_root, tmp_path):
     import socket
     import subprocess
     import sys
+
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     work = str(tmp_path / 'work')
-    opts = [f'train_dataloader.dataset.root={os.path.join(synth_root, "img_dir", "train")}',
-            'train_dataloader.dataset.size=32', 'train_dataloader.batch_size=1', 'train_dataloader.num_workers=0',
-            'model.n_views=1', 'model.max_pad=3', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',
-            'default_hooks.logger.interval=1', 'synthetic_data=None']
+    opts = [
+        f'train_dataloader.dataset.root={os.path.join(synth_root, "img_dir", "train")}',
+        'train_dataloader.dataset.size=32',
+        'train_dataloader.batch_size=1',
+        'train_dataloader.num_workers=0',
+        'model.n_views=1',
+        'model.max_pad=3',
+        'train_cfg.max_iters=2',
+        'default_hooks.checkpoint.interval=2',
+        'default_hooks.logger.interval=1',
+        'synthetic_data=None',
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                          f'--master_port={port}', os.path.join(ROOT, 'tools', 'train.py'), CPU_CONFIG,
-                          '--launcher', 'pytorch', '--work-dir', work, '--cfg-options', *opts],
-                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            f'--master_port={port}',
+            os.path.join(ROOT, 'tools', 'train.py'),
+            CPU_CONFIG,
+            '--launcher',
+            'pytorch',
+            '--work-dir',
+            work,
+            '--cfg-options',
+            *opts,
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert 'Distributed training: True' in out and 'loss_rec' in out
@@ -428,17 +513,21 @@ def test_two_process_ddp_training_through_tools_train(synth_root, tmp_path):
 
 def test_upsampler_stacks_are_found_in_every_checkpoint_layout():
     """The one parser of upsampler checkpoints (FeatUpJBU, detectron2's FeatUpBackbone, extract_upsampler)."""
-    from featup_plugin.checkpoint import (UpsamplerWeightsError, assign_upsampler_stacks,
-                                                   find_upsampler_stacks)
+    from featup_plugin.checkpoint import UpsamplerWeightsError, assign_upsampler_stacks, find_upsampler_stacks
     from featup_plugin.upsamplers import JBUStack
+
     sd = JBUStack(4, num_stages=2).state_dict()
 
     def under(prefix):
         return {prefix + k: v for k, v in sd.items()}
+
     decoy = {'decode_head.up1.conv.weight': torch.zeros(1), 'backbone.model.fixup_proj.w': torch.zeros(1)}
-    layouts = {'': sd, 'upsampler': {**under('upsampler.'), 'scale_net.net.weight': torch.zeros(1), **decoy},
-               'neck.upsamplers.0': {**under('neck.upsamplers.0.'), 'neck.norms.0.weight': torch.ones(4)},
-               'backbone.upsamplers.res5': under('backbone.upsamplers.res5.')}
+    layouts = {
+        '': sd,
+        'upsampler': {**under('upsampler.'), 'scale_net.net.weight': torch.zeros(1), **decoy},
+        'neck.upsamplers.0': {**under('neck.upsamplers.0.'), 'neck.norms.0.weight': torch.ones(4)},
+        'backbone.upsamplers.res5': under('backbone.upsamplers.res5.'),
+    }
     for root, state in layouts.items():
         stacks = find_upsampler_stacks({'state_dict': state})
         assert list(stacks) == [root] and list(stacks[root]) == list(sd), root  # the decoys are no stacks
@@ -459,9 +548,11 @@ def test_upsampler_stacks_are_found_in_every_checkpoint_layout():
         assign_upsampler_stacks(decoy, ['0'])
     # extract_upsampler: a checkpoint without the prefix names its top-level entries (several keys per entry)
     from featup_plugin.checkpoint import extract_upsampler_state_dict
+
     with pytest.raises(KeyError, match=r"no key starts with 'upsampler\.' \(top-level entries: backbone, neck\)"):
         extract_upsampler_state_dict({'state_dict': {**under('neck.upsamplers.0.'), 'backbone.a': torch.zeros(1)}})
     from featup_plugin.checkpoint import trim_stages
+
     kept, dropped = trim_stages(JBUStack(4, num_stages=3).state_dict(), 1)
     assert dropped == ['up2', 'up3'] and list(kept) == [k for k in kept if not k.startswith(('up2.', 'up3.'))]
     assert any(k.startswith('up1.') for k in kept) and any(k.startswith('fixup_proj.') for k in kept)

@@ -1,4 +1,5 @@
 """JBU stage / stack: FeatUp semantics, any output size, gradients to every parameter."""
+
 import math
 
 import pytest
@@ -20,7 +21,7 @@ def featup_stage_reference(stage, source, guidance):
     rng = F.softmax(temp * logits, dim=1)
     lin = torch.linspace(-1, 1, d, dtype=guidance.dtype)
     yy, xx = torch.meshgrid(lin, lin, indexing='ij')
-    spatial = torch.exp(-(xx ** 2 + yy ** 2) / (2 * stage.sigma_spatial ** 2)).reshape(1, d * d, 1, 1)
+    spatial = torch.exp(-(xx**2 + yy**2) / (2 * stage.sigma_spatial**2)).reshape(1, d * d, 1, 1)
     kern = rng * spatial
     kern = kern / kern.sum(1, keepdim=True).clamp(1e-7)
     kern = kern + 0.1 * stage.fixup_proj(torch.cat([kern, guidance], 1))
@@ -67,18 +68,21 @@ def test_featup_parameter_names_and_shapes():
     assert len(shapes) == 4 * 10 + 2
 
 
-@pytest.mark.parametrize('in_hw, kwargs, out_hw', [
-    ((7, 7), dict(scale_factor=2), (14, 14)),
-    ((7, 9), dict(scale_factor=4), (28, 36)),
-    ((16, 16), dict(scale_factor=14), (224, 224)),   # DINOv2 patch 14 -> image size
-    ((14, 14), dict(scale_factor=16), (224, 224)),
-    ((5, 8), dict(output_size=(37, 61)), (37, 61)),  # non-square, not a multiple
-    ((6, 6), dict(output_size=(50, 90)), (50, 90)),  # aspect change
-    ((4, 6), dict(output_size='guidance'), (64, 96)),
-    ((4, 6), dict(output_size=20), (20, 20)),
-    ((4, 6), dict(scale_factor=(2, 3)), (8, 18)),
-    ((4, 6), {}, (64, 96)),
-])
+@pytest.mark.parametrize(
+    'in_hw, kwargs, out_hw',
+    [
+        ((7, 7), dict(scale_factor=2), (14, 14)),
+        ((7, 9), dict(scale_factor=4), (28, 36)),
+        ((16, 16), dict(scale_factor=14), (224, 224)),  # DINOv2 patch 14 -> image size
+        ((14, 14), dict(scale_factor=16), (224, 224)),
+        ((5, 8), dict(output_size=(37, 61)), (37, 61)),  # non-square, not a multiple
+        ((6, 6), dict(output_size=(50, 90)), (50, 90)),  # aspect change
+        ((4, 6), dict(output_size='guidance'), (64, 96)),
+        ((4, 6), dict(output_size=20), (20, 20)),
+        ((4, 6), dict(scale_factor=(2, 3)), (8, 18)),
+        ((4, 6), {}, (64, 96)),
+    ],
+)
 def test_stack_output_sizes(in_hw, kwargs, out_hw):
     stack = JBUStack(8)
     src, img = torch.randn(2, 8, *in_hw), torch.rand(2, 3, 64, 96)
@@ -150,16 +154,19 @@ def test_guidance_larger_than_image_is_interpolated():
     assert out.shape == (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize('src_shape, img_shape, kwargs, match', [
-    ((1, 5, 4, 4), (1, 3, 16, 16), {}, 'expects source'),
-    ((1, 8, 4, 4), (1, 1, 16, 16), {}, 'guidance'),
-    ((2, 8, 4, 4), (1, 3, 16, 16), {}, 'batch'),
-    ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size=(2, 2)), 'only upsamples'),
-    ((1, 8, 4, 4), (1, 3, 16, 16), dict(scale_factor=64), 'num_stages=6'),
-    ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size='image'), "'guidance'"),
-    ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size=8, scale_factor=2), 'not both'),
-    ((1, 8, 4, 4), (1, 3, 16, 16), dict(scale_factor=-1), 'positive'),
-])
+@pytest.mark.parametrize(
+    'src_shape, img_shape, kwargs, match',
+    [
+        ((1, 5, 4, 4), (1, 3, 16, 16), {}, 'expects source'),
+        ((1, 8, 4, 4), (1, 1, 16, 16), {}, 'guidance'),
+        ((2, 8, 4, 4), (1, 3, 16, 16), {}, 'batch'),
+        ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size=(2, 2)), 'only upsamples'),
+        ((1, 8, 4, 4), (1, 3, 16, 16), dict(scale_factor=64), 'num_stages=6'),
+        ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size='image'), "'guidance'"),
+        ((1, 8, 4, 4), (1, 3, 16, 16), dict(output_size=8, scale_factor=2), 'not both'),
+        ((1, 8, 4, 4), (1, 3, 16, 16), dict(scale_factor=-1), 'positive'),
+    ],
+)
 def test_stack_bad_inputs(src_shape, img_shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         JBUStack(8)(torch.randn(*src_shape), torch.rand(*img_shape), **kwargs)

@@ -11,19 +11,19 @@ the images and applied to every column, so colours compare across columns and ro
 * backbone: a frozen timm ViT (``--model``, ``--model-kwargs``); ``--weights``: a timm state dict, or a checkpoint of
   ``tools/train.py configs/*/jbu_*`` (its ``backbone.model.*``); without it the ViT is random-init (no download).
 * JBU: ``--jbu`` a training checkpoint (``upsampler.*``), a bare ``JBUStack`` state dict (``tools/
-  extract_upsampler.py``) or an official FeatUp checkpoint converted with ``tools/model_converters/convert_featup_checkpoint.py``;
+  extract_upsampler.py``) or an official FeatUp checkpoint converted with
+  ``tools/model_converters/convert_featup_checkpoint.py``;
   without it an untrained stack (its output is then mostly a smoothing of the bilinear map).
 * implicit: ``--implicit`` files from ``tools/fit_implicit.py`` (one per image, same order), else fitted here
   (``--implicit-steps``, ``--implicit-views``, with ``tools/fit_implicit.py --preset cpu``'s view bank and
   fitting size; 0 steps leaves the column out).
 """
+
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch
 
 from featup_plugin.featurizers import parse_model_kwargs
@@ -50,6 +50,7 @@ def build_parser():
 def load_jbu(path, feat_dim):
     from featup_plugin.checkpoint import find_upsampler_stacks, load_stacks, read_state_dict
     from featup_plugin.upsamplers import JBUStack
+
     sd = read_state_dict(path)
     stacks = find_upsampler_stacks(sd, where=path)
     stack_sd = next(iter(stacks.values())) if len(stacks) == 1 else {}
@@ -85,9 +86,11 @@ def main(argv=None):
     from featup_plugin.featurizers import TimmFeaturizer
     from featup_plugin.training.implicit import ImplicitFeatUp, fit_implicit
     from featup_plugin.upsamplers import JBUStack
+
     torch.manual_seed(args.seed)
-    net = TimmFeaturizer(args.model, pretrained=args.pretrained, weights=args.weights,
-                         **parse_model_kwargs(args.model_kwargs))
+    net = TimmFeaturizer(
+        args.model, pretrained=args.pretrained, weights=args.weights, **parse_model_kwargs(args.model_kwargs)
+    )
     jbu = load_jbu(args.jbu, net.feat_dim) if args.jbu else JBUStack(net.feat_dim).eval()
     if args.implicit is not None and len(args.implicit) not in (0, len(args.images)):
         raise SystemExit(f'--implicit needs one file per image ({len(args.images)}), got {len(args.implicit)}')
@@ -96,15 +99,24 @@ def main(argv=None):
         img = load_image(path, args.size)[None]
         with torch.no_grad():
             lr = net(img)
-            cols = {'low-res': F.interpolate(lr, img.shape[-2:], mode='nearest'),
-                    'bilinear': F.interpolate(lr, img.shape[-2:], mode='bilinear', align_corners=False),
-                    'JBU': jbu(lr, img, output_size=img.shape[-2:])}
+            cols = {
+                'low-res': F.interpolate(lr, img.shape[-2:], mode='nearest'),
+                'bilinear': F.interpolate(lr, img.shape[-2:], mode='bilinear', align_corners=False),
+                'JBU': jbu(lr, img, output_size=img.shape[-2:]),
+            }
         if args.implicit:
             cols['implicit'] = ImplicitFeatUp.load(args.implicit[i]).features(img.shape[-2:])
         elif args.implicit_steps > 0:
             # fit_implicit.py's CPU preset: views from the PCA bank, rendered at up to 112 px while fitting
-            model, _ = fit_implicit(img, net, steps=args.implicit_steps, views=args.implicit_views,
-                                    view_bank=True, fit_size=min(112, args.size), seed=args.seed)
+            model, _ = fit_implicit(
+                img,
+                net,
+                steps=args.implicit_steps,
+                views=args.implicit_views,
+                view_bank=True,
+                fit_size=min(112, args.size),
+                seed=args.seed,
+            )
             cols['implicit'] = model.features(img.shape[-2:])
         rows.append((denormalize(img[0]), cols))
         lows.append(lr[0])

@@ -5,6 +5,7 @@ peak memory is its own. Inside the worker, ``time_and_peak`` times calls of a fu
 memory above what was resident before the first call: on CUDA ``torch.cuda.max_memory_allocated`` above
 ``torch.cuda.memory_allocated``; on CPU a peak resident set above the resident set (``/proc/self/statm``).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def rss_mib() -> float:
     """The resident set of this process now, in MiB."""
     with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
 def maxrss_mib() -> float:
@@ -45,14 +46,16 @@ def hwm_rss_mib() -> float:
     return maxrss_mib()
 
 
-def time_and_peak(run: Callable[[], object], calls: int, cuda: bool,
-                  reset_rss_peak: bool = False) -> tuple[list[float], float]:
+def time_and_peak(
+    run: Callable[[], object], calls: int, cuda: bool, reset_rss_peak: bool = False
+) -> tuple[list[float], float]:
     """Calls ``run`` ``calls`` times; returns the wall time of each call (s) and the peak memory above the start (MiB).
 
     On CPU the peak is VmHWM after ``reset_peak_rss`` if ``reset_rss_peak``, else ru_maxrss (not resettable, so
     it includes everything before). The device is synchronised around each call; results are dropped at once.
     """
     import torch
+
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     if cuda:
@@ -71,7 +74,7 @@ def time_and_peak(run: Callable[[], object], calls: int, cuda: bool,
         times.append(time.perf_counter() - t0)
         del res
     if cuda:
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = (hwm_rss_mib() if reset_rss_peak else maxrss_mib()) - base
     return times, peak
@@ -94,6 +97,9 @@ def fmt_t(sec: float) -> str:
 def print_header(title: str, device: str) -> None:
     """``# TITLE: processor, torch version, device`` (the GPU's name on CUDA, the thread count on CPU)."""
     import torch
-    print(f'# {title}: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-          f'device {device}' + (f' ({torch.cuda.get_device_name()})' if device == 'cuda' else
-                                f', {torch.get_num_threads()} threads'))
+
+    print(
+        f'# {title}: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
+        f'device {device}'
+        + (f' ({torch.cuda.get_device_name()})' if device == 'cuda' else f', {torch.get_num_threads()} threads')
+    )

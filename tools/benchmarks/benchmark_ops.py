@@ -10,18 +10,18 @@ the resident set after the inputs were made; on CUDA ``torch.cuda.max_memory_all
 above the inputs. Times are the best of ``--repeats`` runs after one warm-up (reference: one run at the large
 sizes). Ratios are reference / ours, measured in this one run.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 from _bench import fmt_t, print_header, run_case, time_and_peak  # tools/benchmarks/_bench.py, beside this script
 
 
 def worker(spec: dict) -> dict:
     import torch
+
     import featup_plugin.ops as ops
     from featup_plugin.ops import reference
 
@@ -44,6 +44,7 @@ def worker(spec: dict) -> dict:
             return xg.grad, fg.grad
     else:  # the whole JBU stack, 14x14 features -> 224x224
         from featup_plugin.upsamplers import JBUStack, jbu
+
         if spec['impl'] == 'unfold':  # FeatUp's formulation: unfold both the keys and the features
             jbu.adaptive_conv = reference.adaptive_conv_unfold
             jbu.local_correlation = reference.local_correlation_unfold
@@ -62,8 +63,12 @@ def worker(spec: dict) -> dict:
             return out
 
     backend = ops.backend_name()
-    times, peak = time_and_peak(run, spec['repeats'] + 1, dev == 'cuda',  # the first call is the warm-up
-                                reset_rss_peak=True)
+    times, peak = time_and_peak(
+        run,
+        spec['repeats'] + 1,
+        dev == 'cuda',  # the first call is the warm-up
+        reset_rss_peak=True,
+    )
     best = min(times[1:]) if len(times) > 1 else times[0]
     return dict(spec, seconds=best, peak_mib=peak, backend=backend, threads=torch.get_num_threads())
 
@@ -95,13 +100,19 @@ def main() -> None:
             ours = run_case(__file__, dict(base, impl='ours', repeats=args.repeats))
             backend = ours['backend']
             if args.no_reference:
-                print(f"| {c} | {s}² | 7 | {mode} | {fmt_t(ours['seconds'])} | - | - | {ours['peak_mib']:.0f} MiB | - | - |")
+                print(
+                    f'| {c} | {s}² | 7 | {mode} | {fmt_t(ours["seconds"])} | - | - | '
+                    f'{ours["peak_mib"]:.0f} MiB | - | - |'
+                )
                 continue
             big = c * s * s >= 384 * 112 * 112 and args.device == 'cpu'
             ref = run_case(__file__, dict(base, impl='reference', repeats=1 if big else args.repeats))
-            print(f"| {c} | {s}² | 7 | {mode} | {fmt_t(ours['seconds'])} | {fmt_t(ref['seconds'])} | "
-                  f"{ref['seconds'] / ours['seconds']:.1f}× | {ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB | "
-                  f"{ref['peak_mib'] / max(ours['peak_mib'], 1):.1f}× |", flush=True)
+            print(
+                f'| {c} | {s}² | 7 | {mode} | {fmt_t(ours["seconds"])} | {fmt_t(ref["seconds"])} | '
+                f'{ref["seconds"] / ours["seconds"]:.1f}× | {ours["peak_mib"]:.0f} MiB | {ref["peak_mib"]:.0f} MiB | '
+                f'{ref["peak_mib"] / max(ours["peak_mib"], 1):.1f}× |',
+                flush=True,
+            )
     c = 64 if args.quick else 384
     if args.only == 'op':
         print(f'\nop backend: {backend}')
@@ -113,13 +124,17 @@ def main() -> None:
         base = dict(kind='stack', C=c, mode=mode, device=args.device)
         ours = run_case(__file__, dict(base, impl='ours', repeats=args.repeats))
         if args.no_reference:
-            print(f"| {mode} | {fmt_t(ours['seconds'])} | - | - | {ours['peak_mib']:.0f} MiB | - |")
+            print(f'| {mode} | {fmt_t(ours["seconds"])} | - | - | {ours["peak_mib"]:.0f} MiB | - |')
             backend = ours['backend']
             continue
         backend = ours['backend']
         ref = run_case(__file__, dict(base, impl='unfold', repeats=1 if args.device == 'cpu' else args.repeats))
-        print(f"| {mode} | {fmt_t(ours['seconds'])} | {fmt_t(ref['seconds'])} | {ref['seconds'] / ours['seconds']:.1f}× | "
-              f"{ours['peak_mib']:.0f} MiB | {ref['peak_mib']:.0f} MiB |", flush=True)
+        print(
+            f'| {mode} | {fmt_t(ours["seconds"])} | {fmt_t(ref["seconds"])} | '
+            f'{ref["seconds"] / ours["seconds"]:.1f}× | '
+            f'{ours["peak_mib"]:.0f} MiB | {ref["peak_mib"]:.0f} MiB |',
+            flush=True,
+        )
     print(f'\nop backend: {backend}')
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Quality proxies for the upsamplers: bilinear vs JBU (trained by FeatUp's multi-view loss) vs implicit FeatUp.
 
-    python3 tools/benchmarks/benchmark_quality.py [--task both|truth|views|implicit] [--steps 300] [--implicit-steps 200] [--quick]
+    python3 tools/benchmarks/benchmark_quality.py [--task both|truth|views|implicit] [--steps 300] \
+        [--implicit-steps 200] [--quick]
 
 Two tasks on the project's generated images (held-out images never seen in training), CPU-sized:
 
@@ -20,25 +21,28 @@ Two tasks on the project's generated images (held-out images never seen in train
   ``tools/fit_implicit.py`` (view bank, rendered at 112 px), equal steps and views: error and seconds per fit.
 Prints a table and the command line; figures go to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from featup_plugin.upsamplers import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from featup_plugin.data.synthetic import generate_scene, scene_seed  # noqa: E402
-from featup_plugin.training import (UncertaintyHead, apply_jitter, multiview_loss,  # noqa: E402
-                                    sample_jitter)
-from featup_plugin.training.implicit import fit_implicit  # noqa: E402
-from featup_plugin.upsamplers import BlurDownsampler, ChannelNorm, JBUStack, build_downsampler  # noqa: E402
+from featup_plugin.data.synthetic import generate_scene, scene_seed
+from featup_plugin.training import UncertaintyHead, apply_jitter, multiview_loss, sample_jitter
+from featup_plugin.training.implicit import fit_implicit
+from featup_plugin.upsamplers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BlurDownsampler,
+    JBUStack,
+    build_downsampler,
+    num_x2_stages,
+)
 
 
 def images(split, n, size, seed=0):
@@ -78,6 +82,7 @@ class TinyViT(nn.Module):
     def __init__(self):
         super().__init__()
         from featup_plugin.featurizers import TimmFeaturizer
+
         torch.manual_seed(0)
         self.net = TimmFeaturizer('vit_small_patch8_224', depth=2, embed_dim=64, num_heads=2)
 
@@ -85,8 +90,20 @@ class TinyViT(nn.Module):
         return self.net(x)
 
 
-def train_jbu(extract_lr, train_imgs, feat_dim, stages, kernel, steps, batch, views, max_pad, seed=0,
-              downsampler='attention', lr=1e-3):
+def train_jbu(
+    extract_lr,
+    train_imgs,
+    feat_dim,
+    stages,
+    kernel,
+    steps,
+    batch,
+    views,
+    max_pad,
+    seed=0,
+    downsampler='attention',
+    lr=1e-3,
+):
     torch.manual_seed(seed)
     jbu = JBUStack(feat_dim, num_stages=stages)
     down = build_downsampler(downsampler, feat_dim, kernel)
@@ -100,9 +117,18 @@ def train_jbu(extract_lr, train_imgs, feat_dim, stages, kernel, steps, batch, vi
     for step in range(steps):
         idx = torch.randint(0, len(train_imgs), (batch,), generator=gen)
         img = train_imgs[idx]
-        losses = multiview_loss(img, extract_lr, lambda lr, im: jbu(lr, im, output_size=im.shape[-2:]), down,
-                                scale, gen, n_views=views, max_pad=max_pad, max_zoom=2.0,
-                                proj_dim=30 if feat_dim > 30 else None)
+        losses = multiview_loss(
+            img,
+            extract_lr,
+            lambda lr, im: jbu(lr, im, output_size=im.shape[-2:]),
+            down,
+            scale,
+            gen,
+            n_views=views,
+            max_pad=max_pad,
+            max_zoom=2.0,
+            proj_dim=30 if feat_dim > 30 else None,
+        )
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
@@ -116,14 +142,23 @@ def rel_err(pred, truth):
 
 def upsamplers(lr, img, jbu, jbu0, extract_lr, args, seed):
     size = img.shape[-2:]
-    out = {'bilinear': F.interpolate(lr, size, mode='bilinear', align_corners=False),
-           'bicubic': F.interpolate(lr, size, mode='bicubic', align_corners=False)}
+    out = {
+        'bilinear': F.interpolate(lr, size, mode='bilinear', align_corners=False),
+        'bicubic': F.interpolate(lr, size, mode='bicubic', align_corners=False),
+    }
     with torch.no_grad():
         out['JBU (untrained)'] = jbu0(lr, img, output_size=size)
         out['JBU (trained)'] = jbu(lr, img, output_size=size)
     if args.implicit_steps > 0:
-        model, _ = fit_implicit(img, extract_lr, steps=args.implicit_steps, views=args.implicit_views,
-                                max_pad=args.max_pad, pca_views=20, seed=seed)
+        model, _ = fit_implicit(
+            img,
+            extract_lr,
+            steps=args.implicit_steps,
+            views=args.implicit_views,
+            max_pad=args.max_pad,
+            pca_views=20,
+            seed=seed,
+        )
         out['implicit'] = model.features(size)
     return out
 
@@ -133,15 +168,26 @@ def task_truth(args):
     truth = TruthField()
     backbone = PooledTruth(truth, stride)
     train, test = images('train', args.train_images, size), images('val', args.test_images, size)
-    stages = max(1, round(torch.log2(torch.tensor(float(stride))).item()))
-    jbu, secs = train_jbu(backbone, train, 16, stages, stride, args.steps, args.batch, args.views, args.max_pad,
-                          downsampler=args.downsampler, lr=args.lr)
+    stages = num_x2_stages(stride)
+    jbu, secs = train_jbu(
+        backbone,
+        train,
+        16,
+        stages,
+        stride,
+        args.steps,
+        args.batch,
+        args.views,
+        args.max_pad,
+        downsampler=args.downsampler,
+        lr=args.lr,
+    )
     torch.manual_seed(1)
     jbu0 = JBUStack(16, num_stages=stages).eval()
     errs = {}
     t0 = time.time()
     for i in range(len(test)):
-        img = test[i:i + 1]
+        img = test[i : i + 1]
         lr, hr = backbone(img), truth(img)
         for name, pred in upsamplers(lr, img, jbu, jbu0, backbone, args, i).items():
             errs.setdefault(name, []).append(rel_err(pred, hr))
@@ -153,8 +199,19 @@ def task_views(args):
     backbone = TinyViT()
     train, test = images('train', args.train_images, size), images('val', args.test_images, size)
     stages, kernel = 3, 8
-    jbu, secs = train_jbu(backbone, train, 64, stages, kernel, args.steps, args.batch, args.views, 6,
-                          downsampler=args.downsampler, lr=args.lr)
+    jbu, secs = train_jbu(
+        backbone,
+        train,
+        64,
+        stages,
+        kernel,
+        args.steps,
+        args.batch,
+        args.views,
+        6,
+        downsampler=args.downsampler,
+        lr=args.lr,
+    )
     torch.manual_seed(1)
     jbu0 = JBUStack(64, num_stages=stages).eval()
     pool = BlurDownsampler(kernel)  # uniform: the same fixed pooling for every method
@@ -162,7 +219,7 @@ def task_views(args):
     errs = {}
     t0 = time.time()
     for i in range(len(test)):
-        img = test[i:i + 1]
+        img = test[i : i + 1]
         lr = backbone(img)
         ups = upsamplers(lr, img, jbu, jbu0, backbone, argparse.Namespace(**{**vars(args), 'max_pad': 6}), i)
         for _ in range(args.eval_views):
@@ -182,19 +239,31 @@ def task_implicit(args):
     truth = TruthField()
     backbone = PooledTruth(truth, stride)
     test = images('val', args.test_images, size)
-    variants = {'FeatUp (fresh views, fitted at 224 px)': dict(view_bank=False, fit_size=None),
-                'view bank, fitted at 224 px': dict(view_bank=True, fit_size=None),
-                'CPU preset (view bank, fitted at 112 px)': dict(view_bank=True, fit_size=112)}
+    variants = {
+        'FeatUp (fresh views, fitted at 224 px)': dict(view_bank=False, fit_size=None),
+        'view bank, fitted at 224 px': dict(view_bank=True, fit_size=None),
+        'CPU preset (view bank, fitted at 112 px)': dict(view_bank=True, fit_size=112),
+    }
     errs, secs = {}, {}
     for i in range(len(test)):
-        img = test[i:i + 1]
+        img = test[i : i + 1]
         lr, hr = backbone(img), truth(img)
-        errs.setdefault('bilinear', []).append(rel_err(F.interpolate(lr, (size, size), mode='bilinear',
-                                                                     align_corners=False), hr))
+        errs.setdefault('bilinear', []).append(
+            rel_err(F.interpolate(lr, (size, size), mode='bilinear', align_corners=False), hr)
+        )
         for name, kw in variants.items():
             t0 = time.time()
-            model, _ = fit_implicit(img, backbone, steps=args.implicit_steps, views=args.implicit_views,
-                                    max_pad=30, max_zoom=1.8, pca_views=50, seed=i, **kw)
+            model, _ = fit_implicit(
+                img,
+                backbone,
+                steps=args.implicit_steps,
+                views=args.implicit_views,
+                max_pad=30,
+                max_zoom=1.8,
+                pca_views=50,
+                seed=i,
+                **kw,
+            )
             secs.setdefault(name, []).append(time.time() - t0)
             errs.setdefault(name, []).append(rel_err(model.features((size, size)), hr))
     return errs, secs
@@ -220,28 +289,37 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.train_images, args.test_images, args.eval_views, args.implicit_steps = 3, 4, 1, 2, 3
-    print('command: python3 tools/benchmarks/benchmark_quality.py ' + ' '.join(argv if argv is not None else sys.argv[1:]))
+    print(
+        'command: python3 tools/benchmarks/benchmark_quality.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    )
     print(f'torch {torch.__version__}, threads {torch.get_num_threads()}')
     if args.task == 'implicit':
         errs, secs = task_implicit(args)
-        print(f'\n[implicit] 224 px, stride-16 truth, {args.implicit_steps} steps x {args.implicit_views} views, '
-              f'{args.test_images} held-out images')
+        print(
+            f'\n[implicit] 224 px, stride-16 truth, {args.implicit_steps} steps x {args.implicit_views} views, '
+            f'{args.test_images} held-out images'
+        )
         print('| method | relative error vs truth | vs bilinear | seconds per 224 px fit |')
         print('|---|---|---|---|')
         base = sum(errs['bilinear']) / len(errs['bilinear'])
         for name, vals in errs.items():
             m = sum(vals) / len(vals)
-            t = f"{sum(secs[name]) / len(secs[name]):.0f}" if name in secs else '-'
+            t = f'{sum(secs[name]) / len(secs[name]):.0f}' if name in secs else '-'
             print(f'| {name} | {m:.4f} | {m / base:.2f}x | {t} |')
         return 0
     for task, fn in (('truth', task_truth), ('views', task_views)):
         if args.task not in ('both', task):
             continue
         errs, secs, eval_secs = fn(args)
-        print(f'\n[{task}] JBU trained {args.steps} steps in {secs:.0f}s; evaluation (incl. implicit fits) '
-              f'{eval_secs:.0f}s')
-        print('| method | relative error (mean over held-out ' + ('images' if task == 'truth' else 'views') +
-              ') | vs bilinear |')
+        print(
+            f'\n[{task}] JBU trained {args.steps} steps in {secs:.0f}s; evaluation (incl. implicit fits) '
+            f'{eval_secs:.0f}s'
+        )
+        print(
+            '| method | relative error (mean over held-out '
+            + ('images' if task == 'truth' else 'views')
+            + ') | vs bilinear |'
+        )
         print('|---|---|---|')
         base = sum(errs['bilinear']) / len(errs['bilinear'])
         for name, vals in errs.items():

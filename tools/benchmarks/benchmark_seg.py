@@ -20,6 +20,7 @@ overhead: one training step (forward, backward, optimiser) and one inference of 
           guided decoder (sft_vit-s16-dino[_featup], to the image resolution) against the FCN head with
           bilinear neck (fcn_vit-s16-dino_bilinear).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,22 @@ QUALITY_CASES = {  # name: (config, what it is)
     'sft': ('sft_r18_1xb8-400i_featup-synth-128x128.py', 'SFTGuidedHead (no neck)'),
     'sft_featup': ('sft_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FeatUpJBU + SFTGuidedHead'),
     'sft_prior': ('sft-prior_r18_1xb8-400i_featup-synth-128x128.py', "SFTGuidedHead, condition='prior'"),
-    'sft_prior_image': ('sft-prior-image_r18_1xb8-400i_featup-synth-128x128.py',
-                        "SFTGuidedHead, condition='prior+image'"),
+    'sft_prior_image': (
+        'sft-prior-image_r18_1xb8-400i_featup-synth-128x128.py',
+        "SFTGuidedHead, condition='prior+image'",
+    ),
 }
 # differences printed when both cases ran: (a, b) -> "a - b"
-QUALITY_DIFFS = [('fcn_featup', 'fcn_bilinear'), ('sft', 'fcn_bilinear'), ('sft', 'fcn_featup'),
-                 ('sft_featup', 'fcn_featup'), ('sft_featup', 'sft'), ('sft_prior', 'sft'),
-                 ('sft_prior', 'fcn_bilinear'), ('sft_prior_image', 'sft')]
+QUALITY_DIFFS = [
+    ('fcn_featup', 'fcn_bilinear'),
+    ('sft', 'fcn_bilinear'),
+    ('sft', 'fcn_featup'),
+    ('sft_featup', 'fcn_featup'),
+    ('sft_featup', 'sft'),
+    ('sft_prior', 'sft'),
+    ('sft_prior', 'fcn_bilinear'),
+    ('sft_prior_image', 'sft'),
+]
 VIT = {
     'linear (to image)': os.path.join(ROOT, 'configs', 'featup', 'linear_vit-s16-dino_{}_8xb2-40k_ade20k-512x512.py'),
     'fcn (stride 4)': os.path.join(ROOT, 'configs', 'featup', 'fcn_vit-s16-dino_{}_8xb2-80k_ade20k-512x512.py'),
@@ -54,19 +64,22 @@ VIT = {
 
 SFT_VIT = {
     'SFTGuidedHead (16 -> 1)': os.path.join(ROOT, 'configs', 'featup', 'sft_vit-s16-dino_8xb2-80k_ade20k-512x512.py'),
-    'FeatUpJBU + SFTGuidedHead (4 -> 1)': os.path.join(ROOT, 'configs', 'featup',
-                                                       'sft_vit-s16-dino_featup_8xb2-80k_ade20k-512x512.py'),
+    'FeatUpJBU + SFTGuidedHead (4 -> 1)': os.path.join(
+        ROOT, 'configs', 'featup', 'sft_vit-s16-dino_featup_8xb2-80k_ade20k-512x512.py'
+    ),
 }
 
 
 def _rss_mib() -> float:
     with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
 def _setup():
-    import featup_plugin  # noqa: F401
     from mmseg.utils import register_all_modules
+
+    import featup_plugin  # noqa: F401
+
     register_all_modules()
 
 
@@ -77,6 +90,7 @@ def quality_worker(spec: dict) -> dict:
     from mmengine.runner import Runner
 
     from featup_plugin.data.prepare import prepare_generated_datasets
+
     cfg = Config.fromfile(spec['config'])
     root = spec['data_root']
     cfg.synthetic_data.update(root=root, num_train=spec['num_train'], num_val=spec['num_val'], size=spec['size'])
@@ -132,8 +146,9 @@ def overhead_worker(spec: dict) -> dict:
             d.gt_sem_seg = PixelData(data=torch.randint(0, ncls, (1, s, s)))
             d.set_metainfo(dict(img_shape=(s, s), ori_shape=(s, s), pad_shape=(s, s)))
             samples.append(d)
-        return dict(inputs=[torch.randint(0, 256, (3, s, s), dtype=torch.uint8) for _ in range(n)],
-                     data_samples=samples)
+        return dict(
+            inputs=[torch.randint(0, 256, (3, s, s), dtype=torch.uint8) for _ in range(n)], data_samples=samples
+        )
 
     cuda = dev == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -163,7 +178,7 @@ def overhead_worker(spec: dict) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     if cuda:
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return dict(time=statistics.median(times), peak_mib=peak)
@@ -182,8 +197,11 @@ def main() -> None:
     p.add_argument('--only', choices=['quality', 'overhead'])
     p.add_argument('--device', default='cpu')
     p.add_argument('--iters', type=int, default=400, help='training iterations per model (quality)')
-    p.add_argument('--cases', default=','.join(QUALITY_CASES),
-                   help=f'comma-separated quality cases, of {list(QUALITY_CASES)} (default: all)')
+    p.add_argument(
+        '--cases',
+        default=','.join(QUALITY_CASES),
+        help=f'comma-separated quality cases, of {list(QUALITY_CASES)} (default: all)',
+    )
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--num-train', type=int, default=200)
     p.add_argument('--num-val', type=int, default=50)
@@ -206,50 +224,84 @@ def main() -> None:
         return
 
     import torch
-    print(f'# {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads, device {args.device}')
+
+    print(
+        f'# {platform.processor() or platform.machine()}, torch {torch.__version__}, '
+        f'{torch.get_num_threads()} threads, device {args.device}'
+    )
     if args.only in (None, 'quality'):
-        print(f'\n## quality: generated dataset ({args.num_train} train / {args.num_val} val, '
-              f'{args.image_size}^2), {args.iters} iterations, seed {args.seed}')
+        print(
+            f'\n## quality: generated dataset ({args.num_train} train / {args.num_val} val, '
+            f'{args.image_size}^2), {args.iters} iterations, seed {args.seed}'
+        )
         print('| model | mIoU | bF (2 px) | train time |\n|---|---|---|---|')
         res = {}
         for case in args.cases:
             config, name = QUALITY_CASES[case]
-            res[case] = r = run_case('quality', dict(
-                config=os.path.join(SYNTH_DIR, config), data_root=args.data_root, num_train=args.num_train,
-                num_val=args.num_val, size=args.image_size, iters=args.iters, seed=args.seed,
-                work_dir=os.path.join(args.work_dir, case)))
-            print(f"| {name} | {r['mIoU']:.2f} | {r['bF']:.2f} | {r['train_s']:.0f} s |", flush=True)
+            res[case] = r = run_case(
+                'quality',
+                dict(
+                    config=os.path.join(SYNTH_DIR, config),
+                    data_root=args.data_root,
+                    num_train=args.num_train,
+                    num_val=args.num_val,
+                    size=args.image_size,
+                    iters=args.iters,
+                    seed=args.seed,
+                    work_dir=os.path.join(args.work_dir, case),
+                ),
+            )
+            print(f'| {name} | {r["mIoU"]:.2f} | {r["bF"]:.2f} | {r["train_s"]:.0f} s |', flush=True)
         print()
         for a, b in QUALITY_DIFFS:
             if a in res and b in res:
                 x, y = res[a], res[b]
-                print(f"{QUALITY_CASES[a][1]} - {QUALITY_CASES[b][1]}: mIoU {x['mIoU'] - y['mIoU']:+.2f}, "
-                      f"bF {x['bF'] - y['bF']:+.2f}; train time ratio {x['train_s'] / y['train_s']:.2f}x")
+                print(
+                    f'{QUALITY_CASES[a][1]} - {QUALITY_CASES[b][1]}: mIoU {x["mIoU"] - y["mIoU"]:+.2f}, '
+                    f'bF {x["bF"] - y["bF"]:+.2f}; train time ratio {x["train_s"] / y["train_s"]:.2f}x'
+                )
     if args.only in (None, 'overhead'):
-        print(f'\n## overhead: ViT-S/16 at {args.size}^2, batch {args.batch}, {args.device}, '
-              f'median of {args.repeats}')
+        print(f'\n## overhead: ViT-S/16 at {args.size}^2, batch {args.batch}, {args.device}, median of {args.repeats}')
         print('| head | pass | bilinear | FeatUpJBU | time ratio | bilinear peak | FeatUpJBU peak | memory ratio |')
         print('|---|---|---|---|---|---|---|---|')
         for head, path in VIT.items():
             for mode in ('train', 'infer'):
-                r = {neck: run_case('overhead', dict(config=path.format(neck), device=args.device, mode=mode,
-                                                     size=args.size, batch=args.batch, repeats=args.repeats))
-                     for neck in ('bilinear', 'featup')}
+                r = {
+                    neck: run_case(
+                        'overhead',
+                        dict(
+                            config=path.format(neck),
+                            device=args.device,
+                            mode=mode,
+                            size=args.size,
+                            batch=args.batch,
+                            repeats=args.repeats,
+                        ),
+                    )
+                    for neck in ('bilinear', 'featup')
+                }
                 b, f = r['bilinear'], r['featup']
-                print(f"| {head} | {mode} | {b['time'] * 1e3:.0f} ms | {f['time'] * 1e3:.0f} ms | "
-                      f"{f['time'] / b['time']:.2f}x | {b['peak_mib']:.0f} MiB | {f['peak_mib']:.0f} MiB | "
-                      f"{f['peak_mib'] / max(b['peak_mib'], 1e-9):.2f}x |", flush=True)
-        print('\n| model | pass | FCN + bilinear | model | time ratio | FCN + bilinear peak | model peak | '
-              'memory ratio |\n|---|---|---|---|---|---|---|---|')
+                print(
+                    f'| {head} | {mode} | {b["time"] * 1e3:.0f} ms | {f["time"] * 1e3:.0f} ms | '
+                    f'{f["time"] / b["time"]:.2f}x | {b["peak_mib"]:.0f} MiB | {f["peak_mib"]:.0f} MiB | '
+                    f'{f["peak_mib"] / max(b["peak_mib"], 1e-9):.2f}x |',
+                    flush=True,
+                )
+        print(
+            '\n| model | pass | FCN + bilinear | model | time ratio | FCN + bilinear peak | model peak | '
+            'memory ratio |\n|---|---|---|---|---|---|---|---|'
+        )
         for name, path in SFT_VIT.items():
             for mode in ('train', 'infer'):
                 spec = dict(device=args.device, mode=mode, size=args.size, batch=args.batch, repeats=args.repeats)
                 b = run_case('overhead', dict(spec, config=VIT['fcn (stride 4)'].format('bilinear')))
                 f = run_case('overhead', dict(spec, config=path))
-                print(f"| {name} | {mode} | {b['time'] * 1e3:.0f} ms | {f['time'] * 1e3:.0f} ms | "
-                      f"{f['time'] / b['time']:.2f}x | {b['peak_mib']:.0f} MiB | {f['peak_mib']:.0f} MiB | "
-                      f"{f['peak_mib'] / max(b['peak_mib'], 1e-9):.2f}x |", flush=True)
+                print(
+                    f'| {name} | {mode} | {b["time"] * 1e3:.0f} ms | {f["time"] * 1e3:.0f} ms | '
+                    f'{f["time"] / b["time"]:.2f}x | {b["peak_mib"]:.0f} MiB | {f["peak_mib"]:.0f} MiB | '
+                    f'{f["peak_mib"] / max(b["peak_mib"], 1e-9):.2f}x |',
+                    flush=True,
+                )
 
 
 if __name__ == '__main__':

@@ -5,8 +5,8 @@
 
 Idempotent: an identical existing dataset is kept.
 """
+
 import argparse
-import os
 import sys
 
 from featup_plugin.data.synthetic import DatasetMismatchError, generate_dataset
@@ -17,8 +17,14 @@ def parse_args(argv=None):
     p.add_argument('--out', default='data/featup_synth', help='dataset root (default: %(default)s)')
     p.add_argument('--num-train', type=int, default=200, help='training images (default: %(default)s)')
     p.add_argument('--num-val', type=int, default=50, help='validation images (default: %(default)s)')
-    p.add_argument('--size', type=int, nargs='+', default=[128], metavar='N',
-                   help='image size: one int (square) or H W (default: 128)')
+    p.add_argument(
+        '--size',
+        type=int,
+        nargs='+',
+        default=[128],
+        metavar='N',
+        help='image size: one int (square) or H W (default: 128)',
+    )
     p.add_argument('--seed', type=int, default=0, help='dataset seed (default: %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace a dataset with other parameters')
     args = p.parse_args(argv)
@@ -31,16 +37,27 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        info = generate_dataset(args.out, num_train=args.num_train, num_val=args.num_val, size=size,
-                                seed=args.seed, overwrite=args.overwrite)
+        info = generate_dataset(
+            args.out,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            size=size,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     except (ValueError, DatasetMismatchError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     h, w = info['size']
-    what = (f"generated in {info['seconds']:.1f} s" if info['created'] else
-            'already present with these parameters, nothing written')
-    print(f"{info['root']}: {info['num_train']} train + {info['num_val']} val images of {h}x{w}, "
-          f"seed {info['seed']}, {len(info['classes'])} classes: {what}")
+    what = (
+        f'generated in {info["seconds"]:.1f} s'
+        if info['created']
+        else 'already present with these parameters, nothing written'
+    )
+    print(
+        f'{info["root"]}: {info["num_train"]} train + {info["num_val"]} val images of {h}x{w}, '
+        f'seed {info["seed"]}, {len(info["classes"])} classes: {what}'
+    )
     return 0
 
 

@@ -16,10 +16,10 @@ in float64 (tol 1e-10) and float32 (tol 1e-4), and half / bfloat16 against the f
 cancellation cannot make a tolerance meaningless. Prints one line per failure and a PASS/FAIL summary;
 exits 1 on any failure, 2 when no CUDA device / CUDA build is available.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
@@ -35,14 +35,14 @@ def ref_conv(x: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(x.shape[0], x.shape[1], h, w, dtype=x.dtype, device=x.device)
     for i in range(k):
         for j in range(k):
-            out += kt[:, i * k + j, None] * x[:, :, i:i + h, j:j + w]
+            out += kt[:, i * k + j, None] * x[:, :, i : i + h, j : j + w]
     return out
 
 
 def ref_corr(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     h, w = g.shape[-2:]
     k = x.shape[-2] - h + 1
-    return torch.stack([(g * x[:, :, i:i + h, j:j + w]).sum(1) for i in range(k) for j in range(k)], 1)
+    return torch.stack([(g * x[:, :, i : i + h, j : j + w]).sum(1) for i in range(k) for j in range(k)], 1)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -> float:
@@ -70,8 +70,9 @@ def check_case(ext, B, C, H, W, k, dtype, dev, seed, noncontig=False):
         xr, ktr, gr = x.double(), kt.double(), g.double()
     fails = []
     for name, out, ref, scale, shape in (
-            ('adaptive_conv', conv, ref_conv(xr, ktr), ref_conv(xr.abs(), ktr.abs()), (B, C, H, W)),
-            ('local_correlation', corr, ref_corr(gr, xr), ref_corr(gr.abs(), xr.abs()), (B, k * k, H, W))):
+        ('adaptive_conv', conv, ref_conv(xr, ktr), ref_conv(xr.abs(), ktr.abs()), (B, C, H, W)),
+        ('local_correlation', corr, ref_corr(gr, xr), ref_corr(gr.abs(), xr.abs()), (B, k * k, H, W)),
+    ):
         if out.dtype != dtype or tuple(out.shape) != shape or out.device != x.device:
             fails.append((name, f'bad result {tuple(out.shape)} {out.dtype} {out.device}', TOL[dtype]))
             continue
@@ -86,6 +87,7 @@ def check_case(ext, B, C, H, W, k, dtype, dev, seed, noncontig=False):
 
 def bench(ext, dev):
     """Times the two ops at FeatUp-like shapes (CUDA events), with effective DRAM bandwidth."""
+
     def timeit(fn, reps=20):
         fn()
         torch.cuda.synchronize(dev)
@@ -98,9 +100,13 @@ def bench(ext, dev):
         return s.elapsed_time(e) / reps
 
     print('benchmark (ms per call, effective GB/s = minimal bytes moved / time):')
-    for B, C, H, W, k, dtype in ((1, 384, 56, 56, 7, torch.float32), (1, 384, 112, 112, 7, torch.float32),
-                                 (1, 384, 224, 224, 7, torch.float32), (4, 384, 224, 224, 5, torch.float16),
-                                 (2, 384, 224, 224, 3, torch.bfloat16)):
+    for B, C, H, W, k, dtype in (
+        (1, 384, 56, 56, 7, torch.float32),
+        (1, 384, 112, 112, 7, torch.float32),
+        (1, 384, 224, 224, 7, torch.float32),
+        (4, 384, 224, 224, 5, torch.float16),
+        (2, 384, 224, 224, 3, torch.bfloat16),
+    ):
         x = torch.randn(B, C, H + k - 1, W + k - 1, device=dev, dtype=dtype)
         kt = torch.randn(B, k * k, H, W, device=dev, dtype=dtype)
         g = torch.randn(B, C, H, W, device=dev, dtype=dtype)
@@ -109,8 +115,11 @@ def bench(ext, dev):
         t1 = timeit(lambda: ext.adaptive_conv_forward(x, kt))
         t2 = timeit(lambda: ext.local_correlation_forward(g, x))
         t3 = timeit(lambda: ref_conv(x, kt), reps=3)
-        print(f'  B={B} C={C} {H}x{W} k={k} {str(dtype)[6:]:9s} adaptive_conv {t1:8.3f} ms ({nbytes / t1 / 1e6:7.0f} GB/s)'
-              f'  local_correlation {t2:8.3f} ms ({nbytes / t2 / 1e6:7.0f} GB/s)  [torch taps conv {t3:8.3f} ms]')
+        print(
+            f'  B={B} C={C} {H}x{W} k={k} {str(dtype)[6:]:9s} '
+            f'adaptive_conv {t1:8.3f} ms ({nbytes / t1 / 1e6:7.0f} GB/s)'
+            f'  local_correlation {t2:8.3f} ms ({nbytes / t2 / 1e6:7.0f} GB/s)  [torch taps conv {t3:8.3f} ms]'
+        )
 
 
 def main() -> int:
@@ -118,14 +127,19 @@ def main() -> int:
     ap.add_argument('--cases', type=int, default=150, help='number of random shapes (each in all 4 dtypes)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--bench', action='store_true', help='also time the ops at FeatUp-like shapes')
-    ap.add_argument('--device', default='cuda', choices=('cuda', 'cpu'),
-                    help='cpu runs the same checks on the CPU kernels (to test this script without a GPU)')
+    ap.add_argument(
+        '--device',
+        default='cuda',
+        choices=('cuda', 'cpu'),
+        help='cpu runs the same checks on the CPU kernels (to test this script without a GPU)',
+    )
     args = ap.parse_args()
 
     if args.device == 'cuda' and not torch.cuda.is_available():
         print('SKIP: no CUDA device (this check needs a GPU)')
         return 2
     from featup_plugin.ops import _backend
+
     ext = _backend.get_ext()
     print(f'backend: {_backend.backend_name()}')
     if ext is None:
@@ -144,15 +158,29 @@ def main() -> int:
     rng = random.Random(args.seed)
     shapes = []
     for _ in range(args.cases):
-        shapes.append((rng.randint(1, 3), rng.randint(1, 70), rng.randint(1, 40), rng.randint(1, 40),
-                       rng.choice((1, 3, 5, 7, 9)), False))
+        shapes.append(
+            (
+                rng.randint(1, 3),
+                rng.randint(1, 70),
+                rng.randint(1, 40),
+                rng.randint(1, 40),
+                rng.choice((1, 3, 5, 7, 9)),
+                False,
+            )
+        )
     shapes += [
-        (1, 1, 1, 1, 1, False), (1, 1, 1, 1, 7, False), (3, 70, 40, 40, 7, False), (2, 17, 33, 8, 3, True),
-        (1, 384, 28, 28, 7, False),    # FeatUp-like, channel split
-        (2, 24, 300, 260, 3, False),   # enough tiles: no channel split
+        (1, 1, 1, 1, 1, False),
+        (1, 1, 1, 1, 7, False),
+        (3, 70, 40, 40, 7, False),
+        (2, 17, 33, 8, 3, True),
+        (1, 384, 28, 28, 7, False),  # FeatUp-like, channel split
+        (2, 24, 300, 260, 3, False),  # enough tiles: no channel split
         (1, 40, 260, 300, 7, False),
-        (2, 33, 17, 45, 11, False), (1, 5, 9, 40, 13, False), (1, 20, 4, 7, 33, False),  # generic k
-        (1, 3, 5, 6, 25, False), (1, 3, 4, 7, 41, False),  # direct (window too large for shared memory)
+        (2, 33, 17, 45, 11, False),
+        (1, 5, 9, 40, 13, False),
+        (1, 20, 4, 7, 33, False),  # generic k
+        (1, 3, 5, 6, 25, False),
+        (1, 3, 4, 7, 41, False),  # direct (window too large for shared memory)
     ]
     dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
     t0 = time.time()

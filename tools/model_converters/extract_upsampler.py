@@ -7,13 +7,11 @@ The output (keys ``up1.*`` ... ``fixup_proj.*``) loads into ``JBUStack(feat_dim,
 ``FeatUpJBU(init_cfg=dict(type='Pretrained', checkpoint='jbu.pth'))`` and ``MODEL.FEATUP.WEIGHTS``. Training
 checkpoints load there as they are too; this drops the frozen backbone and the optimizer state.
 """
+
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 import sys
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(argv=None) -> int:
@@ -25,15 +23,19 @@ def main(argv=None) -> int:
     import torch
 
     from featup_plugin.checkpoint import extract_upsampler_state_dict, read_state_dict
+
     sd, info = extract_upsampler_state_dict(read_state_dict(args.checkpoint), args.prefix)
     if args.out.endswith('.safetensors'):
         from safetensors.torch import save_file
+
         save_file(dict(sd), args.out)
     else:
         torch.save(sd, args.out)
     left = ', '.join(f'{k} ({n})' for k, n in sorted(info['left_out'].items()))
-    print(f"wrote {args.out}: JBUStack(feat_dim={info['feat_dim']}, num_stages={info['num_stages']}), "
-          f'{len(sd)} tensors; left out: {left}')
+    print(
+        f'wrote {args.out}: JBUStack(feat_dim={info["feat_dim"]}, num_stages={info["num_stages"]}), '
+        f'{len(sd)} tensors; left out: {left}'
+    )
     return 0
 
 

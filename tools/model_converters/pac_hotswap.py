@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fine-tune a pretrained mmseg segmentor with some of its Conv2d layers hot-swapped to PAC layers.
 
-    python3 tools/model_converters/pac_hotswap.py CONFIG CHECKPOINT --targets 'backbone.layer4.*.conv2' 'decode_head.convs.0.conv' \
+    python3 tools/model_converters/pac_hotswap.py CONFIG CHECKPOINT \
+        --targets 'backbone.layer4.*.conv2' 'decode_head.convs.0.conv' \
         [--guidance backbone:input] [--kernel-type gaussian] [--init-scale 1.0] [--work-dir DIR] \
         [--cfg-options k=v ...] [--launcher pytorch]
 
@@ -13,15 +14,14 @@ swapped layers and exits. Targets are module names or glob patterns (``fnmatch``
 segmentor, e.g. ``'backbone.layer4.*.conv2'``; the paper's FCN-VGG16 recipe is conv3_3, conv4_3 and conv5_3 with
 guidance from an early layer.
 """
+
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
-import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
@@ -29,8 +29,11 @@ def parse_args(argv=None):
     p.add_argument('config')
     p.add_argument('checkpoint', help="the original segmentor's checkpoint ('none' to start from the config's init)")
     p.add_argument('--targets', nargs='+', required=True, help='Conv2d names or glob patterns to swap')
-    p.add_argument('--guidance', default='backbone:input',
-                   help="'input', a module name (its output), '<name>[i]' or '<name>:input'")
+    p.add_argument(
+        '--guidance',
+        default='backbone:input',
+        help="'input', a module name (its output), '<name>[i]' or '<name>:input'",
+    )
     p.add_argument('--kernel-type', default='gaussian')
     p.add_argument('--init-scale', type=float, default=1.0)
     p.add_argument('--work-dir')
@@ -38,39 +41,43 @@ def parse_args(argv=None):
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     p.add_argument('--dry-run', action='store_true', help='build the swapped model, list the swapped layers, exit')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import featup_plugin  # noqa: F401  registers PacHotSwap and the other modules
     from mmengine.config import ConfigDict
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
+    import featup_plugin  # noqa: F401  registers PacHotSwap and the other modules
     from featup_plugin.data.prepare import prepare_generated_datasets
-    from featup_plugin.mmseg.engine import use_mmengine_checkpoint_loader
     from featup_plugin.layers.pac_hotswap import swapped_layers
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import train as train_tool
+    from featup_plugin.mmseg.engine import build_train_cfg, use_mmengine_checkpoint_loader
 
     register_all_modules(init_default_scope=False)
     use_mmengine_checkpoint_loader()
-    train_args = train_tool.parse_args([args.config] + (['--work-dir', args.work_dir] if args.work_dir else [])
-                                       + ['--launcher', args.launcher])
-    train_args.cfg_options = args.cfg_options
-    cfg = train_tool.build_cfg(train_args)
+    cfg = build_train_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     if cfg.model.get('type') == 'PacHotSwap':
         raise ValueError(f'{args.config} is already a PacHotSwap config; run it with tools/train.py')
-    cfg.model = ConfigDict(type='PacHotSwap', model=cfg.model, targets=list(args.targets), guidance=args.guidance,
-                           kernel_type=args.kernel_type, init_scale=args.init_scale)
+    cfg.model = ConfigDict(
+        type='PacHotSwap',
+        model=cfg.model,
+        targets=list(args.targets),
+        guidance=args.guidance,
+        kernel_type=args.kernel_type,
+        init_scale=args.init_scale,
+    )
     if args.checkpoint.lower() != 'none':
         if not osp.isfile(args.checkpoint):
             raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
         cfg.load_from, cfg.resume = args.checkpoint, False
     if args.dry_run:
-        from mmseg.registry import MODELS
         from mmengine.registry import init_default_scope
+        from mmseg.registry import MODELS
+
         init_default_scope('mmseg')
         model = MODELS.build(cfg.model)
         print('swapped:', ', '.join(swapped_layers(model)))

@@ -9,7 +9,8 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size_divisor=32)
+    size_divisor=32,
+)
 model = dict(
     type='GuidedEncoderDecoder',
     data_preprocessor=data_preprocessor,
@@ -25,14 +26,16 @@ model = dict(
         norm_cfg=norm_cfg,
         norm_eval=False,
         style='pytorch',
-        contract_dilation=True),
+        contract_dilation=True,
+    ),
     neck=dict(
         type='FeatUpJBU',
         in_channels=[32, 64, 128, 256],
         in_index=3,
         out_size=None,
         output_stride=4,
-        feature_strides=[4, 8, 16, 32]),
+        feature_strides=[4, 8, 16, 32],
+    ),
     decode_head=dict(
         type='FCNHead',
         in_channels=256,
@@ -44,6 +47,8 @@ model = dict(
         num_classes=10,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+    ),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict(mode='whole'),
+)

@@ -6,7 +6,8 @@ data_preprocessor = dict(
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
     pad_val=0,
-    seg_pad_val=255)
+    seg_pad_val=255,
+)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     type='GuidedEncoderDecoder',
@@ -22,14 +23,16 @@ model = dict(
         norm_cfg=norm_cfg,
         norm_eval=False,
         style='pytorch',
-        contract_dilation=True),
+        contract_dilation=True,
+    ),
     neck=dict(
         type='FeatUpJBU',
         in_channels=[256, 512, 1024, 2048],
         in_index=3,
         out_size=None,
         output_stride=8,
-        feature_strides=[4, 8, 16, 32]),
+        feature_strides=[4, 8, 16, 32],
+    ),
     decode_head=dict(
         type='FCNHead',
         in_channels=2048,
@@ -41,6 +44,8 @@ model = dict(
         num_classes=150,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+    ),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict(mode='whole'),
+)

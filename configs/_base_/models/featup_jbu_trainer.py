@@ -6,11 +6,21 @@ model = dict(
     type='FeatUpJBUTrainer',
     data_preprocessor=dict(type='BaseDataPreprocessor'),
     in_index=0,
-    radius=3, key_dim=32,
+    radius=3,
+    key_dim=32,
     downsampler='attention',
-    n_views=5, max_pad=20, max_zoom=2.0, proj_dim=30, tv_weight=0.0, seed=0)
+    n_views=5,
+    max_pad=20,
+    max_zoom=2.0,
+    proj_dim=30,
+    tv_weight=0.0,
+    seed=0,
+)
 train_dataloader = dict(
-    batch_size=4, num_workers=4, persistent_workers=True,
+    batch_size=4,
+    num_workers=4,
+    persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='ImageFolderDataset', root='data/images', size=224))
+    dataset=dict(type='ImageFolderDataset', root='data/images', size=224),
+)

@@ -8,4 +8,6 @@ model = dict(
         in_index=3,
         out_size=None,
         output_stride=4,
-        feature_strides=[4, 8, 16, 32]))
+        feature_strides=[4, 8, 16, 32],
+    ),
+)

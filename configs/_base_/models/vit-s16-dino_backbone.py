@@ -7,7 +7,8 @@ data_preprocessor = dict(
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
     pad_val=0,
-    seg_pad_val=255)
+    seg_pad_val=255,
+)
 model = dict(
     type='GuidedEncoderDecoder',
     data_preprocessor=data_preprocessor,
@@ -15,7 +16,9 @@ model = dict(
         type='TimmViT',
         model_name='vit_small_patch16_224.dino',
         pretrained=True,  # timm's hub weights; or a local file path
-        out_indices=(-1, ),
-        frozen=False),
+        out_indices=(-1,),
+        frozen=False,
+    ),
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)),
+)

@@ -5,17 +5,14 @@ _base_ = './vit-s16-dino_backbone.py'
 model = dict(
     backbone=dict(frozen=True),  # the probe reads DINO's features as they are
     neck=dict(
-        type='FeatUpJBU',
-        in_channels=384,
-        in_index=0,
-        out_size='image',
-        feature_strides=16,
-        radius=3,
-        key_dim=32),
+        type='FeatUpJBU', in_channels=384, in_index=0, out_size='image', feature_strides=16, radius=3, key_dim=32
+    ),
     decode_head=dict(
         type='LinearProbeHead',
         in_channels=384,
         in_index=0,
         num_classes=150,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+    ),
+)

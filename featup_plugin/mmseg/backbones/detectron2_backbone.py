@@ -18,11 +18,12 @@ ceil(W / stride)`` of the unpadded input.
 
 detectron2 is imported only when the class is instantiated; ``import featup_plugin`` works without it.
 """
+
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,8 +39,15 @@ __all__ = ['Detectron2Backbone', 'INSTALL_HINT']
 INSTALL_HINT = 'install it with: bash tools/install_detectron2.sh (see configs/detectron2/README.md)'
 _LUMA = (0.299, 0.587, 0.114)  # PIL's convert('L'), what detectron2's readers use for INPUT.FORMAT 'L'
 # where a backbone's weights sit in the checkpoints of detectron2 models / FeatUpBackbone (tried in this order)
-_PREFIXES = ('', 'backbone.', 'backbone.bottom_up.', 'backbone.base.', 'backbone.bottom_up.base.', 'base.',
-             'bottom_up.')
+_PREFIXES = (
+    '',
+    'backbone.',
+    'backbone.bottom_up.',
+    'backbone.base.',
+    'backbone.bottom_up.base.',
+    'base.',
+    'bottom_up.',
+)
 
 
 def _require_detectron2():
@@ -59,8 +67,9 @@ def _flatten_opts(opts) -> list:
         return out
     if isinstance(opts, (list, tuple)):
         if len(opts) % 2:
-            raise ValueError(f'Detectron2Backbone: opts must alternate keys and values, got {len(opts)} items: '
-                             f'{list(opts)}')
+            raise ValueError(
+                f'Detectron2Backbone: opts must alternate keys and values, got {len(opts)} items: {list(opts)}'
+            )
         return [list(v) if isinstance(v, tuple) else v for v in opts]
     raise TypeError(f'Detectron2Backbone: opts must be a list [key, value, ...] or a dict, got {type(opts).__name__}')
 
@@ -69,7 +78,9 @@ def build_detectron2_cfg(config_file: Optional[str] = None, opts=None):
     """detectron2's ``get_cfg()`` with ``MODEL.FEATUP`` added, ``config_file`` and ``opts`` merged."""
     _require_detectron2()
     from detectron2.config import get_cfg
+
     from featup_plugin.detectron2 import add_featup_config
+
     cfg = add_featup_config(get_cfg())
     if config_file:
         if not os.path.isfile(config_file):
@@ -107,10 +118,18 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
     gradients. :meth:`output_shapes` lists channels and strides of a config's outputs without keeping a model.
     """
 
-    def __init__(self, config_file: Optional[str] = None, opts=None, name: Optional[str] = None,
-                 out_feature: Optional[str] = None, weights: Optional[str] = None,
-                 weights_prefix: Optional[str] = None, pixel_mean: Optional[Sequence[float]] = None,
-                 pixel_std: Optional[Sequence[float]] = None, input_format: Optional[str] = None):
+    def __init__(
+        self,
+        config_file: Optional[str] = None,
+        opts=None,
+        name: Optional[str] = None,
+        out_feature: Optional[str] = None,
+        weights: Optional[str] = None,
+        weights_prefix: Optional[str] = None,
+        pixel_mean: Optional[Sequence[float]] = None,
+        pixel_std: Optional[Sequence[float]] = None,
+        input_format: Optional[str] = None,
+    ):
         super().__init__()
         overrides = []
         if pixel_mean is not None:
@@ -127,10 +146,12 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         if out_feature is None:
             out_feature = max(shapes, key=lambda k: shapes[k][1])
         if out_feature not in shapes:
-            raise ValueError(f'Detectron2Backbone: out_feature {out_feature!r} is not an output of '
-                             f'{cfg.MODEL.BACKBONE.NAME}; it has {self._describe(shapes)} (e.g. for ResNets, '
-                             "MODEL.RESNETS.OUT_FEATURES picks the outputs: opts=['MODEL.RESNETS.OUT_FEATURES', "
-                             f"['{out_feature}']])")
+            raise ValueError(
+                f'Detectron2Backbone: out_feature {out_feature!r} is not an output of '
+                f'{cfg.MODEL.BACKBONE.NAME}; it has {self._describe(shapes)} (e.g. for ResNets, '
+                "MODEL.RESNETS.OUT_FEATURES picks the outputs: opts=['MODEL.RESNETS.OUT_FEATURES', "
+                f"['{out_feature}']])"
+            )
         self.out_feature = str(out_feature)
         self.out_channels, self.out_stride = shapes[self.out_feature]
 
@@ -139,8 +160,10 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         if fmt not in ('BGR', 'RGB', 'L'):
             raise ValueError(f"Detectron2Backbone: INPUT.FORMAT must be 'BGR', 'RGB' or 'L', got {cfg.INPUT.FORMAT!r}")
         if len(cfg.MODEL.PIXEL_MEAN) != n_in or len(cfg.MODEL.PIXEL_STD) != n_in:
-            raise ValueError(f'Detectron2Backbone: INPUT.FORMAT {fmt} needs {n_in} MODEL.PIXEL_MEAN / PIXEL_STD '
-                             f'values, got {list(cfg.MODEL.PIXEL_MEAN)} / {list(cfg.MODEL.PIXEL_STD)}')
+            raise ValueError(
+                f'Detectron2Backbone: INPUT.FORMAT {fmt} needs {n_in} MODEL.PIXEL_MEAN / PIXEL_STD '
+                f'values, got {list(cfg.MODEL.PIXEL_MEAN)} / {list(cfg.MODEL.PIXEL_STD)}'
+            )
         if any(float(s) <= 0 for s in cfg.MODEL.PIXEL_STD):
             raise ValueError(f'Detectron2Backbone: MODEL.PIXEL_STD must be > 0, got {list(cfg.MODEL.PIXEL_STD)}')
         self.input_format = fmt
@@ -172,10 +195,13 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
     def _build(cfg):
         from detectron2.layers import ShapeSpec
         from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_backbone
+
         name = cfg.MODEL.BACKBONE.NAME
         if name not in BACKBONE_REGISTRY:
-            raise KeyError(f'Detectron2Backbone: {name!r} is not in detectron2\'s BACKBONE_REGISTRY (registered: '
-                           f'{sorted(k for k, _ in BACKBONE_REGISTRY)}); import the module that registers it first')
+            raise KeyError(
+                f"Detectron2Backbone: {name!r} is not in detectron2's BACKBONE_REGISTRY (registered: "
+                f'{sorted(k for k, _ in BACKBONE_REGISTRY)}); import the module that registers it first'
+            )
         model = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         if not isinstance(model, Backbone):
             raise TypeError(f'Detectron2Backbone: {name} built a {type(model).__name__}, not a detectron2 Backbone')
@@ -186,14 +212,16 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         return ', '.join(f'{k} ({c} channels, stride {s})' for k, (c, s) in shapes.items())
 
     @classmethod
-    def output_shapes(cls, config_file: Optional[str] = None, opts=None, name: Optional[str] = None
-                      ) -> Dict[str, Dict[str, int]]:
+    def output_shapes(
+        cls, config_file: Optional[str] = None, opts=None, name: Optional[str] = None
+    ) -> Dict[str, Dict[str, int]]:
         """``{feature: {'channels': c, 'stride': s}}`` of the backbone a config builds (random init; for
         choosing ``feat_dim`` / ``downsampler_kernel`` / ``num_stages`` of the trainer)."""
         extra = ['MODEL.BACKBONE.NAME', str(name)] if name is not None else []
         model = cls._build(build_detectron2_cfg(config_file, _flatten_opts(opts) + extra))
-        return OrderedDict((k, dict(channels=int(v.channels), stride=int(v.stride)))
-                           for k, v in model.output_shape().items())
+        return OrderedDict(
+            (k, dict(channels=int(v.channels), stride=int(v.stride))) for k, v in model.output_shape().items()
+        )
 
     # -- weights -----------------------------------------------------------------------------------------------
     def load_weights(self, weights: str, prefix: Optional[str] = None) -> None:
@@ -201,6 +229,7 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         mis-shaped."""
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.utils.file_io import PathManager
+
         path = PathManager.get_local_path(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f'Detectron2Backbone: weights {weights!r} do not exist')
@@ -216,7 +245,7 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
             # the prefix under which most of the backbone's keys are (all of them, for a fitting file)
             prefix = max(_PREFIXES, key=lambda p: sum(p + k in sd for k in own))
         if prefix:
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
             if not sd:
                 raise KeyError(f'Detectron2Backbone: no key of {weights!r} starts with {prefix!r}')
         data = dict(data, model=dict(sd))
@@ -224,9 +253,11 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         missing = list(incompatible.missing_keys)
         shapes = [f'{k}: file {tuple(a)} vs model {tuple(b)}' for k, a, b in incompatible.incorrect_shapes]
         if missing or shapes:
-            raise RuntimeError(f'Detectron2Backbone: {weights!r} does not fit {self.cfg_name}'
-                               f' (prefix {prefix!r}): missing {missing[:8]} ({len(missing)} in all), wrong shapes '
-                               f'{shapes[:5]}; the file has keys like {list(sd)[:4]}')
+            raise RuntimeError(
+                f'Detectron2Backbone: {weights!r} does not fit {self.cfg_name}'
+                f' (prefix {prefix!r}): missing {missing[:8]} ({len(missing)} in all), wrong shapes '
+                f'{shapes[:5]}; the file has keys like {list(sd)[:4]}'
+            )
 
     @property
     def cfg_name(self) -> str:
@@ -241,8 +272,10 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         """ImageNet-normalised RGB ``[B, 3, H, W]`` -> the normalised batch a detectron2 backbone receives
         (``INPUT.FORMAT`` channels, ``(x - PIXEL_MEAN) / PIXEL_STD``), not padded."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError('Detectron2Backbone expects ImageNet-normalised RGB [B, 3, H, W], got '
-                             f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+            raise ValueError(
+                'Detectron2Backbone expects ImageNet-normalised RGB [B, 3, H, W], got '
+                f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}'
+            )
         dt = x.dtype
         rgb255 = (x * self._imnet_std.to(dt) + self._imnet_mean.to(dt)) * 255.0
         img = torch.einsum('oc,bchw->bohw', self._mix.to(dt), rgb255)
@@ -258,9 +291,11 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
             ph, pw = -(-h // d) * d, -(-w // d) * d
         if self.square_size > 0:
             if max(ph, pw) > self.square_size:
-                raise ValueError(f'Detectron2Backbone: {self.cfg_name} pads to a {self.square_size}x'
-                                 f'{self.square_size} square (padding_constraints square_size), the input is '
-                                 f'{h}x{w}: use images no larger than that')
+                raise ValueError(
+                    f'Detectron2Backbone: {self.cfg_name} pads to a {self.square_size}x'
+                    f'{self.square_size} square (padding_constraints square_size), the input is '
+                    f'{h}x{w}: use images no larger than that'
+                )
             ph = pw = self.square_size
         if (ph, pw) == (h, w):
             return x
@@ -275,20 +310,26 @@ class Detectron2Backbone(FrozenPartsMixin, nn.Module):
         padded = self.pad(inp)
         out = self.model(padded)
         if not isinstance(out, Mapping) or self.out_feature not in out:
-            raise KeyError(f'Detectron2Backbone: {self.cfg_name} returned '
-                           f'{sorted(out) if isinstance(out, Mapping) else type(out).__name__}, not '
-                           f'{self.out_feature!r}')
+            raise KeyError(
+                f'Detectron2Backbone: {self.cfg_name} returned '
+                f'{sorted(out) if isinstance(out, Mapping) else type(out).__name__}, not '
+                f'{self.out_feature!r}'
+            )
         feat = out[self.out_feature]
         if padded.shape[-2:] != inp.shape[-2:]:
             s = self.out_stride
             oh, ow = -(-h // s), -(-w // s)
             if feat.shape[-2] < oh or feat.shape[-1] < ow:
-                raise RuntimeError(f'Detectron2Backbone: {self.out_feature} of the padded '
-                                   f'{tuple(padded.shape[-2:])} input is {tuple(feat.shape[-2:])}, smaller than '
-                                   f'ceil(({h}, {w}) / stride {s}) = ({oh}, {ow})')
+                raise RuntimeError(
+                    f'Detectron2Backbone: {self.out_feature} of the padded '
+                    f'{tuple(padded.shape[-2:])} input is {tuple(feat.shape[-2:])}, smaller than '
+                    f'ceil(({h}, {w}) / stride {s}) = ({oh}, {ow})'
+                )
             feat = feat[..., :oh, :ow]
         return feat
 
     def extra_repr(self) -> str:
-        return (f'out_feature={self.out_feature!r}, out_channels={self.out_channels}, out_stride={self.out_stride}, '
-                f'input_format={self.input_format!r}, pixel_mean={self.pixel_mean}, pixel_std={self.pixel_std}')
+        return (
+            f'out_feature={self.out_feature!r}, out_channels={self.out_channels}, out_stride={self.out_stride}, '
+            f'input_format={self.input_format!r}, pixel_mean={self.pixel_mean}, pixel_std={self.pixel_std}'
+        )

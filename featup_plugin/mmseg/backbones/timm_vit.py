@@ -7,6 +7,7 @@ any input size, so that the ``FeatUpJBU`` neck can upsample them::
     neck=dict(type='FeatUpJBU', in_channels=384, in_index=0, feature_strides=16, out_size=None, output_stride=4),
     decode_head=dict(type='FCNHead', in_channels=384, in_index=0, ...)
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
@@ -76,13 +77,29 @@ class TimmViT(TimmViTFeatures, BaseModule):
         ``strides`` for the neck's ``feature_strides``.
     """
 
-    def __init__(self, model_name: str = 'vit_small_patch16_224.dino',
-                 out_indices: Union[int, Sequence[int]] = (-1,),
-                 pretrained: Union[bool, str] = False, checkpoint_key: Optional[str] = None, norm: bool = True,
-                 frozen: bool = False, img_size: Union[None, int, Tuple[int, int]] = None,
-                 model_kwargs: Optional[dict] = None, init_cfg=None):
-        super().__init__(model_name, out_indices=out_indices, pretrained=pretrained, checkpoint_key=checkpoint_key,
-                         norm=norm, frozen=frozen, img_size=img_size, model_kwargs=model_kwargs, init_cfg=init_cfg)
+    def __init__(
+        self,
+        model_name: str = 'vit_small_patch16_224.dino',
+        out_indices: Union[int, Sequence[int]] = (-1,),
+        pretrained: Union[bool, str] = False,
+        checkpoint_key: Optional[str] = None,
+        norm: bool = True,
+        frozen: bool = False,
+        img_size: Union[None, int, Tuple[int, int]] = None,
+        model_kwargs: Optional[dict] = None,
+        init_cfg=None,
+    ):
+        super().__init__(
+            model_name,
+            out_indices=out_indices,
+            pretrained=pretrained,
+            checkpoint_key=checkpoint_key,
+            norm=norm,
+            frozen=frozen,
+            img_size=img_size,
+            model_kwargs=model_kwargs,
+            init_cfg=init_cfg,
+        )
         # mmengine's BaseModule.init_weights calls init_weights() of children not marked initialised; timm's
         # VisionTransformer.init_weights re-initialises every weight, which would wipe the weights loaded here.
         # timm initialises the model when it builds it, so mark it as done.

@@ -1,4 +1,5 @@
 """MMSegmentation datasets (``DATASETS``): the generated dataset and a folder of unlabeled images."""
+
 from .featup_synthetic import FeatUpSyntheticDataset
 from .image_folder import ImageFolderDataset
 

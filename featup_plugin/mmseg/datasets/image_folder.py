@@ -1,6 +1,7 @@
 """``dataset=dict(type='ImageFolderDataset', root=...)``: any folder of images for the upsampler training (mmseg's
 ``DATASETS`` registry). Items are ``dict(inputs=[3, S, S] ImageNet-normalised RGB tensor,
 data_samples=dict(img_path=str))``; collate with ``collate_fn=dict(type='default_collate')``."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -22,11 +23,18 @@ class ImageFolderDataset(Dataset):
         max_images: use only the first N (sorted) images.
         extensions, recursive: which files count as images.
     """
+
     metainfo = dict(classes=())
 
-    def __init__(self, root: str, size: Optional[Union[int, Sequence[int]]] = 224, center_crop: bool = True,
-                 max_images: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 recursive: bool = True):
+    def __init__(
+        self,
+        root: str,
+        size: Optional[Union[int, Sequence[int]]] = 224,
+        center_crop: bool = True,
+        max_images: Optional[int] = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        recursive: bool = True,
+    ):
         self.root, self.size, self.center_crop = root, size, center_crop
         self.paths = list_images(root, extensions, recursive)
         if max_images is not None:
@@ -38,5 +46,6 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, idx: int) -> dict:
-        return dict(inputs=load_image(self.paths[idx], self.size, self.center_crop),
-                    data_samples=dict(img_path=self.paths[idx]))
+        return dict(
+            inputs=load_image(self.paths[idx], self.size, self.center_crop), data_samples=dict(img_path=self.paths[idx])
+        )

@@ -1,4 +1,5 @@
 """MMSegmentation metrics (``METRICS``)."""
+
 from .boundary_metric import BoundaryFScore
 
 __all__ = ['BoundaryFScore']

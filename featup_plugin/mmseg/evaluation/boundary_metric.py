@@ -1,4 +1,5 @@
 """``BoundaryFScore``: the boundary F-score of :mod:`featup_plugin.evaluation.boundary` as an mmengine metric."""
+
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence
 
@@ -29,9 +30,16 @@ class BoundaryFScore(BaseMetric):
         collect_device, prefix: see :class:`mmengine.evaluator.BaseMetric`.
     """
 
-    def __init__(self, tolerance: float = 2, ignore_index: int = 255, class_agnostic: bool = False,
-                 num_classes: Optional[int] = None, collect_device: str = 'cpu', prefix: Optional[str] = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        tolerance: float = 2,
+        ignore_index: int = 255,
+        class_agnostic: bool = False,
+        num_classes: Optional[int] = None,
+        collect_device: str = 'cpu',
+        prefix: Optional[str] = None,
+        **kwargs,
+    ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
             raise ValueError(f'tolerance must be a number >= 0, got {tolerance!r}')
@@ -44,8 +52,10 @@ class BoundaryFScore(BaseMetric):
         if self.dataset_meta is not None and self.dataset_meta.get('classes') is not None:
             return len(self.dataset_meta['classes'])
         if self.num_classes is None:
-            raise ValueError('BoundaryFScore needs the number of classes: dataset_meta["classes"] is not set '
-                             '(the runner sets it from the dataset); pass num_classes=... otherwise')
+            raise ValueError(
+                'BoundaryFScore needs the number of classes: dataset_meta["classes"] is not set '
+                '(the runner sets it from the dataset); pass num_classes=... otherwise'
+            )
         return int(self.num_classes)
 
     @staticmethod
@@ -59,8 +69,7 @@ class BoundaryFScore(BaseMetric):
         for data_sample in data_samples:
             pred = self._label_map(data_sample['pred_sem_seg']['data'])
             gt = self._label_map(data_sample['gt_sem_seg']['data'])
-            counts = boundary_counts(pred, gt, num_classes, self.tolerance, self.ignore_index,
-                                     self.class_agnostic)
+            counts = boundary_counts(pred, gt, num_classes, self.tolerance, self.ignore_index, self.class_agnostic)
             self.results.append(tuple(counts[k] for k in COUNT_KEYS))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
@@ -75,10 +84,16 @@ class BoundaryFScore(BaseMetric):
             classes = (self.dataset_meta or {}).get('classes') or [str(i) for i in range(n)]
             lines = [f'{"Class":>16} {"bF":>7} {"bPrec":>7} {"bRec":>7}']
             for i, name in enumerate(classes):
-                lines.append(f'{str(name):>16} ' + ' '.join(
-                    f'{100 * v[i]:7.2f}' for v in (s['per_class_f_score'], s['per_class_precision'],
-                                                    s['per_class_recall'])))
-            print_log(f'per class boundary F-score (tolerance {self.tolerance} px):\n' + '\n'.join(lines),
-                      logger)
-        return OrderedDict(bF=round(100 * s['f_score'], 2), bPrecision=round(100 * s['precision'], 2),
-                           bRecall=round(100 * s['recall'], 2))
+                lines.append(
+                    f'{str(name):>16} '
+                    + ' '.join(
+                        f'{100 * v[i]:7.2f}'
+                        for v in (s['per_class_f_score'], s['per_class_precision'], s['per_class_recall'])
+                    )
+                )
+            print_log(f'per class boundary F-score (tolerance {self.tolerance} px):\n' + '\n'.join(lines), logger)
+        return OrderedDict(
+            bF=round(100 * s['f_score'], 2),
+            bPrecision=round(100 * s['precision'], 2),
+            bRecall=round(100 * s['recall'], 2),
+        )

@@ -1,4 +1,5 @@
 """MMSegmentation decode heads (registered in mmseg's MODELS)."""
+
 from .linear_probe_head import LinearProbeHead
 from .sft_guided_head import SFTGuidedHead
 

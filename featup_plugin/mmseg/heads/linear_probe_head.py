@@ -1,4 +1,5 @@
 """``decode_head=dict(type='LinearProbeHead', ...)``: FeatUp's linear-probe protocol as an mmseg decode head."""
+
 from __future__ import annotations
 
 from typing import List, Sequence, Union
@@ -29,8 +30,15 @@ class LinearProbeHead(BaseDecodeHead):
     ``channels`` equals the input channels and is derived, so configs do not give it.
     """
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], *, num_classes: int, dropout_ratio: float = 0.0,
-                 norm_cfg=None, **kwargs):
+    def __init__(
+        self,
+        in_channels: Union[int, Sequence[int]],
+        *,
+        num_classes: int,
+        dropout_ratio: float = 0.0,
+        norm_cfg=None,
+        **kwargs,
+    ):
         if 'channels' in kwargs:
             raise TypeError('LinearProbeHead has no hidden layer: do not set `channels` (it is the input width)')
         input_transform = kwargs.get('input_transform')
@@ -40,19 +48,26 @@ class LinearProbeHead(BaseDecodeHead):
             channels = int(sum(in_channels))
         elif isinstance(in_channels, (list, tuple)):
             if input_transform != 'multiple_select':
-                raise ValueError('in_channels is a list: set input_transform to "resize_concat" (one probe on '
-                                 'the concatenated levels) or give one int with one in_index')
-            raise ValueError("LinearProbeHead predicts from one map: input_transform='multiple_select' is not "
-                             "supported; use 'resize_concat'")
+                raise ValueError(
+                    'in_channels is a list: set input_transform to "resize_concat" (one probe on '
+                    'the concatenated levels) or give one int with one in_index'
+                )
+            raise ValueError(
+                "LinearProbeHead predicts from one map: input_transform='multiple_select' is not "
+                "supported; use 'resize_concat'"
+            )
         else:
             channels = int(in_channels)
-        super().__init__(in_channels, channels, num_classes=num_classes, dropout_ratio=dropout_ratio,
-                         norm_cfg=norm_cfg, **kwargs)
+        super().__init__(
+            in_channels, channels, num_classes=num_classes, dropout_ratio=dropout_ratio, norm_cfg=norm_cfg, **kwargs
+        )
         self.input_norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg is not None else nn.Identity()
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         x = self._transform_inputs(inputs)
         if x.shape[1] != self.channels:
-            raise ValueError(f'LinearProbeHead expects {self.channels} input channels, got {x.shape[1]} '
-                             f'(check in_channels / in_index)')
+            raise ValueError(
+                f'LinearProbeHead expects {self.channels} input channels, got {x.shape[1]} '
+                f'(check in_channels / in_index)'
+            )
         return self.cls_seg(self.input_norm(x))

@@ -2,6 +2,7 @@
 
 Derivation / details: docs/sft.md#sft-guided-decode-head
 """
+
 from __future__ import annotations
 
 import math
@@ -76,19 +77,39 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
         ``init_cfg``).
     """
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], channels: int, *, num_classes: int,
-                 feature_stride: int, output_stride: int = 1, stage_channels: Optional[Sequence[int]] = None,
-                 num_blocks: int = 1, condition: str = 'image', condition_index: Optional[int] = None,
-                 condition_channels: Optional[int] = None, cond_channels: int = 32,
-                 cond_hidden_channels: Optional[int] = None, cond_num_convs: int = 2,
-                 sft_hidden_channels: Optional[int] = None, prior_loss_weight: Optional[float] = None,
-                 prior_detach: Optional[bool] = None, prior_channels: Optional[int] = None, **kwargs):
+    def __init__(
+        self,
+        in_channels: Union[int, Sequence[int]],
+        channels: int,
+        *,
+        num_classes: int,
+        feature_stride: int,
+        output_stride: int = 1,
+        stage_channels: Optional[Sequence[int]] = None,
+        num_blocks: int = 1,
+        condition: str = 'image',
+        condition_index: Optional[int] = None,
+        condition_channels: Optional[int] = None,
+        cond_channels: int = 32,
+        cond_hidden_channels: Optional[int] = None,
+        cond_num_convs: int = 2,
+        sft_hidden_channels: Optional[int] = None,
+        prior_loss_weight: Optional[float] = None,
+        prior_detach: Optional[bool] = None,
+        prior_channels: Optional[int] = None,
+        **kwargs,
+    ):
         if kwargs.get('input_transform') == 'multiple_select':
-            raise ValueError("SFTGuidedHead decodes one map: input_transform='multiple_select' is not supported; "
-                             "use None or 'resize_concat'")
+            raise ValueError(
+                "SFTGuidedHead decodes one map: input_transform='multiple_select' is not supported; "
+                "use None or 'resize_concat'"
+            )
         super().__init__(in_channels, channels, num_classes=num_classes, **kwargs)
-        for name, v in (('feature_stride', feature_stride), ('output_stride', output_stride),
-                        ('num_blocks', num_blocks)):
+        for name, v in (
+            ('feature_stride', feature_stride),
+            ('output_stride', output_stride),
+            ('num_blocks', num_blocks),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f'SFTGuidedHead: {name} must be a positive int, got {v!r}')
         self.feature_stride, self.output_stride = feature_stride, output_stride
@@ -99,52 +120,75 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
             stage_channels = [channels] * n_scales
         stage_channels = [int(c) for c in stage_channels]
         if len(stage_channels) != n_scales:
-            raise ValueError(f'SFTGuidedHead: stage_channels needs {n_scales} widths (the input scale and '
-                             f'{self.num_up} x2 stages from stride {feature_stride} to {output_stride}), got '
-                             f'{len(stage_channels)}: {stage_channels}')
+            raise ValueError(
+                f'SFTGuidedHead: stage_channels needs {n_scales} widths (the input scale and '
+                f'{self.num_up} x2 stages from stride {feature_stride} to {output_stride}), got '
+                f'{len(stage_channels)}: {stage_channels}'
+            )
         if stage_channels[-1] != channels:
-            raise ValueError(f'SFTGuidedHead: the last of stage_channels ({stage_channels[-1]}) must equal '
-                             f'channels ({channels}), the width conv_seg reads')
+            raise ValueError(
+                f'SFTGuidedHead: the last of stage_channels ({stage_channels[-1]}) must equal '
+                f'channels ({channels}), the width conv_seg reads'
+            )
         if condition not in CONDITIONS:
             raise ValueError(f'SFTGuidedHead: condition must be one of {CONDITIONS}, got {condition!r}')
         self.condition = condition
         is_prior = condition in PRIOR_CONDITIONS
         given = [n for n, v in zip(PRIOR_ARGS, (prior_loss_weight, prior_detach, prior_channels)) if v is not None]
         if given and not is_prior:
-            raise ValueError(f"SFTGuidedHead: {' / '.join(given)} apply only to condition='prior' or "
-                             f"'prior+image', not {condition!r}")
+            raise ValueError(
+                f"SFTGuidedHead: {' / '.join(given)} apply only to condition='prior' or "
+                f"'prior+image', not {condition!r}"
+            )
         if is_prior:
             prior_loss_weight = 0.4 if prior_loss_weight is None else prior_loss_weight
-            if isinstance(prior_loss_weight, bool) or not isinstance(prior_loss_weight, (int, float)) or \
-                    not math.isfinite(prior_loss_weight) or prior_loss_weight < 0:
-                raise ValueError(f'SFTGuidedHead: prior_loss_weight must be a number >= 0, got '
-                                 f'{prior_loss_weight!r}')
+            if (
+                isinstance(prior_loss_weight, bool)
+                or not isinstance(prior_loss_weight, (int, float))
+                or not math.isfinite(prior_loss_weight)
+                or prior_loss_weight < 0
+            ):
+                raise ValueError(f'SFTGuidedHead: prior_loss_weight must be a number >= 0, got {prior_loss_weight!r}')
             prior_detach = False if prior_detach is None else prior_detach
             if not isinstance(prior_detach, bool):
                 raise ValueError(f'SFTGuidedHead: prior_detach must be a bool, got {prior_detach!r}')
             if prior_detach and prior_loss_weight == 0:
-                raise ValueError('SFTGuidedHead: prior_detach=True with prior_loss_weight=0 leaves the prior branch '
-                                 'without any gradient; give prior_loss_weight > 0')
-            if prior_channels is not None and (isinstance(prior_channels, bool) or
-                                               not isinstance(prior_channels, int) or prior_channels < 1):
-                raise ValueError(f'SFTGuidedHead: prior_channels must be None or a positive int, got '
-                                 f'{prior_channels!r}')
+                raise ValueError(
+                    'SFTGuidedHead: prior_detach=True with prior_loss_weight=0 leaves the prior branch '
+                    'without any gradient; give prior_loss_weight > 0'
+                )
+            if prior_channels is not None and (
+                isinstance(prior_channels, bool) or not isinstance(prior_channels, int) or prior_channels < 1
+            ):
+                raise ValueError(
+                    f'SFTGuidedHead: prior_channels must be None or a positive int, got {prior_channels!r}'
+                )
             if self.out_channels < 2:
-                raise ValueError(f"SFTGuidedHead: condition={condition!r} conditions on the softmax of "
-                                 f"num_classes logits; out_channels={self.out_channels} (sigmoid) is not supported")
+                raise ValueError(
+                    f'SFTGuidedHead: condition={condition!r} conditions on the softmax of '
+                    f'num_classes logits; out_channels={self.out_channels} (sigmoid) is not supported'
+                )
         self.prior_loss_weight = float(prior_loss_weight) if is_prior else 0.0
         self.prior_detach = bool(prior_detach)
         self.prior_channels = prior_channels
         if condition == 'features':
-            if not isinstance(condition_index, int) or isinstance(condition_index, bool) or \
-                    not isinstance(condition_channels, int) or condition_channels < 1:
-                raise ValueError("SFTGuidedHead: condition='features' needs condition_index (an int: which input "
-                                 "level) and condition_channels (its width)")
+            if (
+                not isinstance(condition_index, int)
+                or isinstance(condition_index, bool)
+                or not isinstance(condition_channels, int)
+                or condition_channels < 1
+            ):
+                raise ValueError(
+                    "SFTGuidedHead: condition='features' needs condition_index (an int: which input "
+                    'level) and condition_channels (its width)'
+                )
             cond_in, signal = condition_channels, 'raw'
         else:
             if condition_index is not None or condition_channels is not None:
-                raise ValueError(f"SFTGuidedHead: condition_index / condition_channels apply only to "
-                                 f"condition='features', not {condition!r}")
+                raise ValueError(
+                    f'SFTGuidedHead: condition_index / condition_channels apply only to '
+                    f"condition='features', not {condition!r}"
+                )
             if is_prior:
                 cond_in, signal = self.out_channels + (3 if condition == 'prior+image' else 0), 'raw'
             else:
@@ -159,19 +203,27 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
             last = nn.Conv2d(prior_channels or self.in_channels, self.out_channels, 1)
             nn.init.normal_(last.weight, 0, 0.01)  # as mmseg initialises conv_seg
             nn.init.zeros_(last.bias)
-            self.prior_head = last if prior_channels is None else nn.Sequential(
-                ConvModule(self.in_channels, prior_channels, 3, padding=1, **conv), last)
-        self.up_convs = nn.ModuleList(ConvModule(stage_channels[i - 1], stage_channels[i], 3, padding=1, **conv)
-                                      for i in range(1, n_scales))
+            self.prior_head = (
+                last
+                if prior_channels is None
+                else nn.Sequential(ConvModule(self.in_channels, prior_channels, 3, padding=1, **conv), last)
+            )
+        self.up_convs = nn.ModuleList(
+            ConvModule(stage_channels[i - 1], stage_channels[i], 3, padding=1, **conv) for i in range(1, n_scales)
+        )
         norm_cfg, act_cfg = self.norm_cfg, self.act_cfg
         norm_layer = (lambda c: build_norm_layer(norm_cfg, c)[1]) if norm_cfg is not None else None
         act_layer = (lambda: build_activation_layer(act_cfg)) if act_cfg is not None else nn.Identity
         self.blocks = nn.ModuleList(
-            nn.ModuleList(ResBlockSFT(c, cond_channels, sft_hidden_channels, norm_layer=norm_layer,
-                                      act_layer=act_layer) for _ in range(num_blocks))
-            for c in stage_channels)
-        self.condition_net = SFTConditionNet(cond_in, cond_channels, cond_hidden_channels, num_scales=n_scales,
-                                             num_convs=cond_num_convs, signal=signal)
+            nn.ModuleList(
+                ResBlockSFT(c, cond_channels, sft_hidden_channels, norm_layer=norm_layer, act_layer=act_layer)
+                for _ in range(num_blocks)
+            )
+            for c in stage_channels
+        )
+        self.condition_net = SFTConditionNet(
+            cond_in, cond_channels, cond_hidden_channels, num_scales=n_scales, num_convs=cond_num_convs, signal=signal
+        )
 
     # -- weights ------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -192,22 +244,26 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
             return [(h, w)]
         th, tw = target_size((h, w), image_hw, None, None, self.output_stride)
         ratio = max(th / h, tw / w)
-        if ratio > 1.5 * 2 ** self.num_up:
-            raise ValueError(f'SFTGuidedHead: features of {h}x{w} for an image of {tuple(image_hw)} have stride '
-                             f'~{ratio * self.output_stride:g}, but feature_stride={self.feature_stride} built '
-                             f'{self.num_up} x2 stage(s) to output_stride={self.output_stride}: set feature_stride '
-                             f'to the stride of the head\'s input')
-        sizes = [(min(h * 2 ** i, th), min(w * 2 ** i, tw)) for i in range(self.num_up)]
+        if ratio > 1.5 * 2**self.num_up:
+            raise ValueError(
+                f'SFTGuidedHead: features of {h}x{w} for an image of {tuple(image_hw)} have stride '
+                f'~{ratio * self.output_stride:g}, but feature_stride={self.feature_stride} built '
+                f'{self.num_up} x2 stage(s) to output_stride={self.output_stride}: set feature_stride '
+                f"to the stride of the head's input"
+            )
+        sizes = [(min(h * 2**i, th), min(w * 2**i, tw)) for i in range(self.num_up)]
         return sizes + [(th, tw)]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None,
-                return_prior: bool = False):
+    def forward(
+        self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None, return_prior: bool = False
+    ):
         """Segmentation logits; with ``return_prior=True`` (``condition='prior'`` / ``'prior+image'``) the pair
         ``(seg_logits, prior_logits)`` of the same pass, ``prior_logits`` at the input's stride."""
         if return_prior and self.prior_head is None:
-            raise ValueError(f"SFTGuidedHead: return_prior=True needs condition='prior' or 'prior+image', not "
-                             f"{self.condition!r}")
+            raise ValueError(
+                f"SFTGuidedHead: return_prior=True needs condition='prior' or 'prior+image', not {self.condition!r}"
+            )
         if guidance is None:
             guidance = getattr(inputs, 'guidance', None)
         if guidance is None:
@@ -215,8 +271,10 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
         image = self.guidance_from_inputs(guidance)
         x = self._transform_inputs(inputs)
         if x.shape[1] != self.in_channels:
-            raise ValueError(f'SFTGuidedHead expects {self.in_channels} input channels, got {x.shape[1]} '
-                             f'(check in_channels / in_index)')
+            raise ValueError(
+                f'SFTGuidedHead expects {self.in_channels} input channels, got {x.shape[1]} '
+                f'(check in_channels / in_index)'
+            )
         if image.shape[0] != x.shape[0]:
             raise ValueError(f'SFTGuidedHead: guidance batch {image.shape[0]} != feature batch {x.shape[0]}')
         sizes = self.stage_sizes(x.shape[-2:], image.shape[-2:])
@@ -225,11 +283,14 @@ class SFTGuidedHead(GuidedModuleMixin, BaseDecodeHead):
             try:
                 source = inputs[self.condition_index]
             except IndexError:
-                raise ValueError(f'SFTGuidedHead: condition_index {self.condition_index} is out of range for '
-                                 f'{len(inputs)} inputs')
+                raise ValueError(
+                    f'SFTGuidedHead: condition_index {self.condition_index} is out of range for {len(inputs)} inputs'
+                )
             if source.dim() != 4 or source.shape[1] != self.condition_channels or source.shape[0] != x.shape[0]:
-                raise ValueError(f'SFTGuidedHead: input {self.condition_index} has shape {tuple(source.shape)}, '
-                                 f'condition_channels says [{x.shape[0]}, {self.condition_channels}, H, W]')
+                raise ValueError(
+                    f'SFTGuidedHead: input {self.condition_index} has shape {tuple(source.shape)}, '
+                    f'condition_channels says [{x.shape[0]}, {self.condition_channels}, H, W]'
+                )
         elif self.prior_head is not None:
             prior_logits = self.prior_head(x)
             prob = (prior_logits.detach() if self.prior_detach else prior_logits).softmax(1)

@@ -1,4 +1,5 @@
 """MMSegmentation necks (registered in mmseg's MODELS)."""
+
 from .featup_jbu import FeatUpJBU
 from .resize_neck import ResizeNeck
 

@@ -1,8 +1,8 @@
 """``neck=dict(type='FeatUpJBU', ...)``: FeatUp's JBU stack as an MMSegmentation neck."""
+
 from __future__ import annotations
 
 import os
-
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -14,10 +14,9 @@ from mmseg.registry import MODELS
 from ...checkpoint import load_stacks  # shared with detectron2's FeatUpBackbone
 from ...layers.freeze import FrozenPartsMixin
 from ...upsamplers import ChannelNorm, JBUStack, num_x2_stages
+from ...upsamplers.target import check_target, target_size
 from ..guided import GuidedModuleMixin, missing_guidance_message
 from ._proj import build_projections, resolve_out_channels
-from ...upsamplers.target import check_target, target_size
-
 
 MISSING_GUIDANCE = missing_guidance_message('FeatUpJBU', 'neck')
 
@@ -58,13 +57,26 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
             lacks some upsampler weight or has a wrong shape is an error, not a silent partial load.
     """
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], in_index: Union[int, Sequence[int]] = -1,
-                 out_size: Optional[str] = 'image', scale_factor: Optional[float] = None,
-                 output_stride: Optional[int] = None, feature_strides: Union[None, int, Sequence[int]] = None,
-                 num_stages: Optional[int] = None, radius: int = 3,
-                 key_dim: int = 32, channel_norm: bool = True, freeze_upsampler: bool = False,
-                 mode: str = 'replace', out_channels: Union[None, int, Sequence[int]] = None, conv_cfg=None,
-                 norm_cfg=None, act_cfg=None, init_cfg=None):
+    def __init__(
+        self,
+        in_channels: Union[int, Sequence[int]],
+        in_index: Union[int, Sequence[int]] = -1,
+        out_size: Optional[str] = 'image',
+        scale_factor: Optional[float] = None,
+        output_stride: Optional[int] = None,
+        feature_strides: Union[None, int, Sequence[int]] = None,
+        num_stages: Optional[int] = None,
+        radius: int = 3,
+        key_dim: int = 32,
+        channel_norm: bool = True,
+        freeze_upsampler: bool = False,
+        mode: str = 'replace',
+        out_channels: Union[None, int, Sequence[int]] = None,
+        conv_cfg=None,
+        norm_cfg=None,
+        act_cfg=None,
+        init_cfg=None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
         chans = in_channels if isinstance(in_channels, (list, tuple)) else None
@@ -81,10 +93,12 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         self.out_size, self.scale_factor, self.output_stride = out_size, scale_factor, output_stride
         self.mode = mode
         self.freeze_upsampler = freeze_upsampler
-        self.num_stages = [num_stages] * len(self.in_index) if num_stages else \
-            self._derive_stages(chans, feature_strides)
+        self.num_stages = (
+            [num_stages] * len(self.in_index) if num_stages else self._derive_stages(chans, feature_strides)
+        )
         self.upsamplers = nn.ModuleList(
-            JBUStack(c, num_stages=n, radius=radius, key_dim=key_dim) for c, n in zip(self.channels, self.num_stages))
+            JBUStack(c, num_stages=n, radius=radius, key_dim=key_dim) for c, n in zip(self.channels, self.num_stages)
+        )
         self.norms = nn.ModuleList(ChannelNorm(c) if channel_norm else nn.Identity() for c in self.channels)
         self.out_channels = resolve_out_channels(out_channels, self.channels, 'FeatUpJBU')
         self.projs = build_projections(self.channels, self.out_channels, conv_cfg, norm_cfg, act_cfg)
@@ -120,7 +134,8 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
 
         Accepted: this neck's own keys (``upsamplers.<i>.*``, ``norms.<i>.*``), a segmentor checkpoint
         (``neck.upsamplers.<i>.*``), or, for a neck with one upsampled level, a bare ``JBUStack`` state dict
-        (``up1.*``, ``fixup_proj.*``: what ``tools/model_converters/convert_featup_checkpoint.py`` writes without ``--prefix``),
+        (``up1.*``, ``fixup_proj.*``: what ``tools/model_converters/convert_featup_checkpoint.py`` writes without
+        ``--prefix``),
         or one under ``upsampler.*``: a checkpoint of the upsampler training (``FeatUpJBUTrainer``, whose
         ``backbone.*``, ``downsampler.*``, ``scale_net.*`` are ignored) or an official FeatUp one.
         ``prefix`` first selects and strips keys that start with it. Channel-norm weights are optional (FeatUp
@@ -132,13 +147,20 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         if isinstance(checkpoint, str) and '://' in checkpoint and not os.path.exists(checkpoint):
             # URLs, openmmlab://, s3://...: mmengine's loaders fetch the file
             from mmengine.runner.checkpoint import CheckpointLoader
+
             where = checkpoint
             checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         else:
             where = None
-        load_stacks({str(i): up for i, up in enumerate(self.upsamplers)}, checkpoint, prefix or '',
-                    norms={str(i): n for i, n in enumerate(self.norms)}, who='FeatUpJBU', where=where,
-                    log=lambda msg: print_log(msg, logger='current'))
+        load_stacks(
+            {str(i): up for i, up in enumerate(self.upsamplers)},
+            checkpoint,
+            prefix or '',
+            norms={str(i): n for i, n in enumerate(self.norms)},
+            who='FeatUpJBU',
+            where=where,
+            log=lambda msg: print_log(msg, logger='current'),
+        )
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, inputs: Sequence[torch.Tensor], guidance: Optional[torch.Tensor] = None) -> tuple:
@@ -153,8 +175,9 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
             except IndexError:
                 raise ValueError(f'FeatUpJBU: in_index {idx} is out of range for {len(inputs)} backbone outputs')
             if feat.shape[1] != up.feat_dim:
-                raise ValueError(f'FeatUpJBU: backbone output {idx} has {feat.shape[1]} channels, '
-                                 f'in_channels says {up.feat_dim}')
+                raise ValueError(
+                    f'FeatUpJBU: backbone output {idx} has {feat.shape[1]} channels, in_channels says {up.feat_dim}'
+                )
             if image.shape[0] != feat.shape[0]:
                 raise ValueError('FeatUpJBU: guidance and features have different batch sizes')
             size = target_size(feat.shape[-2:], image.shape[-2:], self.out_size, self.scale_factor, self.output_stride)

@@ -1,4 +1,5 @@
 """``neck=dict(type='ResizeNeck', ...)``: the bilinear twin of ``FeatUpJBU`` for baselines."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
@@ -10,8 +11,8 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ...upsamplers import ChannelNorm
-from ._proj import build_projections, resolve_out_channels
 from ...upsamplers.target import check_target, target_size
+from ._proj import build_projections, resolve_out_channels
 
 _MODES = ('bilinear', 'bicubic', 'nearest', 'area')
 
@@ -35,12 +36,24 @@ class ResizeNeck(BaseModule):
         channel_norm: LayerNorm over channels before resizing (default True, as ``FeatUpJBU``).
     """
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], in_index: Union[int, Sequence[int]] = -1,
-                 out_size: Optional[str] = 'image', scale_factor: Optional[float] = None,
-                 output_stride: Optional[int] = None, interpolation: str = 'bilinear',
-                 align_corners: bool = False, channel_norm: bool = True, mode: str = 'replace',
-                 feature_strides=None, out_channels: Union[None, int, Sequence[int]] = None, conv_cfg=None,
-                 norm_cfg=None, act_cfg=None, init_cfg=None):
+    def __init__(
+        self,
+        in_channels: Union[int, Sequence[int]],
+        in_index: Union[int, Sequence[int]] = -1,
+        out_size: Optional[str] = 'image',
+        scale_factor: Optional[float] = None,
+        output_stride: Optional[int] = None,
+        interpolation: str = 'bilinear',
+        align_corners: bool = False,
+        channel_norm: bool = True,
+        mode: str = 'replace',
+        feature_strides=None,
+        out_channels: Union[None, int, Sequence[int]] = None,
+        conv_cfg=None,
+        norm_cfg=None,
+        act_cfg=None,
+        init_cfg=None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
         if isinstance(in_channels, (list, tuple)):
@@ -66,8 +79,10 @@ class ResizeNeck(BaseModule):
         inputs = list(inputs)
         if self.out_size == 'image' or self.output_stride is not None:
             if guidance is None:
-                raise RuntimeError("ResizeNeck with out_size='image' or output_stride needs the image size: use "
-                                   "model = dict(type='GuidedEncoderDecoder'), or set scale_factor instead")
+                raise RuntimeError(
+                    "ResizeNeck with out_size='image' or output_stride needs the image size: use "
+                    "model = dict(type='GuidedEncoderDecoder'), or set scale_factor instead"
+                )
             image_hw = guidance.shape[-2:]
         else:
             image_hw = None
@@ -78,8 +93,9 @@ class ResizeNeck(BaseModule):
             except IndexError:
                 raise ValueError(f'ResizeNeck: in_index {idx} is out of range for {len(inputs)} backbone outputs')
             if feat.shape[1] != c:
-                raise ValueError(f'ResizeNeck: backbone output {idx} has {feat.shape[1]} channels, '
-                                 f'in_channels says {c}')
+                raise ValueError(
+                    f'ResizeNeck: backbone output {idx} has {feat.shape[1]} channels, in_channels says {c}'
+                )
             size = target_size(feat.shape[-2:], image_hw, self.out_size, self.scale_factor, self.output_stride)
             corners = self.align_corners if self.interpolation in ('bilinear', 'bicubic') else None
             outs.append(F.interpolate(norm(feat), size=size, mode=self.interpolation, align_corners=corners))

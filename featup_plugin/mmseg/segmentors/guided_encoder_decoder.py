@@ -2,6 +2,7 @@
 
 Details (the guidance hand-over): docs/jbu.md#guidance-hand-over-in-mmseg-guidedencoderdecoder
 """
+
 from __future__ import annotations
 
 import inspect
@@ -64,7 +65,9 @@ class GuidedEncoderDecoder(EncoderDecoder):
             x = self.neck(x, guidance=inputs) if self._neck_takes_guidance else self.neck(x)
         if self._heads_take_guidance:
             if not isinstance(x, (list, tuple)):
-                raise TypeError(f'GuidedEncoderDecoder: the backbone/neck must return a list or tuple of feature '
-                                f'maps for a guided head, got {type(x).__name__}')
+                raise TypeError(
+                    f'GuidedEncoderDecoder: the backbone/neck must return a list or tuple of feature '
+                    f'maps for a guided head, got {type(x).__name__}'
+                )
             x = GuidedFeatures(x, guidance=inputs)
         return x

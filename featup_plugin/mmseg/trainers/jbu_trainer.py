@@ -4,9 +4,10 @@ backbone, as an mmengine model trained by mmengine's Runner (``tools/train.py``)
 
 Derivation / details: docs/training.md#featupjbutrainer
 """
+
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from ...upsamplers import ChannelNorm, JBUStack, build_downsampler
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2 ** 62)
+    return (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2**62)
 
 
 def _rank() -> int:
@@ -50,11 +51,26 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         seed: base of the per-step seeds.
     """
 
-    def __init__(self, backbone: Union[dict, nn.Module], feat_dim: int, in_index: Union[int, str] = -1,
-                 num_stages: int = 4, radius: int = 3, key_dim: int = 32, downsampler: str = 'attention',
-                 downsampler_kernel: int = 16, n_views: int = 5, max_pad: int = 20, max_zoom: float = 2.0,
-                 proj_dim: Optional[int] = 30, tv_weight: float = 0.0, channel_norm: bool = True, seed: int = 0,
-                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+    def __init__(
+        self,
+        backbone: Union[dict, nn.Module],
+        feat_dim: int,
+        in_index: Union[int, str] = -1,
+        num_stages: int = 4,
+        radius: int = 3,
+        key_dim: int = 32,
+        downsampler: str = 'attention',
+        downsampler_kernel: int = 16,
+        n_views: int = 5,
+        max_pad: int = 20,
+        max_zoom: float = 2.0,
+        proj_dim: Optional[int] = 30,
+        tv_weight: float = 0.0,
+        channel_norm: bool = True,
+        seed: int = 0,
+        data_preprocessor: Optional[dict] = None,
+        init_cfg=None,
+    ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if n_views < 1:
             raise ValueError(f'n_views must be >= 1, got {n_views}')
@@ -82,12 +98,16 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
             try:
                 channels = channels[self.in_index]
             except IndexError:
-                raise ValueError(f'in_index {self.in_index} is out of range: the backbone has {len(channels)} '
-                                 f'outputs (out_channels {list(channels)})') from None
+                raise ValueError(
+                    f'in_index {self.in_index} is out of range: the backbone has {len(channels)} '
+                    f'outputs (out_channels {list(channels)})'
+                ) from None
         if isinstance(channels, int) and channels != self.feat_dim:
             what = getattr(self.backbone, 'out_feature', self.in_index)
-            raise ValueError(f'feat_dim={self.feat_dim} but the backbone output {what!r} has {channels} channels '
-                             f'({type(self.backbone).__name__}); set feat_dim={channels}')
+            raise ValueError(
+                f'feat_dim={self.feat_dim} but the backbone output {what!r} has {channels} channels '
+                f'({type(self.backbone).__name__}); set feat_dim={channels}'
+            )
 
     # -- frozen parts ------------------------------------------------------------------------------------------
     def frozen_parts(self):
@@ -110,8 +130,9 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
             out = out[self.in_index]
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] != self.feat_dim:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f'backbone output {self.in_index!r} must be [B, {self.feat_dim}, h, w] (feat_dim), '
-                             f'got {shape}')
+            raise ValueError(
+                f'backbone output {self.in_index!r} must be [B, {self.feat_dim}, h, w] (feat_dim), got {shape}'
+            )
         return self.norm(out)
 
     def upsample(self, img: torch.Tensor, lr: Optional[torch.Tensor] = None, output_size=None) -> torch.Tensor:
@@ -122,8 +143,10 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
     # -- mmengine interface ------------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = 'tensor'):
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[1] != 3:
-            raise ValueError('FeatUpJBUTrainer expects inputs [B, 3, H, W] (ImageNet-normalised RGB), got '
-                             f'{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}')
+            raise ValueError(
+                'FeatUpJBUTrainer expects inputs [B, 3, H, W] (ImageNet-normalised RGB), got '
+                f'{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}'
+            )
         if mode == 'loss':
             return self.loss(inputs)
         if mode in ('tensor', 'predict'):
@@ -132,8 +155,11 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
 
     def loss(self, img: torch.Tensor) -> Dict[str, torch.Tensor]:
         seed = _step_seed(self.seed, int(self.step), _rank())
-        devices = [img.device.index if img.device.index is not None else torch.cuda.current_device()] \
-            if img.device.type == 'cuda' else []
+        devices = (
+            [img.device.index if img.device.index is not None else torch.cuda.current_device()]
+            if img.device.type == 'cuda'
+            else []
+        )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # dropout masks of this step
             gen = torch.Generator().manual_seed(seed)  # views and projections (drawn on the CPU)
@@ -143,6 +169,16 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         return losses
 
     def _loss(self, img: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
-        return multiview_loss(img, self.extract_lr, lambda lr, im: self.upsample(im, lr), self.downsampler,
-                              self.scale_net, gen, n_views=self.n_views, max_pad=self.max_pad, max_zoom=self.max_zoom,
-                              proj_dim=self.proj_dim, tv_weight=self.tv_weight)
+        return multiview_loss(
+            img,
+            self.extract_lr,
+            lambda lr, im: self.upsample(im, lr),
+            self.downsampler,
+            self.scale_net,
+            gen,
+            n_views=self.n_views,
+            max_pad=self.max_pad,
+            max_zoom=self.max_zoom,
+            proj_dim=self.proj_dim,
+            tv_weight=self.tv_weight,
+        )
