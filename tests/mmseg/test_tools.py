@@ -115,3 +115,23 @@ def test_two_process_gloo_training(tmp_path):
     assert 'Distributed training: True' in out
     assert os.path.isfile(os.path.join(work, 'iter_1.pth'))
     assert 'mIoU' in out
+
+
+def test_dump_configs_tool_finds_a_changed_config(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        'dump_configs', os.path.join(ROOT, 'tools', 'analysis_tools', 'dump_configs.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / 'configs').mkdir()
+    cfg = tmp_path / 'configs' / 'a.py'
+    cfg.write_text("model = dict(type='X', depth=18)\n")
+    (tmp_path / 'configs' / 'broken.py').write_text('raise RuntimeError("not a config")\n')
+    first = tool.dump(str(tmp_path))
+    assert first['configs/a.py']['dict'] == {'model': {'type': 'X', 'depth': 18}}
+    assert 'not a config' in first['configs/broken.py']['error']
+    assert tool.compare(first, tool.dump(str(tmp_path))) == []
+    cfg.write_text("model = dict(type='X', depth=34)\n")
+    assert tool.compare(first, tool.dump(str(tmp_path))) == ['differs: configs/a.py']
