@@ -1,7 +1,7 @@
 """Framework-free pieces of FeatUp's training: jitter views, losses (torch only).
 
-The mmengine model that trains a JBU stack with them is :mod:`featup_plugin.mmseg.trainers.jbu_trainer` (registered when
-mmengine/mmseg are importable); the implicit per-image upsampler is :mod:`featup_plugin.training.implicit`.
+The mmengine model that trains a JBU stack with them is :mod:`featup_plugin.mmseg.trainers.jbu_trainer`; the implicit
+per-image upsampler is :mod:`featup_plugin.training.implicit`.
 
 Derivation / details: docs/training.md
 """

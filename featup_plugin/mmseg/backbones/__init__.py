@@ -1,6 +1,5 @@
-"""mmseg backbones (registered when this package is imported, i.e. when mmseg is importable).
-
-``Detectron2Backbone`` is registered always but imports detectron2 only when built."""
+"""mmseg backbones (``MODELS``). ``Detectron2Backbone`` imports detectron2 only when built (the one bridge
+between the two adapters)."""
 
 from .detectron2_backbone import Detectron2Backbone
 from .timm_vit import TimmViT
