@@ -2,6 +2,7 @@
 a tensor captured during the model's own forward, that start as the original layers and keep its state-dict keys::
 
     model = pac_hot_swap(model, ['layer3.*.conv2', 'layer4.*.conv2'], guidance='layer1')
+    vgg = pac_hot_swap(vgg, preset='fcn8s')  # the paper's FCN recipe: features.14/21/28 guided by features.8
 
 Derivation / details: docs/pac.md#hot-swap
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from ..ops.pac import PacConv2d
 
-__all__ = ['pac_hot_swap', 'PacHotSwapConv2d', 'GuidanceSource', 'swapped_layers']
+__all__ = ['pac_hot_swap', 'PacHotSwapConv2d', 'GuidanceSource', 'swapped_layers', 'PRESETS']
 
 Targets = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 
@@ -203,14 +204,62 @@ def _select(model: nn.Module, targets: Targets) -> List[str]:
     return names
 
 
+# torchvision's VGG-16 ``features`` (``make_layers(cfgs['D'])``, no batch norm): 'C<n>' a 3x3 conv with n outputs
+# followed by its ReLU, 'M' a max pool. Indices: conv2_2 = 7 (its ReLU 8), conv3_3 = 14, conv4_3 = 21, conv5_3 = 28.
+_VGG16_CFG = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']
+
+# name -> (targets, guidance), relative to the VGG-16 features module.
+PRESETS = {
+    # PAC paper (Su et al., CVPR 2019), FCN-8s: conv3_3, conv4_3, conv5_3 swapped, guided by conv2_2 after its ReLU.
+    'fcn8s': (['14', '21', '28'], '8'),
+}
+
+
+def _is_vgg16_features(module: nn.Module) -> bool:
+    if not isinstance(module, nn.Sequential):
+        return False
+    layers = list(module.children())
+    expected = []
+    for v in _VGG16_CFG:
+        expected += [nn.MaxPool2d] if v == 'M' else [nn.Conv2d, nn.ReLU]
+    if len(layers) != len(expected) or not all(isinstance(m, t) for m, t in zip(layers, expected)):
+        return False
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    return [c.out_channels for c in convs] == [v for v in _VGG16_CFG if v != 'M'] and all(
+        c.kernel_size == (3, 3) for c in convs
+    )
+
+
+def _resolve_preset(model: nn.Module, preset: str):
+    """The preset's (targets, guidance) as module names of ``model``: relative to its one VGG-16 ``features``
+    module, named ``features`` or ``<parent>.features`` (or ``model`` itself when it is that Sequential)."""
+    if preset not in PRESETS:
+        raise ValueError(f'pac_hot_swap: unknown preset {preset!r}; presets are {sorted(PRESETS)}')
+    found = [
+        n for n, m in model.named_modules() if (n == 'features' or n.endswith('.features')) and _is_vgg16_features(m)
+    ]
+    if not found and _is_vgg16_features(model):
+        found = ['']
+    if len(found) != 1:
+        raise ValueError(
+            f'pac_hot_swap: preset {preset!r} needs exactly one torchvision VGG-16 features module (the '
+            "nn.Sequential of vgg16().features, named 'features' or '<parent>.features', or the model itself), "
+            f'found {found or "none"}'
+        )
+    prefix = found[0] + '.' if found[0] else ''
+    targets, guidance = PRESETS[preset]
+    return [prefix + t for t in targets], prefix + guidance
+
+
 def pac_hot_swap(
     model: nn.Module,
-    targets: Targets,
-    guidance: str = 'input',
+    targets: Optional[Targets] = None,
+    guidance: Optional[str] = None,
     kernel_type: str = 'gaussian',
     init_scale: float = 1.0,
     detach_guidance: bool = False,
     smooth_kernel_type: str = 'none',
+    preset: Optional[str] = None,
 ) -> nn.Module:
     """Replaces the ``targets`` Conv2d layers of ``model`` (in place) by :class:`PacHotSwapConv2d` guided by
     ``guidance``; returns ``model``. At initialisation the swapped model computes what the original did.
@@ -223,13 +272,22 @@ def pac_hot_swap(
             name (its output; ``'<name>[i]'`` for element ``i`` of a tuple / list / dict output) or
             ``'<name>:input'`` (that module's first tensor input; ``'backbone:input'`` in an mmseg segmentor is the
             current crop). It is resized (bilinear) to each swapped layer's input and must be produced before the
-            swapped layers run in each forward.
+            swapped layers run in each forward. Default ``'input'``.
         kernel_type, smooth_kernel_type: as :class:`~featup_plugin.ops.PacConv2d`.
         init_scale: initial ``guidance_scale`` (the Gaussian's bandwidth).
         detach_guidance: no gradient into the guidance.
+        preset: a named recipe that sets ``targets`` and ``guidance`` (which must then be left ``None``; giving
+            them too is a ``ValueError``). ``'fcn8s'``, the PAC paper's FCN-8s: targets ``features.14``,
+            ``features.21``, ``features.28`` (conv3_3, conv4_3, conv5_3) guided by ``features.8`` (conv2_2 after
+            its ReLU) of a torchvision VGG-16 (no batch norm). The names are relative to the model's one VGG-16
+            features module, found by its layout: a submodule named ``features`` or ``<parent>.features``
+            (``torchvision.models.vgg16()``, or e.g. ``backbone.features`` when nested), or the model itself when
+            it is that ``nn.Sequential`` (``make_layers(cfgs['D'])``: ``'14'`` ... guided by ``'8'``).
 
     Raises:
-        ValueError: a target matching no Conv2d, a guidance naming no submodule, or a layer that cannot be swapped
+        ValueError: a target matching no Conv2d, a guidance naming no submodule, an unknown preset (listing the
+            presets), a preset with explicit targets / guidance, a preset whose VGG-16 features module is missing
+            or ambiguous, no targets without a preset, or a layer that cannot be swapped
             (grouped convolutions, even kernel sizes, non-zero padding modes, Conv2d subclasses with their own
             forward such as timm's ``Conv2dSame`` or weight-standardised convs), naming the layer.
         TypeError: a ``model`` that is not an ``nn.Module``, malformed ``targets`` (or one naming a module that is
@@ -239,6 +297,17 @@ def pac_hot_swap(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f'pac_hot_swap: model must be an nn.Module, got {type(model).__name__}')
+    if preset is not None:
+        if targets is not None or guidance is not None:
+            raise ValueError(
+                f'pac_hot_swap: preset {preset!r} sets targets and guidance; pass either a preset or '
+                'targets / guidance, not both'
+            )
+        targets, guidance = _resolve_preset(model, preset)
+    elif targets is None:
+        raise ValueError(f'pac_hot_swap: pass targets (or a preset: {sorted(PRESETS)})')
+    if guidance is None:
+        guidance = 'input'
     names = _select(model, targets)
     source = GuidanceSource(model, guidance, detach=detach_guidance)
     try:

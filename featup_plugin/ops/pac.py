@@ -32,6 +32,7 @@ __all__ = [
     'pac_pool2d',
     'pac_kernel2d',
     'parse_kernel_type',
+    'bilinear_kernel1d',
     'pac_conv2d_unfold',
     'pac_conv2d_taps',
 ]
@@ -574,11 +575,44 @@ class PacConv2d(_PacModule):
         return s
 
 
+_FILLERS = ('uniform', 'linear')
+
+
+def bilinear_kernel1d(size: int, factor: int) -> torch.Tensor:
+    """The 1-D tent ``max(0, 1 - |x - c| / f)`` over taps ``x = 0..size-1`` for upsampling by ``f = factor``:
+    centred on the middle tap ``c = (size - 1) / 2`` for odd ``f`` and half a tap after it for even ``f`` (the
+    half-pixel offset of ``align_corners=False``). ``size`` is odd (PAC kernels are)."""
+    if factor < 1 or size % 2 == 0:
+        raise ValueError(f'bilinear_kernel1d: needs an odd size and factor >= 1, got size={size}, factor={factor}')
+    c = (size - 1) / 2 + (0.5 if factor % 2 == 0 else 0.0)
+    x = torch.arange(size, dtype=torch.float64)
+    return (1 - (x - c).abs() / factor).clamp(min=0)
+
+
+def _linear_filler_size(factor: int) -> int:
+    """The smallest odd kernel size that holds the whole tent for ``factor``."""
+    return 2 * factor + 1 if factor % 2 == 0 else 2 * factor - 1
+
+
 class PacConvTranspose2d(_PacModule):
     """Pixel-adaptive ``nn.ConvTranspose2d``; guidance ``[B, C_f, Ho, Wo]`` at the OUTPUT resolution.
 
     Arguments as ``nn.ConvTranspose2d`` (``weight [C, O, kh, kw]``; with ``K == 1`` it equals
-    ``nn.ConvTranspose2d``) plus the adapting-kernel options of :class:`PacConv2d`. Details: docs/pac.md#transposed-pac
+    ``nn.ConvTranspose2d``) plus the adapting-kernel options of :class:`PacConv2d`, and:
+
+    Args:
+        filler: the weight initialisation. ``'uniform'`` (default): ``nn.ConvTranspose2d``'s (kaiming-uniform
+            weight, uniform bias). ``'linear'``: bilinear upsampling by the stride ``f``; ``weight[c, o] = 0``
+            for ``c != o`` and the separable tent ``t_h(y) * t_w(x)`` for ``c == o`` (:func:`bilinear_kernel1d`:
+            ``max(0, 1 - |x - c| / f)``), bias 0. Needs ``in_channels == out_channels``, ``dilation == 1`` and a
+            kernel that holds the tent (``kernel_size >= 2f + 1`` for even ``f``, ``2f - 1`` for odd ``f``), else
+            a ``ValueError``. With ``kernel_size = 2f + 1``, ``padding = f/2 + 1``, ``output_padding = 1`` (even
+            ``f``: 5 / 2 / 1 for x2, 9 / 3 / 1 for x4; odd ``f``: ``kernel_size = 2f - 1``, ``padding = (f - 1)/2``,
+            ``output_padding = 0``) the output is ``f`` times the input size and, with ``K == 1``, equals
+            ``F.interpolate(mode='bilinear', align_corners=False)`` except in the outer ``f // 2`` output pixels
+            (where the zero padding darkens it; bilinear clamps). ``reset_parameters()`` re-applies the filler.
+
+    Details: docs/pac.md#transposed-pac
     """
 
     def __init__(
@@ -595,11 +629,42 @@ class PacConvTranspose2d(_PacModule):
         smooth_kernel_type: str = 'none',
         normalize_kernel: bool = False,
         shared_filters: bool = False,
+        filler: str = 'uniform',
     ):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
         self.output_padding = _pair(output_padding, 'output_padding', 0)
         _check_transposed(self.stride, self.padding, self.output_padding, self.dilation)
+        if filler not in _FILLERS:
+            raise ValueError(f'PacConvTranspose2d: filler must be one of {_FILLERS}, got {filler!r}')
+        if filler == 'linear':
+            if in_channels != out_channels:
+                raise ValueError(
+                    "PacConvTranspose2d: filler='linear' (bilinear upsampling, one tent per channel) needs "
+                    f'in_channels == out_channels, got {in_channels} and {out_channels}'
+                )
+            if self.dilation != (1, 1):
+                raise ValueError(f"PacConvTranspose2d: filler='linear' needs dilation 1, got {self.dilation}")
+            need = tuple(_linear_filler_size(f) for f in self.stride)
+            if self.kernel_size[0] < need[0] or self.kernel_size[1] < need[1]:
+                raise ValueError(
+                    f"PacConvTranspose2d: filler='linear' with stride {self.stride} needs kernel_size >= {need} "
+                    f'to hold the bilinear tent, got {self.kernel_size}'
+                )
+        self.filler = filler
         self._init_filters('PacConvTranspose2d', in_channels, out_channels, bias, shared_filters, transposed=True)
+
+    def reset_parameters(self) -> None:
+        """Initialises ``weight`` / ``bias`` with the layer's ``filler`` (see the class docstring)."""
+        if self.filler != 'linear':
+            return super().reset_parameters()
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        tent = bilinear_kernel1d(kh, sh)[:, None] * bilinear_kernel1d(kw, sw)[None, :]
+        with torch.no_grad():
+            self.weight.zero_()
+            for c in range(self.weight.shape[0]):  # [C, C, kh, kw] (or [1, 1, kh, kw] with shared_filters)
+                self.weight[c, c] = tent.to(self.weight.dtype)
+            if self.bias is not None:
+                self.bias.zero_()
 
     def output_size(self, h: int, w: int) -> Pair:
         return _transposed_geometry(
@@ -653,6 +718,8 @@ class PacConvTranspose2d(_PacModule):
             s += f', output_padding={self.output_padding}'
         if self.bias is None:
             s += ', bias=False'
+        if self.filler != 'uniform':
+            s += f', filler={self.filler!r}'
         return s
 
 

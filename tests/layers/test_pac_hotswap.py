@@ -70,8 +70,92 @@ def test_fcn_vgg16_recipe_in_one_call():
 
     vgg = make_layers(cfgs['D'])  # = torchvision.models.vgg16().features: 14/21/28 are conv3_3 / conv4_3 / conv5_3
     x = torch.randn(1, 3, 32, 32)
-    swapped, _ = assert_equal_at_init(vgg, x, ['14', '21', '28'], guidance='3')
+    swapped, _ = assert_equal_at_init(vgg, x, ['14', '21', '28'], guidance='8')  # 8: conv2_2's ReLU
     assert swapped_layers(swapped) == ['14', '21', '28']
+
+
+def _vgg16_fcn():
+    """A VGG-16 nested as torchvision names it (``features``), one level down (``backbone.features``)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    class Backbone(nn.Module):  # torchvision.models.VGG's naming, without its 25088x4096 classifier
+        def __init__(self):
+            super().__init__()
+            self.features = make_layers(cfgs['D'])
+
+        def forward(self, x):
+            return self.features(x)
+
+    class FCN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = Backbone()
+            self.head = nn.Conv2d(512, 5, 1)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+    torch.manual_seed(0)
+    return FCN()
+
+
+def test_fcn8s_preset_equal_at_init_and_guided_by_conv2_2():
+    pytest.importorskip('torchvision')
+    from torchvision.models.vgg import cfgs, make_layers
+
+    model = _vgg16_fcn()
+    assert isinstance(model.backbone.features[7], nn.Conv2d) and isinstance(model.backbone.features[8], nn.ReLU)
+    x = torch.randn(2, 3, 64, 64)
+    swapped, _ = assert_equal_at_init(model, x, None, preset='fcn8s')
+    names = ['backbone.features.14', 'backbone.features.21', 'backbone.features.28']
+    assert swapped_layers(swapped) == names
+    layers = [swapped.get_submodule(n) for n in names]
+    assert all(layer.source is layers[0].source and layer.source.spec == 'backbone.features.8' for layer in layers)
+    # The guidance each swapped layer sees is the output of features.8 (conv2_2 after its ReLU), resized.
+    relu_out, seen = {}, []
+    swapped.backbone.features[8].register_forward_hook(lambda m, a, out: relu_out.setdefault('t', out))
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda m, a: seen.append(m.source.tensor))
+    with torch.no_grad():
+        swapped(x)
+    assert len(seen) == 3 and all(t is relu_out['t'] for t in seen)
+    assert relu_out['t'].shape == (2, 128, 32, 32) and (relu_out['t'] >= 0).all()
+    # Once blended in, the guidance matters: conv3_3's output changes (relative to its size).
+    outs = []
+    layers[0].register_forward_hook(lambda m, a, out: outs.append(out))
+    with torch.no_grad():
+        swapped(x)
+        layers[0].blend.data.fill_(0.5)
+        layers[0].guidance_scale.data.fill_(30.0)  # the randomly initialised VGG's activations are small
+        swapped(x)
+    assert (outs[1] - outs[0]).abs().max() > 1e-2 * outs[0].abs().max()
+    # The bare features Sequential (make_layers) gets the same layers, unprefixed.
+    feats = make_layers(cfgs['D'])
+    swapped, _ = assert_equal_at_init(feats, torch.randn(1, 3, 32, 32), None, preset='fcn8s')
+    assert swapped_layers(swapped) == ['14', '21', '28'] and swapped.get_submodule('14').source.spec == '8'
+
+
+def test_preset_errors():
+    pytest.importorskip('torchvision')
+    from torchvision.models.vgg import cfgs, make_layers
+
+    model = _vgg16_fcn()
+    with pytest.raises(ValueError, match=r"unknown preset 'fcn32s'; presets are \['fcn8s'\]"):
+        pac_hot_swap(model, preset='fcn32s')
+    with pytest.raises(ValueError, match='either a preset or targets / guidance'):
+        pac_hot_swap(model, ['backbone.features.14'], preset='fcn8s')
+    with pytest.raises(ValueError, match='either a preset or targets / guidance'):
+        pac_hot_swap(model, guidance='backbone.features.3', preset='fcn8s')
+    with pytest.raises(ValueError, match='pass targets'):
+        pac_hot_swap(model)
+    with pytest.raises(ValueError, match='VGG-16 features module.*found none'):
+        pac_hot_swap(make_layers(cfgs['D'], batch_norm=True), preset='fcn8s')  # vgg16_bn: other indices
+    with pytest.raises(ValueError, match='VGG-16 features module.*found none'):
+        pac_hot_swap(nn.Sequential(nn.Conv2d(3, 3, 3)), preset='fcn8s')
+    two = nn.ModuleDict({'a': _vgg16_fcn().backbone, 'b': _vgg16_fcn().backbone})
+    with pytest.raises(ValueError, match=r"found \['a.features', 'b.features'\]"):
+        pac_hot_swap(two, preset='fcn8s')
+    assert not swapped_layers(model) and not model._forward_hooks  # nothing left over
 
 
 def test_timm_model_equal_at_init():

@@ -220,6 +220,74 @@ def test_transposed_equals_conv_transpose_with_unit_kernel():
         torch.testing.assert_close(layer(x, torch.zeros(2, 1, ho, wo, dtype=D)), ct(x), rtol=1e-12, atol=1e-12)
 
 
+def test_linear_filler_tent_values_by_hand():
+    # 1-D tent max(0, 1 - |x - c| / f), written out by hand: k=5, f=2 -> c=2.5; k=9, f=4 -> c=4.5; k=5, f=3 -> c=2
+    tent = pac_mod.bilinear_kernel1d
+    torch.testing.assert_close(tent(5, 2), torch.tensor([0, 1, 3, 3, 1], dtype=D) / 4)
+    torch.testing.assert_close(tent(9, 4), torch.tensor([0, 1, 3, 5, 7, 7, 5, 3, 1], dtype=D) / 8)
+    torch.testing.assert_close(tent(5, 3), torch.tensor([1, 2, 3, 2, 1], dtype=D) / 3)
+    torch.testing.assert_close(tent(3, 1), torch.tensor([0, 1, 0], dtype=D))
+    layer = PacConvTranspose2d(3, 3, (5, 3), stride=(2, 1), padding=(2, 1), output_padding=(1, 0), filler='linear')
+    want = (torch.tensor([0, 1, 3, 3, 1], dtype=D) / 4)[:, None] * torch.tensor([0, 1, 0], dtype=D)
+    for ci in range(3):
+        for co in range(3):
+            torch.testing.assert_close(layer.weight[ci, co].double(), want if ci == co else 0 * want, rtol=0, atol=0)
+    assert (layer.bias == 0).all()
+    shared = PacConvTranspose2d(3, 3, 5, stride=2, padding=2, output_padding=1, filler='linear', shared_filters=True)
+    assert shared.weight.shape == (1, 1, 5, 5)
+    t1 = torch.tensor([0, 1, 3, 3, 1], dtype=D) / 4
+    torch.testing.assert_close(shared.weight[0, 0].double(), t1[:, None] * t1, rtol=0, atol=0)
+    assert "filler='linear'" in repr(layer) and 'filler' not in repr(PacConvTranspose2d(3, 3, 5))
+
+
+# (factor, kernel_size, padding, output_padding): x2 and x4 (even: 2f+1, f/2+1, 1), x3 (odd: 2f-1, (f-1)/2, 0)
+UPSAMPLE_GEOMS = [(2, 5, 2, 1), (4, 9, 3, 1), (3, 5, 1, 0)]
+
+
+@pytest.mark.parametrize('factor,k,p,op', UPSAMPLE_GEOMS)
+def test_linear_filler_is_bilinear_upsampling(factor, k, p, op):
+    layer = PacConvTranspose2d(3, 3, k, stride=factor, padding=p, output_padding=op, filler='linear').double()
+    layer.reset_parameters()  # the tent in float64 (1/3 is not exact in float32)
+    x = torch.randn(2, 3, 6, 7, dtype=D)
+    ho, wo = layer.output_size(6, 7)
+    assert (ho, wo) == (6 * factor, 7 * factor)
+    ref = F.interpolate(x, scale_factor=factor, mode='bilinear', align_corners=False)
+    # K == 1 given as a kernel, and computed from a constant guidance (Gaussian of zero differences)
+    outs = [layer(x, kernel=torch.ones(2, k * k, ho, wo, dtype=D)), layer(x, torch.full((2, 2, ho, wo), 0.3, dtype=D))]
+    b = factor // 2  # the outer f // 2 output pixels read the zero padding, where bilinear clamps
+    for out in outs:
+        torch.testing.assert_close(out[..., b:-b, b:-b], ref[..., b:-b, b:-b], rtol=1e-12, atol=1e-12)
+        # everywhere: the plain transposed convolution with the same tent weights
+        plain = F.conv_transpose2d(x, layer.weight, layer.bias, factor, p, op)
+        torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-12)
+    assert (outs[0][..., 0, :] - ref[..., 0, :]).abs().max() > 1e-3  # the border does differ
+
+
+def test_filler_errors_and_default_unchanged():
+    with pytest.raises(ValueError, match='filler must be one of'):
+        PacConvTranspose2d(3, 3, 5, stride=2, padding=2, filler='bilinear')
+    with pytest.raises(ValueError, match="filler='linear'.*in_channels == out_channels"):
+        PacConvTranspose2d(3, 4, 5, stride=2, padding=2, filler='linear')
+    with pytest.raises(ValueError, match="filler='linear'.*kernel_size >= "):
+        PacConvTranspose2d(3, 3, 3, stride=2, padding=1, filler='linear')  # a 3-tap kernel truncates the x2 tent
+    with pytest.raises(ValueError, match="filler='linear'.*dilation"):
+        PacConvTranspose2d(3, 3, 5, stride=2, padding=2, dilation=2, filler='linear')
+    # The default ('uniform') is nn.ConvTranspose2d's initialisation, draw for draw.
+    for kw in ({}, {'filler': 'uniform'}):
+        torch.manual_seed(0)
+        layer = PacConvTranspose2d(3, 5, 5, stride=2, padding=2, **kw)
+        torch.manual_seed(0)
+        ct = nn.ConvTranspose2d(3, 5, 5, stride=2, padding=2)
+        torch.testing.assert_close(layer.weight, ct.weight, rtol=0, atol=0)
+        torch.testing.assert_close(layer.bias, ct.bias, rtol=0, atol=0)
+    layer = PacConvTranspose2d(2, 2, 5, stride=2, padding=2, filler='linear')
+    nn.init.normal_(layer.weight)
+    layer.reset_parameters()  # re-applies the filler
+    t1 = torch.tensor([0, 1, 3, 3, 1], dtype=D) / 4
+    torch.testing.assert_close(layer.weight[1, 1].double(), t1[:, None] * t1)
+    assert layer.weight[0, 1].abs().max() == 0
+
+
 def test_transposed_matches_unfold_of_zero_inserted_input():
     layer = PacConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1).double()
     x, g = torch.randn(2, 3, 4, 5, dtype=D), torch.randn(2, 4, 8, 10, dtype=D)
