@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
 
@@ -38,19 +37,9 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import Config
+    from featup_plugin.mmseg.engine import build_runner_cfg
 
-    from featup_plugin.mmseg.engine import use_gloo_without_cuda
-
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    use_gloo_without_cuda(cfg)
+    cfg = build_runner_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         hook = cfg.default_hooks.get('visualization')

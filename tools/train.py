@@ -50,9 +50,9 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from featup_plugin.mmseg.engine import build_train_cfg
+    from featup_plugin.mmseg.engine import build_runner_cfg
 
-    return build_train_cfg(args.config, args.work_dir, args.cfg_options, args.launcher, args.amp, args.resume)
+    return build_runner_cfg(args.config, args.work_dir, args.cfg_options, args.launcher, args.amp, args.resume)
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint.io import load_mmengine_checkpoint
 
-__all__ = ['use_gloo_without_cuda', 'use_mmengine_checkpoint_loader', 'build_train_cfg']
+__all__ = ['use_gloo_without_cuda', 'use_mmengine_checkpoint_loader', 'build_runner_cfg']
 
 
 def use_mmengine_checkpoint_loader() -> None:
@@ -63,13 +63,13 @@ def use_gloo_without_cuda(cfg) -> bool:
     return True
 
 
-def build_train_cfg(
+def build_runner_cfg(
     config: str, work_dir=None, cfg_options=None, launcher: str = 'none', amp: bool = False, resume=None
 ):
-    """The mmengine config ``tools/train.py`` trains: ``config`` with ``cfg_options`` merged, ``work_dir``
-    (default ``./work_dirs/<config name>``), ``AmpOptimWrapper`` if ``amp``, gloo on a machine without CUDA
-    (:func:`use_gloo_without_cuda`), and ``resume``: ``None``, ``'auto'`` (the work dir's latest checkpoint) or
-    a checkpoint path."""
+    """The mmengine config the tools (train, test, PAC hot-swap) hand to the Runner: ``config`` with
+    ``cfg_options`` merged, ``work_dir`` (default ``./work_dirs/<config name>``), ``AmpOptimWrapper`` if ``amp``,
+    gloo on a machine without CUDA (:func:`use_gloo_without_cuda`), and ``resume``: ``None``, ``'auto'`` (the work
+    dir's latest checkpoint) or a checkpoint path."""
     import os.path as osp
 
     from mmengine.config import Config

@@ -55,11 +55,11 @@ def main(argv=None):
     import featup_plugin  # noqa: F401  registers PacHotSwap and the other modules
     from featup_plugin.data.prepare import prepare_generated_datasets
     from featup_plugin.layers.pac_hotswap import swapped_layers
-    from featup_plugin.mmseg.engine import build_train_cfg, use_mmengine_checkpoint_loader
+    from featup_plugin.mmseg.engine import build_runner_cfg, use_mmengine_checkpoint_loader
 
     register_all_modules(init_default_scope=False)
     use_mmengine_checkpoint_loader()
-    cfg = build_train_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
+    cfg = build_runner_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     if cfg.model.get('type') == 'PacHotSwap':
         raise ValueError(f'{args.config} is already a PacHotSwap config; run it with tools/train.py')
     cfg.model = ConfigDict(
