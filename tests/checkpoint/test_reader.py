@@ -21,6 +21,7 @@ from featup_plugin.checkpoint import (
 from featup_plugin.checkpoint.featup import FeatUpCheckpointError
 from featup_plugin.upsamplers import ChannelNorm, JBUStack
 from tests import ROOT
+from tests.helpers import perturb
 
 TORCH_ADVICE = ('weights_only', 'Weights only load failed', 'add_safe_globals')
 
@@ -31,12 +32,7 @@ class _Foreign:
 
 
 def _stack(c=8, n=2, seed=0):
-    torch.manual_seed(seed)
-    s = JBUStack(c, num_stages=n)
-    with torch.no_grad():
-        for p in s.parameters():
-            p.add_(torch.randn_like(p))
-    return s
+    return perturb(JBUStack(c, num_stages=n), seed)
 
 
 def _bad_files(tmp_path):

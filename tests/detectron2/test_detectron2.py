@@ -23,6 +23,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import featup_plugin.detectron2 as fd2  # noqa: E402
 from featup_plugin.upsamplers import JBUStack  # noqa: E402
+from tests.helpers import perturb  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, 'configs', 'detectron2')
 SEMSEG_YAML = os.path.join(CONFIGS, 'semantic_fpn_R18_featup_synth.yaml')
@@ -194,11 +195,7 @@ def test_grey_input_format():
 
 # -- upsampler weights ------------------------------------------------------------------------------------------
 def _random_stack(feat_dim, num_stages):
-    stack = JBUStack(feat_dim, num_stages=num_stages)
-    with torch.no_grad():
-        for p in stack.parameters():
-            p.add_(torch.randn_like(p))
-    return stack
+    return perturb(JBUStack(feat_dim, num_stages=num_stages))
 
 
 def test_load_upsampler_weights_with_prefix(tmp_path):

@@ -13,35 +13,13 @@ from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 from featup_plugin.checkpoint import NotACheckpointError  # noqa: E402
 from featup_plugin.featurizers import TimmFeaturizer, TimmViTFeatures, is_plain_vit  # noqa: E402
 from featup_plugin.upsamplers import ChannelNorm  # noqa: E402
+from tests.featurizers.helpers import SMALL, bare_timm, tokens_to_map  # noqa: E402
+from tests.helpers import assert_same_state as assert_same  # noqa: E402
+from tests.helpers import perturb as perturbed  # noqa: E402
 
 P16 = 'vit_small_patch16_224'
 P14 = 'vit_small_patch14_dinov2'
 P14_REG = 'vit_small_patch14_reg4_dinov2'
-SMALL = dict(depth=2)
-
-
-def bare_timm(name, seed, **kwargs):
-    torch.manual_seed(seed)
-    return timm.create_model(name, pretrained=False, num_classes=0, **SMALL, **kwargs).eval()
-
-
-def tokens_to_map(tokens, prefix, h, w):
-    return tokens[:, prefix:].reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
-
-
-def perturbed(module, seed):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p))
-    return module
-
-
-def assert_same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
 
 
 @pytest.mark.parametrize('name, patch, prefix', [(P16, 16, 1), (P14, 14, 1), (P14_REG, 14, 5)])

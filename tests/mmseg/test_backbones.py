@@ -15,28 +15,14 @@ from mmseg.registry import MODELS  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 from featup_plugin.mmseg.backbones import TimmViT  # noqa: E402
+from tests.featurizers.helpers import SMALL, bare_timm, tokens_to_map  # noqa: E402
+from tests.helpers import assert_same_state as assert_params_equal  # noqa: E402
+from tests.helpers import perturb as perturbed  # noqa: E402
 from tests.mmseg.helpers import batch, data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 
 P16 = 'vit_small_patch16_224'
 P14 = 'vit_small_patch14_dinov2.lvd142m'
 P14_REG = 'vit_small_patch14_reg4_dinov2'
-SMALL = dict(depth=2)  # 2 blocks: fast on CPU
-
-
-def bare_timm(name, seed, **kwargs):
-    torch.manual_seed(seed)
-    return timm.create_model(name, pretrained=False, num_classes=0, **SMALL, **kwargs).eval()
-
-
-def tokens_to_map(tokens, prefix, h, w):
-    return tokens[:, prefix:].reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
-
-
-def assert_params_equal(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
 
 
 # -- shapes and numerics -------------------------------------------------------------------------------------
@@ -133,12 +119,6 @@ def test_frozen():
 
 
 # -- weights ------------------------------------------------------------------------------------------------
-def perturbed(module, seed):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p))
-    return module
 
 
 def test_load_from_file_all_key_formats(tmp_path):
