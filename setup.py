@@ -32,16 +32,19 @@ def flag(name):
     return os.environ.get(name, '0').lower() in ('1', 'true', 'yes', 'on')
 
 
-def export_cuda_home():
-    """See featup_plugin/ops/_cuda_home.py (loaded by path: the package itself is not importable yet)."""
+def _ops_module(name):
+    """featup_plugin/ops/<name>.py, loaded by path: the package itself is not importable yet."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        '_cuda_home', os.path.join(HERE, 'featup_plugin', 'ops', '_cuda_home.py')
-    )
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, 'featup_plugin', 'ops', name + '.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.export_cuda_home()
+    return module
+
+
+def export_cuda_home():
+    """See featup_plugin/ops/_cuda_home.py."""
+    return _ops_module('_cuda_home').export_cuda_home()
 
 
 def extensions():
@@ -62,8 +65,9 @@ def extensions():
     sources = sorted(glob.glob(os.path.join(CSRC, 'pytorch', '*.cpp')))
     sources += sorted(glob.glob(os.path.join(CSRC, 'pytorch', 'cpu', '*.cpp')))
     include_dirs = [os.path.join(HERE, CSRC, 'common'), os.path.join(HERE, CSRC, 'common', 'cuda')]
-    cxx = ['-O3', '-fopenmp']
-    kwargs = dict(include_dirs=include_dirs, extra_link_args=['-fopenmp'])
+    flags = _ops_module('_build_flags')  # the same flags as the JIT build
+    cxx = list(flags.CXX_FLAGS)
+    kwargs = dict(include_dirs=include_dirs, extra_link_args=list(flags.LD_FLAGS))
     if with_cuda:
         if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
             os.environ['TORCH_CUDA_ARCH_LIST'] = '7.5;8.0;9.0+PTX'  # sm_80 code also runs on sm_86/89
@@ -71,8 +75,8 @@ def extensions():
         ext = CUDAExtension(
             'featup_plugin._ext',
             sources,
-            define_macros=[('WITH_CUDA', None)],
-            extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']},
+            define_macros=[(flags.CUDA_MACRO, None)],
+            extra_compile_args={'cxx': cxx, 'nvcc': list(flags.NVCC_FLAGS)},
             **kwargs,
         )
     else:
@@ -97,7 +101,7 @@ setup(
         'featup_plugin.ops': ['csrc/**/*.cpp', 'csrc/**/*.cu', 'csrc/**/*.cuh', 'csrc/**/*.hpp', 'csrc/**/*.h']
     },
     include_package_data=True,
-    install_requires=['torch>=2.0', 'numpy'],
+    install_requires=['torch>=2.1', 'numpy'],  # the C++ uses const_data_ptr / mutable_data_ptr (2.1)
     extras_require={
         'mmseg': ['mmengine', 'mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.0', 'ftfy', 'regex'],
         'timm': ['timm'],

@@ -47,14 +47,17 @@ def _jit_build(with_cuda: bool) -> ModuleType:
     export_cuda_home()
     from torch.utils.cpp_extension import load
 
+    from ._build_flags import CUDA_MACRO, CXX_FLAGS, LD_FLAGS, NVCC_FLAGS
+
+    macro = [f'-D{CUDA_MACRO}'] if with_cuda else []
     name = 'featup_plugin_jit_ext' + ('_cuda' if with_cuda else '_cpu')
     return load(
         name=name,
         sources=sources(with_cuda),
         extra_include_paths=include_dirs(),
-        extra_cflags=['-O3', '-fopenmp'] + (['-DWITH_CUDA'] if with_cuda else []),
-        extra_cuda_cflags=['-O3', '--use_fast_math', '-DWITH_CUDA'] if with_cuda else None,
-        extra_ldflags=['-fopenmp'],
+        extra_cflags=CXX_FLAGS + macro,
+        extra_cuda_cflags=NVCC_FLAGS + macro if with_cuda else None,
+        extra_ldflags=list(LD_FLAGS),
         with_cuda=with_cuda,
         verbose=False,
     )
@@ -102,7 +105,13 @@ def _load() -> tuple:
         mod = _jit_build(with_cuda)
         return mod, 'jit' + (' (cpu+cuda)' if with_cuda else ' (cpu)')
     except Exception as exc:  # noqa: BLE001 - any build failure falls back, once, loudly
-        errors.append(f'JIT build: {type(exc).__name__}: {_first_error_line(str(exc))}')
+        reason = f'JIT build: {type(exc).__name__}: {_first_error_line(str(exc))}'
+        if choice == 'jit':
+            raise RuntimeError(
+                f'FEATUP_OPS=jit but the JIT build of featup_plugin/ops/csrc failed ({reason}); '
+                'unset FEATUP_OPS to fall back to the prebuilt extension or the pure-PyTorch reference'
+            ) from exc
+        errors.append(reason)
     warnings.warn(
         'featup_plugin: no compiled JBU op could be loaded, using the slower pure-PyTorch reference. '
         'Reasons: ' + '; '.join(errors) + '. Build it with `pip install -e . --no-build-isolation` '

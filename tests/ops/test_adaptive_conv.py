@@ -343,3 +343,47 @@ def test_cuda_backward_matches_reference_float32():
     adaptive_conv_unfold(x2, f2).backward(go)
     torch.testing.assert_close(gx, x2.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gf, f2.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_jit_request_raises_on_failed_build(monkeypatch):
+    # FEATUP_OPS=jit never falls back: a GPU check must not test the reference while believing it tests CUDA.
+    monkeypatch.setattr(_backend, '_jit_build', lambda with_cuda: (_ for _ in ()).throw(OSError('no compiler')))
+    monkeypatch.setenv('FEATUP_OPS', 'jit')
+    _backend._reset_for_tests()
+    try:
+        with pytest.raises(RuntimeError, match=r'FEATUP_OPS=jit but the JIT build .* failed .*no compiler'):
+            _backend.get_ext()
+    finally:
+        _backend._reset_for_tests()
+
+
+def test_setup_and_jit_build_share_flags(monkeypatch):
+    # setup.py and the JIT build compile the same code: both read ops/_build_flags.py.
+    from featup_plugin.ops import _build_flags
+
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen.update(kwargs)
+        return object()
+
+    monkeypatch.setattr('torch.utils.cpp_extension.load', fake_load)
+    _backend._jit_build(with_cuda=True)
+    assert seen['extra_cflags'] == _build_flags.CXX_FLAGS + ['-DWITH_CUDA']
+    assert seen['extra_cuda_cflags'] == _build_flags.NVCC_FLAGS + ['-DWITH_CUDA']
+    assert '--use_fast_math' not in seen['extra_cuda_cflags']
+    # setup.py's extension, built as `pip install` would (setuptools.setup captured, nothing compiles).
+    import runpy
+
+    import setuptools
+
+    captured = {}
+    monkeypatch.setattr(setuptools, 'setup', lambda **kw: captured.update(kw))
+    monkeypatch.delenv('FEATUP_NO_EXT', raising=False)
+    monkeypatch.setenv('FEATUP_NO_CUDA', '1')
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(os.path.join(ROOT, 'setup.py'), run_name='__main__')
+    (ext,) = captured['ext_modules']
+    args = ext.extra_compile_args
+    assert (args['cxx'] if isinstance(args, dict) else args) == _build_flags.CXX_FLAGS
+    assert ext.extra_link_args == _build_flags.LD_FLAGS

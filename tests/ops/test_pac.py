@@ -391,7 +391,10 @@ def test_errors():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu_and_memory_is_bounded():
+def test_cuda_matches_cpu_and_memory_is_bounded(monkeypatch):
+    # A 4 MiB tile: the default CUDA tile (64 MiB) exceeds this case's unfold buffer, so the bound would be vacuous.
+    tile = 4 * 2**20
+    monkeypatch.setenv('FEATUP_PAC_TILE_MB', '4')
     torch.manual_seed(0)
     layer = PacConv2d(64, 64, 5, padding=2)
     x, g = torch.randn(2, 64, 64, 64, requires_grad=True), torch.randn(2, 3, 64, 64)
@@ -408,8 +411,11 @@ def test_cuda_matches_cpu_and_memory_is_bounded():
     torch.testing.assert_close(oc.cpu(), out, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(xc.grad.cpu(), x.grad, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(lc.weight.grad.cpu(), layer.weight.grad, rtol=1e-3, atol=1e-2)
+    # Tiles (a column buffer and its gradient) plus O(C*H*W) tensors (input, output, their gradients, the
+    # adapting kernel), far below the unfold reference's B*C*k*k*H*W buffer.
+    x_bytes = xc.numel() * 4
     unfold_bytes = 2 * 64 * 25 * 64 * 64 * 4
-    assert peak < unfold_bytes
+    assert peak <= 2 * tile + 10 * x_bytes < unfold_bytes, (peak, tile, x_bytes)
 
 
 @pytest.mark.cuda
