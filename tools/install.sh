@@ -28,6 +28,7 @@ $PIP --no-build-isolation "mmcv==2.1.0"
 
 step "mmsegmentation + timm + test and lint tools"
 $PIP "mmsegmentation==1.2.2" ftfy regex "timm>=1.0" pytest
+$PIP onnx onnxruntime  # tools/deploy/export_onnx.py and its tests
 # the linters of tools/lint.sh and .pre-commit-config.yaml, pinned so that CI and every machine agree
 $PIP "ruff==0.17.5" "clang-format==23.1.3" "pre-commit==4.7.0"
 
