@@ -2,10 +2,27 @@
 
 The MMSegmentation datasets over them are in :mod:`featup_plugin.mmseg.datasets`.
 """
-from .synthetic import (CLASSES, GENERATOR_VERSION, PALETTE, DatasetMismatchError, dataset_is_complete,
-                        generate_dataset, generate_scene, read_meta, scene_seed)
+
+from .synthetic import (
+    CLASSES,
+    GENERATOR_VERSION,
+    PALETTE,
+    DatasetMismatchError,
+    dataset_is_complete,
+    generate_dataset,
+    generate_scene,
+    read_meta,
+    scene_seed,
+)
 
 __all__ = [
-    'CLASSES', 'PALETTE', 'GENERATOR_VERSION', 'DatasetMismatchError', 'generate_scene', 'scene_seed',
-    'generate_dataset', 'dataset_is_complete', 'read_meta'
+    'CLASSES',
+    'PALETTE',
+    'GENERATOR_VERSION',
+    'DatasetMismatchError',
+    'generate_scene',
+    'scene_seed',
+    'generate_dataset',
+    'dataset_is_complete',
+    'read_meta',
 ]

@@ -5,6 +5,7 @@ that the order is the same on every machine; :func:`load_image` reads one as an 
 RGB, resized (bilinear) so that it covers ``size``, centre-cropped to
 ``size x size``, normalised with ImageNet's mean/std (what FeatUp's backbones and upsamplers expect).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ __all__ = ['IMAGE_EXTENSIONS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'list_images', '
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
-def list_images(root: Union[str, os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                recursive: bool = True) -> List[str]:
+def list_images(
+    root: Union[str, os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True
+) -> List[str]:
     """Sorted paths of the image files under ``root`` (hidden files and folders skipped)."""
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -31,13 +33,13 @@ def list_images(root: Union[str, os.PathLike], extensions: Sequence[str] = IMAGE
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        found += [os.path.join(dirpath, f) for f in filenames
-                  if not f.startswith('.') and f.lower().endswith(exts)]
+        found += [os.path.join(dirpath, f) for f in filenames if not f.startswith('.') and f.lower().endswith(exts)]
         if not recursive:
             break
     if not found:
-        raise FileNotFoundError(f'no image ({", ".join(exts)}) under {root!r}' +
-                                ('' if recursive else ' (non-recursive)'))
+        raise FileNotFoundError(
+            f'no image ({", ".join(exts)}) under {root!r}' + ('' if recursive else ' (non-recursive)')
+        )
     return sorted(found)
 
 
@@ -48,8 +50,9 @@ def _size_pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return h, w
 
 
-def load_image(path: str, size: Optional[Union[int, Sequence[int]]] = 224, center_crop: bool = True,
-               normalize: bool = True) -> torch.Tensor:
+def load_image(
+    path: str, size: Optional[Union[int, Sequence[int]]] = 224, center_crop: bool = True, normalize: bool = True
+) -> torch.Tensor:
     """``[3, H, W]`` float tensor of an image file (see the module docstring). ``size=None`` keeps the image's
     size; ``center_crop=False`` resizes to exactly ``size`` instead of resize-shorter-side + crop."""
     with Image.open(path) as im:

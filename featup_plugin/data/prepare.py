@@ -8,6 +8,7 @@ A config on the generated data declares how to make it::
 parameters is left alone). Every process of a distributed launch calls it; a file lock makes one of them
 generate while the others wait.
 """
+
 from __future__ import annotations
 
 import contextlib

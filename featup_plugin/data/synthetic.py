@@ -5,6 +5,7 @@ consistent with the image. Framework-free (numpy + PIL only); the MMSegmentation
 
 Derivation / details: docs/data.md
 """
+
 import json
 import math
 import os
@@ -16,8 +17,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
-    'CLASSES', 'PALETTE', 'GENERATOR_VERSION', 'DatasetMismatchError', 'generate_scene', 'scene_seed',
-    'generate_dataset', 'dataset_is_complete', 'read_meta'
+    'CLASSES',
+    'PALETTE',
+    'GENERATOR_VERSION',
+    'DatasetMismatchError',
+    'generate_scene',
+    'scene_seed',
+    'generate_dataset',
+    'dataset_is_complete',
+    'read_meta',
 ]
 
 #: Bumped whenever the output of :func:`generate_scene` changes for a given ``(seed, size)``.
@@ -25,8 +33,18 @@ GENERATOR_VERSION = 1
 
 CLASSES = ('background', 'grass', 'water', 'brick', 'sand', 'wire', 'pole', 'vine', 'pebble', 'marker')
 #: Display colours (MMSegmentation's ``palette``), one ``[r, g, b]`` per class; not the rendered colours.
-PALETTE = [[120, 120, 120], [40, 170, 40], [30, 90, 220], [170, 60, 40], [230, 200, 120],
-           [10, 10, 10], [200, 200, 255], [120, 255, 0], [140, 80, 20], [255, 0, 200]]
+PALETTE = [
+    [120, 120, 120],
+    [40, 170, 40],
+    [30, 90, 220],
+    [170, 60, 40],
+    [230, 200, 120],
+    [10, 10, 10],
+    [200, 200, 255],
+    [120, 255, 0],
+    [140, 80, 20],
+    [255, 0, 200],
+]
 
 BACKGROUND, GRASS, WATER, BRICK, SAND, WIRE, POLE, VINE, PEBBLE, MARKER = range(len(CLASSES))
 LARGE_CLASSES = (GRASS, WATER, BRICK, SAND)
@@ -241,7 +259,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell_y: float, cell_
     grid = Image.fromarray(rng.standard_normal((gh, gw)).astype(np.float32), mode='F')
     big = np.asarray(grid.resize((int(gw * cell_x), int(gh * cell_y)), Image.BICUBIC), dtype=np.float32)
     oy, ox = int(cell_y), int(cell_x)
-    out = big[oy:oy + h, ox:ox + w]
+    out = big[oy : oy + h, ox : ox + w]
     return (out - out.mean()) / (out.std() + 1e-6)
 
 
@@ -255,11 +273,17 @@ def _fields(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         return np.asarray(v, np.float32)
 
     # background: blotchy, low-frequency brown-grey
-    f[BACKGROUND] = (rgb([125, 115, 100]) + 22 * _smooth_noise(rng, h, w, 16, 16)[..., None]
-                     + 10 * _smooth_noise(rng, h, w, 6, 6)[..., None] * rgb([1.0, 0.6, 0.2]))
+    f[BACKGROUND] = (
+        rgb([125, 115, 100])
+        + 22 * _smooth_noise(rng, h, w, 16, 16)[..., None]
+        + 10 * _smooth_noise(rng, h, w, 6, 6)[..., None] * rgb([1.0, 0.6, 0.2])
+    )
     # grass: vertical blade streaks, high-frequency
-    f[GRASS] = (rgb([70, 125, 45]) + 28 * _smooth_noise(rng, h, w, 5, 1.2)[..., None] * rgb([0.5, 1.0, 0.4])
-                + 10 * _smooth_noise(rng, h, w, 24, 24)[..., None])
+    f[GRASS] = (
+        rgb([70, 125, 45])
+        + 28 * _smooth_noise(rng, h, w, 5, 1.2)[..., None] * rgb([0.5, 1.0, 0.4])
+        + 10 * _smooth_noise(rng, h, w, 24, 24)[..., None]
+    )
     # water: horizontal waves
     lam = rng.uniform(4.0, 7.0)
     phase = 2 * np.pi * (yy / lam + 0.25 * _smooth_noise(rng, h, w, 12, 12)) + 0.6 * np.sin(xx / rng.uniform(6, 12))
@@ -276,8 +300,7 @@ def _fields(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     # sand: pale, fine grain with dark and bright speckles
     u = rng.random((h, w))
     speckle = np.where(u < 0.08, -60.0, np.where(u > 0.95, 30.0, 0.0)).astype(np.float32)
-    f[SAND] = (rgb([195, 170, 125]) + 10 * _smooth_noise(rng, h, w, 12, 12)[..., None]
-               + (speckle + 6 * white)[..., None])
+    f[SAND] = rgb([195, 170, 125]) + 10 * _smooth_noise(rng, h, w, 12, 12)[..., None] + (speckle + 6 * white)[..., None]
     # thin structures: flat colours (their instance jitter comes later)
     f[WIRE] = rgb([40, 38, 42]) + 5 * white[..., None]
     f[POLE] = rgb([145, 145, 150]) + 8 * _smooth_noise(rng, h, w, 8, 2)[..., None]
@@ -288,10 +311,10 @@ def _fields(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return f
 
 
-_PEBBLE_COLOURS = np.asarray([[110, 90, 70], [90, 90, 95], [140, 120, 95], [75, 60, 50], [160, 150, 140]],
-                             np.float32)
-_MARKER_COLOURS = np.asarray([[220, 40, 40], [240, 140, 20], [210, 40, 190], [230, 220, 40], [40, 200, 220],
-                              [245, 245, 245]], np.float32)
+_PEBBLE_COLOURS = np.asarray([[110, 90, 70], [90, 90, 95], [140, 120, 95], [75, 60, 50], [160, 150, 140]], np.float32)
+_MARKER_COLOURS = np.asarray(
+    [[220, 40, 40], [240, 140, 20], [210, 40, 190], [230, 220, 40], [40, 200, 220], [245, 245, 245]], np.float32
+)
 _INSTANCE_STD = {BACKGROUND: 6, GRASS: 10, WATER: 10, BRICK: 8, SAND: 10, WIRE: 8, POLE: 22, VINE: 14}
 
 
@@ -345,8 +368,13 @@ def scene_seed(seed: int, split: str, index: int) -> int:
 
 def _params(num_train, num_val, size, seed) -> dict:
     h, w = _check_size(size)
-    return dict(version=GENERATOR_VERSION, size=[h, w], seed=_check_seed(seed),
-                num_train=_check_count(num_train, 'num_train'), num_val=_check_count(num_val, 'num_val'))
+    return dict(
+        version=GENERATOR_VERSION,
+        size=[h, w],
+        seed=_check_seed(seed),
+        num_train=_check_count(num_train, 'num_train'),
+        num_val=_check_count(num_val, 'num_val'),
+    )
 
 
 def _split_dirs(root: str, split: str) -> Tuple[str, str]:
@@ -431,12 +459,14 @@ def _write_json(obj: dict, path: str) -> None:
     _write_atomic(path, write)
 
 
-def generate_dataset(root: Union[str, os.PathLike],
-                     num_train: int = 200,
-                     num_val: int = 50,
-                     size: SizeLike = 128,
-                     seed: int = 0,
-                     overwrite: bool = False) -> dict:
+def generate_dataset(
+    root: Union[str, os.PathLike],
+    num_train: int = 200,
+    num_val: int = 50,
+    size: SizeLike = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
     """Writes (or finds) the dataset under ``root`` and returns a summary dict.
 
     Idempotent: if ``root`` already holds a complete dataset with the same parameters (and generator version)
@@ -467,13 +497,17 @@ def generate_dataset(root: Union[str, os.PathLike],
             return dict(summary, created=False, seconds=0.0)
         if diff and not overwrite:
             lines = ', '.join(f'{k}: found {a!r}, requested {b!r}' for k, (a, b) in diff.items())
-            raise DatasetMismatchError(f'{root} already holds a generated dataset with other parameters ({lines}). '
-                                       'Pass overwrite=True (--overwrite) to replace it, or use another root.')
+            raise DatasetMismatchError(
+                f'{root} already holds a generated dataset with other parameters ({lines}). '
+                'Pass overwrite=True (--overwrite) to replace it, or use another root.'
+            )
     elif meta is None and not os.path.exists(marker) and not overwrite:
         foreign = [d for s in SPLITS for d in _split_dirs(root, s) if os.path.isdir(d) and os.listdir(d)]
         if foreign:
-            raise DatasetMismatchError(f'{root} has files in {foreign} but no {META_FILE}: not a dataset made by '
-                                       'this generator. Pass overwrite=True (--overwrite) to replace them.')
+            raise DatasetMismatchError(
+                f'{root} has files in {foreign} but no {META_FILE}: not a dataset made by '
+                'this generator. Pass overwrite=True (--overwrite) to replace them.'
+            )
 
     start = time.perf_counter()
     os.makedirs(root, exist_ok=True)
@@ -492,9 +526,16 @@ def generate_dataset(root: Union[str, os.PathLike],
             image, label = generate_scene(scene_seed(params['seed'], split, i), (h, w))
             _save_png(image, os.path.join(img_dir, name))
             _save_png(label, os.path.join(ann_dir, name))
-    meta = dict(params, generator='featup_plugin.data.synthetic', classes=list(CLASSES),
-                palette=[list(p) for p in PALETTE], ignore_index=255, img_suffix='.png', seg_map_suffix='.png',
-                splits={s: params[f'num_{s}'] for s in SPLITS})
+    meta = dict(
+        params,
+        generator='featup_plugin.data.synthetic',
+        classes=list(CLASSES),
+        palette=[list(p) for p in PALETTE],
+        ignore_index=255,
+        img_suffix='.png',
+        seg_map_suffix='.png',
+        splits={s: params[f'num_{s}'] for s in SPLITS},
+    )
     _write_json(meta, meta_path)
     os.remove(marker)
     return dict(summary, created=True, seconds=time.perf_counter() - start)

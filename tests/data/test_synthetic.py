@@ -1,4 +1,5 @@
-"""The generated dataset (featup_plugin.data.synthetic), its mmseg adapter and tools/dataset_converters/generate_dataset.py."""
+"""The generated dataset (featup_plugin.data.synthetic), its mmseg adapter and the generate_dataset.py CLI."""
+
 import json
 import os
 import subprocess
@@ -8,10 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import ROOT
 from featup_plugin.data import synthetic
-from featup_plugin.data.synthetic import (CLASSES, PALETTE, DatasetMismatchError, dataset_is_complete,
-                                              generate_dataset, generate_scene, scene_seed)
+from featup_plugin.data.synthetic import (
+    CLASSES,
+    PALETTE,
+    DatasetMismatchError,
+    dataset_is_complete,
+    generate_dataset,
+    generate_scene,
+    scene_seed,
+)
+from tests import ROOT
 
 NUM_CLASSES = len(CLASSES)
 THIN = [CLASSES.index(c) for c in ('wire', 'pole', 'vine')]
@@ -33,7 +41,7 @@ def covered_by_squares(mask: np.ndarray, k: int) -> np.ndarray:
     full = np.lib.stride_tricks.sliding_window_view(mask, (k, k)).all(axis=(-2, -1))
     for dy in range(k):
         for dx in range(k):
-            out[dy:dy + h - k + 1, dx:dx + w - k + 1] |= full
+            out[dy : dy + h - k + 1, dx : dx + w - k + 1] |= full
     return out
 
 
@@ -47,7 +55,7 @@ def fits_disk(mask: np.ndarray, r2: int = 5) -> np.ndarray:
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             if dy * dy + dx * dx <= r2:
-                out &= p[r + dy:r + dy + h, r + dx:r + dx + w]
+                out &= p[r + dy : r + dy + h, r + dx : r + dx + w]
     return out
 
 
@@ -250,12 +258,22 @@ def test_incomplete_datasets_are_detected_and_redone(tmp_path, monkeypatch):
     assert (other / 'img_dir' / 'train' / 'mine.png').exists()
 
 
-@pytest.mark.parametrize('kwargs, name', [
-    (dict(num_train=0), 'num_train'), (dict(num_train=-3), 'num_train'), (dict(num_train=2.0), 'num_train'),
-    (dict(num_train=True), 'num_train'), (dict(num_val=0), 'num_val'), (dict(size=31), 'size'),
-    (dict(size=(64, 16)), 'size'), (dict(size=[1, 2, 3]), 'size'), (dict(seed=-1), 'seed'),
-    (dict(seed='0'), 'seed'), (dict(overwrite='yes'), 'overwrite'),
-])
+@pytest.mark.parametrize(
+    'kwargs, name',
+    [
+        (dict(num_train=0), 'num_train'),
+        (dict(num_train=-3), 'num_train'),
+        (dict(num_train=2.0), 'num_train'),
+        (dict(num_train=True), 'num_train'),
+        (dict(num_val=0), 'num_val'),
+        (dict(size=31), 'size'),
+        (dict(size=(64, 16)), 'size'),
+        (dict(size=[1, 2, 3]), 'size'),
+        (dict(seed=-1), 'seed'),
+        (dict(seed='0'), 'seed'),
+        (dict(overwrite='yes'), 'overwrite'),
+    ],
+)
 def test_bad_dataset_arguments(tmp_path, kwargs, name):
     args = dict(num_train=1, num_val=1, size=32)
     args.update(kwargs)
@@ -279,8 +297,21 @@ def test_bad_root_and_unknown_parameters(tmp_path):
 @pytest.mark.slow
 def test_cli(tmp_path):
     out = tmp_path / 'cli'
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'dataset_converters', 'generate_dataset.py'), '--out', str(out), '--num-train',
-           '3', '--num-val', '2', '--size', '40', '48', '--seed', '5']
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'tools', 'dataset_converters', 'generate_dataset.py'),
+        '--out',
+        str(out),
+        '--num-train',
+        '3',
+        '--num-val',
+        '2',
+        '--size',
+        '40',
+        '48',
+        '--seed',
+        '5',
+    ]
     env = dict(os.environ, PYTHONPATH='')  # runs without the package on the path
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
@@ -292,25 +323,25 @@ def test_cli(tmp_path):
 
     res = subprocess.run(cmd[:-1] + ['6'], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 2 and 'seed' in res.stderr and '--overwrite' in res.stderr
-    res = subprocess.run(cmd[:-1] + ['6', '--overwrite'], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env=env)
+    res = subprocess.run(
+        cmd[:-1] + ['6', '--overwrite'], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
     assert res.returncode == 0 and dataset_is_complete(out, seed=6)
 
-    res = subprocess.run(cmd[:6] + ['--size', '8'], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env=env)
+    res = subprocess.run(cmd[:6] + ['--size', '8'], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 2 and 'size' in res.stderr
 
 
 @pytest.mark.slow
 def test_synthetic_module_needs_no_framework(run_without_frameworks):
-    res = run_without_frameworks('''
+    res = run_without_frameworks("""
 import featup_plugin.data.synthetic as s
 import featup_plugin.data as d
 import featup_plugin.evaluation as e
 img, lab = s.generate_scene(1, 40)
 assert 'FeatUpSyntheticDataset' not in d.__all__ and 'BoundaryFScore' not in e.__all__
 print(e.boundary_f_score(lab, lab, len(s.CLASSES))['f_score'])
-''')
+""")
     assert res.stdout.strip().endswith('1.0')
 
 
@@ -322,9 +353,12 @@ print(e.boundary_f_score(lab, lab, len(s.CLASSES))['f_score'])
 def mmseg_registry():
     pytest.importorskip('mmseg')
     from mmseg.utils import register_all_modules
+
     register_all_modules()
-    import featup_plugin  # noqa: F401
     from mmseg.registry import DATASETS
+
+    import featup_plugin  # noqa: F401
+
     return DATASETS
 
 
@@ -335,9 +369,14 @@ def test_mmseg_dataset_builds_and_loads(tmp_path, mmseg_registry):
     root = tmp_path / 'ds'
     generate_dataset(root, num_train=3, num_val=2, size=(40, 56), seed=2)
     for split, n in (('train', 3), ('val', 2)):
-        ds = mmseg_registry.build(dict(type='FeatUpSyntheticDataset', data_root=str(root),
-                                       data_prefix=dict(img_path=f'img_dir/{split}',
-                                                        seg_map_path=f'ann_dir/{split}'), pipeline=PIPELINE))
+        ds = mmseg_registry.build(
+            dict(
+                type='FeatUpSyntheticDataset',
+                data_root=str(root),
+                data_prefix=dict(img_path=f'img_dir/{split}', seg_map_path=f'ann_dir/{split}'),
+                pipeline=PIPELINE,
+            )
+        )
         assert type(ds).__name__ == 'FeatUpSyntheticDataset' and len(ds) == n
         assert tuple(ds.metainfo['classes']) == CLASSES and ds.metainfo['palette'] == PALETTE
         assert ds.reduce_zero_label is False
@@ -355,14 +394,19 @@ def test_mmseg_dataset_builds_and_loads(tmp_path, mmseg_registry):
 
 def test_mmseg_dataset_missing_data_names_the_command(tmp_path, mmseg_registry):
     root = tmp_path / 'nothing_here'
-    cfg = dict(type='FeatUpSyntheticDataset', data_root=str(root),
-               data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'), pipeline=PIPELINE)
+    cfg = dict(
+        type='FeatUpSyntheticDataset',
+        data_root=str(root),
+        data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+        pipeline=PIPELINE,
+    )
     with pytest.raises(FileNotFoundError, match='python3 tools/dataset_converters/generate_dataset.py --out') as e:
         mmseg_registry.build(cfg)
     assert str(root) in str(e.value)
     # images without annotations
     generate_dataset(root, num_train=1, num_val=1, size=32)
     import shutil
+
     shutil.rmtree(root / 'ann_dir' / 'train')
     with pytest.raises(FileNotFoundError, match='seg_map_path'):
         mmseg_registry.build(cfg)
