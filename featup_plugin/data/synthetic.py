@@ -22,7 +22,11 @@ __all__ = [
     'GENERATOR_VERSION',
     'DatasetMismatchError',
     'generate_scene',
+    'generate_scene_targets',
+    'image_labels',
     'scene_seed',
+    'read_depth',
+    'read_image_labels',
     'generate_dataset',
     'dataset_is_complete',
     'read_meta',
@@ -30,6 +34,10 @@ __all__ = [
 
 #: Bumped whenever the output of :func:`generate_scene` changes for a given ``(seed, size)``.
 GENERATOR_VERSION = 1
+#: Bumped whenever the depth of :func:`generate_scene_targets` changes for a given ``(seed, size)``.
+DEPTH_VERSION = 1
+#: Depth PNGs store millimetres as uint16 (0.001 m steps, up to 65.535 m).
+DEPTH_SCALE = 1000.0
 
 CLASSES = ('background', 'grass', 'water', 'brick', 'sand', 'wire', 'pole', 'vine', 'pebble', 'marker')
 #: Display colours (MMSegmentation's ``palette``), one ``[r, g, b]`` per class; not the rendered colours.
@@ -330,6 +338,23 @@ def _instance_colours(rng: np.random.Generator, classes: np.ndarray) -> np.ndarr
     return out
 
 
+def _render(seed: int, size: SizeLike, with_depth: bool):
+    h, w = _check_size(size)
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    inst, inst_cls = _geometry(rng, h, w)
+    label = inst_cls[inst]
+    fields = _fields(rng, h, w)
+    yy, xx = np.indices((h, w))
+    img = fields[label, yy, xx] + _instance_colours(rng, inst_cls)[inst]
+    gain = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    img = img * gain + np.float32(rng.uniform(-15, 15)) + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    # depth from its own stream, so images and labels are those of generate_scene whatever depth does
+    depth = _depth(np.random.default_rng([seed, 0x64657074]), inst, inst_cls) if with_depth else None
+    return image, np.ascontiguousarray(label), depth
+
+
 def generate_scene(seed: int, size: SizeLike = (128, 128)) -> Tuple[np.ndarray, np.ndarray]:
     """One scene, fully determined by ``(seed, size)``.
 
@@ -340,17 +365,74 @@ def generate_scene(seed: int, size: SizeLike = (128, 128)) -> Tuple[np.ndarray, 
     Returns:
         ``(image, label)``: ``uint8 [H, W, 3]`` RGB and ``uint8 [H, W]`` with values in ``range(len(CLASSES))``.
     """
-    h, w = _check_size(size)
-    rng = np.random.default_rng(_check_seed(seed))
-    inst, inst_cls = _geometry(rng, h, w)
-    label = inst_cls[inst]
-    fields = _fields(rng, h, w)
-    yy, xx = np.indices((h, w))
-    img = fields[label, yy, xx] + _instance_colours(rng, inst_cls)[inst]
-    gain = rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    img = img * gain + np.float32(rng.uniform(-15, 15)) + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
-    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return image, np.ascontiguousarray(label)
+    image, label, _ = _render(seed, size, False)
+    return image, label
+
+
+def generate_scene_targets(seed: int, size: SizeLike = (128, 128)) -> dict:
+    """The scene of :func:`generate_scene` with all its targets: ``image``, ``label`` (as there), ``depth``
+    (``float32 [H, W]``, metres, quantised to :data:`DEPTH_SCALE` steps as stored on disk) and ``classes`` (the
+    image-level labels, :func:`image_labels` of ``label``). See docs/data.md#depth for the scene model."""
+    image, label, depth = _render(seed, size, True)
+    return dict(image=image, label=label, depth=_from_mm(_to_mm(depth)), classes=image_labels(label))
+
+
+def _to_mm(depth: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(depth.astype(np.float64) * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+
+
+def _from_mm(mm: np.ndarray) -> np.ndarray:
+    return mm.astype(np.float32) / np.float32(DEPTH_SCALE)
+
+
+def image_labels(label: np.ndarray) -> List[int]:
+    """The classes present in a label map (sorted class indices; ``255`` / ignore values are not classes)."""
+    present = np.bincount(np.asarray(label).ravel(), minlength=256)[: len(CLASSES)]
+    return [int(c) for c in np.flatnonzero(present)]
+
+
+# depth: a ground plane seen from above its horizon, objects standing on it or hanging in front of it
+_ON_GROUND = (BACKGROUND, GRASS, WATER, SAND)  # per-pixel ground depth
+_STANDING = (BRICK, POLE)  # upright: the ground depth where they touch it (their lowest visible row)
+_LYING = (PEBBLE, MARKER)  # small objects on the ground: just in front of it
+
+
+def _depth(rng: np.random.Generator, inst: np.ndarray, inst_cls: np.ndarray) -> np.ndarray:
+    h, w = inst.shape
+    horizon = rng.uniform(0.3, 1.0) * h  # rows above the top edge: the whole image is ground
+    roll = rng.uniform(-0.15, 0.15)  # horizon tilt, in image heights per image width
+    near = rng.uniform(2.0, 4.0)  # metres at the bottom centre
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+
+    def ground(y, x):  # a plane: depth is inversely proportional to the distance below the horizon line
+        return near * (h + horizon) / (y + horizon + roll * h * (x - w / 2) / w)
+
+    g = ground(yy, xx)
+    n = len(inst_cls)
+    ids = inst.ravel()
+    count = np.bincount(ids, minlength=n)
+    mean_x = np.bincount(ids, weights=xx.ravel(), minlength=n) / np.maximum(count, 1)
+    mean_y = np.bincount(ids, weights=yy.ravel(), minlength=n) / np.maximum(count, 1)
+    bottom = np.full(n, -1.0)
+    np.maximum.at(bottom, ids, yy.ravel())
+    wire_factor = rng.uniform(0.45, 0.8, size=n)  # drawn for every instance: stable under other changes
+    per_inst = np.empty(n)
+    for i, c in enumerate(inst_cls.tolist()):
+        if c in _STANDING:
+            per_inst[i] = ground(bottom[i], mean_x[i])
+        elif c in _LYING:
+            per_inst[i] = 0.99 * ground(bottom[i], mean_x[i])
+        elif c == WIRE:  # hanging in front of the ground behind it
+            per_inst[i] = wire_factor[i] * ground(mean_y[i], mean_x[i])
+        else:
+            per_inst[i] = np.nan  # per-pixel
+    depth = per_inst[inst]
+    cls = inst_cls[inst]
+    on_ground = np.isin(cls, _ON_GROUND)
+    depth[on_ground] = g[on_ground]
+    vine = cls == VINE
+    depth[vine] = 0.995 * g[vine]  # lying on the ground
+    return np.clip(depth, 0.1, 65.0).astype(np.float32)
 
 
 def scene_seed(seed: int, split: str, index: int) -> int:
@@ -395,7 +477,33 @@ def read_meta(root: Union[str, os.PathLike]):
     return meta if isinstance(meta, dict) else None
 
 
+DEPTH_DIR = 'depth_dir'
+LABELS_DIR = 'image_labels'
+
+
+def _extras_meta() -> dict:
+    return dict(depth_version=DEPTH_VERSION, depth_scale=DEPTH_SCALE, depth_dir=DEPTH_DIR, image_labels=LABELS_DIR)
+
+
+def _has_extras(meta: dict) -> bool:
+    return meta.get('extra_targets') == _extras_meta()
+
+
+def _extras_complete(root: str, meta: dict) -> bool:
+    for split in SPLITS:
+        want = set(_names(int(meta[f'num_{split}'])))
+        try:
+            have = {n for n in os.listdir(os.path.join(root, DEPTH_DIR, split)) if n.endswith('.png')}
+        except OSError:
+            return False
+        if have != want or set(read_image_labels(root, split)) != want:
+            return False
+    return True
+
+
 def _files_complete(root: str, meta: dict) -> bool:
+    if 'extra_targets' in meta and not _extras_complete(root, meta):
+        return False
     for split in SPLITS:
         want = set(_names(int(meta[f'num_{split}'])))
         for d in _split_dirs(root, split):
@@ -417,10 +525,14 @@ def dataset_is_complete(root: Union[str, os.PathLike], **params) -> bool:
 
     ``params`` may name any of ``num_train``, ``num_val``, ``size``, ``seed`` (validated like
     :func:`generate_dataset`); those not given are not compared. The generator version must match always.
+    ``extra_targets=True`` also asks for the depth maps and image-level labels (of the current depth version).
     """
+    extras = params.pop('extra_targets', False)
     unknown = set(params) - {'num_train', 'num_val', 'size', 'seed'}
     if unknown:
-        raise ValueError(f'unknown parameter(s) {sorted(unknown)}; expected num_train, num_val, size, seed')
+        raise ValueError(
+            f'unknown parameter(s) {sorted(unknown)}; expected num_train, num_val, size, seed, extra_targets'
+        )
     root = os.fspath(root)
     meta = read_meta(root)
     if meta is None or os.path.exists(os.path.join(root, MARKER_FILE)):
@@ -434,9 +546,35 @@ def dataset_is_complete(root: Union[str, os.PathLike], **params) -> bool:
         if k in params:
             want[k] = _check_count(params[k], k)
     try:
+        if extras and not _has_extras(meta):
+            return False
         return not _mismatch(meta, want) and _files_complete(root, meta)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OSError):
         return False
+
+
+def read_depth(path: Union[str, os.PathLike]) -> np.ndarray:
+    """A depth PNG of the generated dataset as ``float32 [H, W]`` metres."""
+    with Image.open(os.fspath(path)) as im:
+        mm = np.asarray(im)
+    if mm.dtype not in (np.uint16, np.int32) or mm.ndim != 2:
+        raise ValueError(f'{os.fspath(path)} is not a 16-bit single-channel depth PNG (got {mm.dtype} {mm.shape})')
+    return _from_mm(mm)
+
+
+def read_image_labels(root: Union[str, os.PathLike], split: str) -> Dict[str, List[int]]:
+    """``{file name: sorted class indices present}`` of a split (``root/image_labels/<split>.json``)."""
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    path = os.path.join(os.fspath(root), LABELS_DIR, f'{split}.json')
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f'{path} is missing: generate the dataset with extra targets (generate_dataset(..., extra_targets=True))'
+        ) from None
+    return {str(k): [int(c) for c in v] for k, v in data.items()}
 
 
 def _write_atomic(path: str, write) -> None:
@@ -447,6 +585,31 @@ def _write_atomic(path: str, write) -> None:
 
 def _save_png(arr: np.ndarray, path: str) -> None:
     _write_atomic(path, lambda p: Image.fromarray(arr).save(p, format='PNG'))
+
+
+def _save_depth(depth: np.ndarray, path: str) -> None:
+    mm = _to_mm(depth)
+    _write_atomic(path, lambda p: Image.fromarray(mm).save(p, format='PNG'))
+
+
+def _save_labels(root: str, split: str, labels: Dict[str, List[int]]) -> None:
+    os.makedirs(os.path.join(root, LABELS_DIR), exist_ok=True)
+    _write_json(labels, os.path.join(root, LABELS_DIR, f'{split}.json'))
+
+
+def _write_extras(root: str, params: dict) -> None:
+    """Depth maps and image-level labels for an existing dataset (its images are not rewritten)."""
+    for split in SPLITS:
+        d = os.path.join(root, DEPTH_DIR, split)
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        labels = {}
+        for i, name in enumerate(_names(params[f'num_{split}'])):
+            t = generate_scene_targets(scene_seed(params['seed'], split, i), tuple(params['size']))
+            _save_depth(t['depth'], os.path.join(d, name))
+            labels[name] = t['classes']
+        _save_labels(root, split, labels)
 
 
 def _write_json(obj: dict, path: str) -> None:
@@ -466,15 +629,20 @@ def generate_dataset(
     size: SizeLike = 128,
     seed: int = 0,
     overwrite: bool = False,
+    extra_targets: bool = True,
 ) -> dict:
     """Writes (or finds) the dataset under ``root`` and returns a summary dict.
+
+    ``extra_targets``: also write per-pixel depth (``root/depth_dir/<split>/*.png``) and image-level labels
+    (``root/image_labels/<split>.json``); added to an existing complete dataset of the same parameters without
+    rewriting its images (summary ``added_targets=True``). Without it the layout is the original one.
 
     Idempotent: if ``root`` already holds a complete dataset with the same parameters (and generator version)
     nothing is written and the summary has ``created=False``. If ``root`` holds a different dataset, or other
     files in ``img_dir``/``ann_dir``, :class:`DatasetMismatchError` (a ``FileExistsError``) is raised unless
-    ``overwrite=True``, which deletes ``root/img_dir/{train,val}``, ``root/ann_dir/{train,val}`` and
-    ``root/meta.json`` first (nothing else). A run that was interrupted (it leaves ``.generating.json`` behind
-    and no ``meta.json``) is redone automatically. ``meta.json`` is written last.
+    ``overwrite=True``, which deletes ``root/{img_dir,ann_dir,depth_dir}/{train,val}``,
+    ``root/image_labels/{train,val}.json`` and ``root/meta.json`` first (nothing else). A run that was interrupted
+    (it leaves ``.generating.json`` behind and no ``meta.json``) is redone automatically. ``meta.json`` is written last.
 
     Raises:
         ValueError: a bad argument (the message names it).
@@ -483,6 +651,8 @@ def generate_dataset(
         raise ValueError(f'root must be a non-empty path, got {root!r}')
     if not isinstance(overwrite, bool):
         raise ValueError(f'overwrite must be a bool, got {overwrite!r}')
+    if not isinstance(extra_targets, bool):
+        raise ValueError(f'extra_targets must be a bool, got {extra_targets!r}')
     params = _params(num_train, num_val, size, seed)
     root = os.path.abspath(os.fspath(root))
     if os.path.exists(root) and not os.path.isdir(root):
@@ -493,7 +663,14 @@ def generate_dataset(
     summary = dict(root=root, **params, classes=list(CLASSES))
     if meta is not None and not os.path.exists(marker):
         diff = _mismatch(meta, params)
-        if not diff and _files_complete(root, meta):
+        complete = not diff and _files_complete(root, meta)
+        if complete and extra_targets and not _has_extras(meta):
+            start = time.perf_counter()
+            _write_extras(root, params)
+            meta = {k: v for k, v in meta.items() if k != 'extra_targets'}
+            _write_json(dict(meta, extra_targets=_extras_meta()), os.path.join(root, META_FILE))
+            return dict(summary, created=False, added_targets=True, seconds=time.perf_counter() - start)
+        if complete:
             return dict(summary, created=False, seconds=0.0)
         if diff and not overwrite:
             lines = ', '.join(f'{k}: found {a!r}, requested {b!r}' for k, (a, b) in diff.items())
@@ -517,15 +694,26 @@ def generate_dataset(
         os.remove(meta_path)
     h, w = params['size']
     for split in SPLITS:
-        for d in _split_dirs(root, split):
+        depth_dir = os.path.join(root, DEPTH_DIR, split)
+        for d in _split_dirs(root, split) + (depth_dir,):
             if os.path.isdir(d):
                 shutil.rmtree(d)
-            os.makedirs(d)
+            if d != depth_dir or extra_targets:
+                os.makedirs(d)
+        stale = os.path.join(root, LABELS_DIR, f'{split}.json')
+        if os.path.exists(stale):
+            os.remove(stale)
         img_dir, ann_dir = _split_dirs(root, split)
+        labels = {}
         for i, name in enumerate(_names(params[f'num_{split}'])):
-            image, label = generate_scene(scene_seed(params['seed'], split, i), (h, w))
+            image, label, depth = _render(scene_seed(params['seed'], split, i), (h, w), extra_targets)
             _save_png(image, os.path.join(img_dir, name))
             _save_png(label, os.path.join(ann_dir, name))
+            if extra_targets:
+                _save_depth(depth, os.path.join(root, DEPTH_DIR, split, name))
+                labels[name] = image_labels(label)
+        if extra_targets:
+            _save_labels(root, split, labels)
     meta = dict(
         params,
         generator='featup_plugin.data.synthetic',
@@ -535,6 +723,7 @@ def generate_dataset(
         img_suffix='.png',
         seg_map_suffix='.png',
         splits={s: params[f'num_{s}'] for s in SPLITS},
+        **(dict(extra_targets=_extras_meta()) if extra_targets else {}),
     )
     _write_json(meta, meta_path)
     os.remove(marker)

@@ -316,7 +316,7 @@ def test_cli(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     assert 'generated' in res.stdout and '3 train + 2 val' in res.stdout and '40x48' in res.stdout
-    assert dataset_is_complete(out, num_train=3, num_val=2, size=(40, 48), seed=5)
+    assert dataset_is_complete(out, num_train=3, num_val=2, size=(40, 48), seed=5, extra_targets=True)
 
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 0 and 'already present' in res.stdout
@@ -327,6 +327,15 @@ def test_cli(tmp_path):
         cmd[:-1] + ['6', '--overwrite'], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
     )
     assert res.returncode == 0 and dataset_is_complete(out, seed=6)
+    res = subprocess.run(
+        cmd[:-1] + ['7', '--overwrite', '--no-extra-targets'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0 and dataset_is_complete(out, seed=7) and not dataset_is_complete(out, extra_targets=True)
 
     res = subprocess.run(cmd[:6] + ['--size', '8'], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 2 and 'size' in res.stderr
@@ -414,3 +423,95 @@ def test_mmseg_dataset_missing_data_names_the_command(tmp_path, mmseg_registry):
     (root / synthetic.MARKER_FILE).write_text('{}')
     with pytest.raises(FileNotFoundError, match='--overwrite'):
         mmseg_registry.build(cfg)
+
+
+# -- depth and image-level labels ------------------------------------------------------------------------------
+GROUND = [CLASSES.index(c) for c in ('background', 'grass', 'water', 'sand')]
+WIRE, POLE = CLASSES.index('wire'), CLASSES.index('pole')
+
+
+@pytest.fixture(scope='module')
+def targets():
+    return [synthetic.generate_scene_targets(s, (96, 128)) for s in range(8)]
+
+
+def test_targets_extend_the_scene_without_changing_it(targets):
+    for s, t in enumerate(targets):
+        image, label = generate_scene(s, (96, 128))
+        assert np.array_equal(t['image'], image) and np.array_equal(t['label'], label)
+        d = t['depth']
+        assert d.dtype == np.float32 and d.shape == (96, 128) and np.isfinite(d).all()
+        assert 0.1 <= d.min() and d.max() <= 65.0
+        assert np.allclose(d * synthetic.DEPTH_SCALE, np.rint(d * synthetic.DEPTH_SCALE), atol=1e-2)  # mm steps
+        assert t['classes'] == sorted(set(np.unique(label).tolist()))
+    again = synthetic.generate_scene_targets(3, (96, 128))
+    assert np.array_equal(again['depth'], targets[3]['depth'])
+    assert not np.array_equal(targets[0]['depth'], targets[1]['depth'])
+
+
+def test_depth_is_a_ground_plane_with_objects_in_front(targets):
+    for t in targets:
+        d, lab = t['depth'].astype(np.float64), t['label']
+        ground = np.isin(lab, GROUND)
+        # on the ground plane depth falls strictly from each row to the next one below it (camera above ground)
+        both = ground[:-1] & ground[1:]
+        assert both.any() and (d[:-1][both] > d[1:][both]).all()
+        # wires hang in front: nearer than the ground two rows above them
+        wire = (lab[2:] == WIRE) & ground[:-2]
+        if wire.any():
+            assert (d[2:][wire] < 0.85 * d[:-2][wire]).all()
+        # poles stand on the ground: no farther than the ground beside them (up to the horizon's tilt)
+        pole = (lab[:, 1:] == POLE) & ground[:, :-1]
+        if pole.any():
+            assert (d[:, 1:][pole] <= 1.05 * d[:, :-1][pole]).all()
+        # the depth of a ground pixel is the plane's: 1 / depth is affine in (row, column)
+        yy, xx = np.nonzero(ground)
+        a = np.stack([yy, xx, np.ones_like(yy)], 1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(a, 1.0 / d[ground], rcond=None)
+        assert np.abs(a @ coef - 1.0 / d[ground]).max() < 1e-3
+
+
+def test_dataset_with_depth_and_image_labels(tmp_path):
+    root = tmp_path / 'd'
+    generate_dataset(root, num_train=3, num_val=2, size=(40, 48), seed=2)
+    meta = json.loads((root / 'meta.json').read_text())
+    assert meta['extra_targets']['depth_dir'] == 'depth_dir' and meta['extra_targets']['depth_scale'] == 1000.0
+    assert dataset_is_complete(root, extra_targets=True)
+    for split, n in (('train', 3), ('val', 2)):
+        labels = synthetic.read_image_labels(root, split)
+        assert sorted(labels) == [f'{i:05d}.png' for i in range(n)]
+        for i in range(n):
+            t = synthetic.generate_scene_targets(scene_seed(2, split, i), (40, 48))
+            png = Image.open(root / 'depth_dir' / split / f'{i:05d}.png')
+            assert png.size == (48, 40) and np.asarray(png).dtype == np.uint16
+            assert np.array_equal(synthetic.read_depth(root / 'depth_dir' / split / f'{i:05d}.png'), t['depth'])
+            assert labels[f'{i:05d}.png'] == t['classes']
+    # a missing depth file makes the dataset incomplete; the next call regenerates it
+    os.remove(root / 'depth_dir' / 'val' / '00001.png')
+    assert not dataset_is_complete(root)
+    assert generate_dataset(root, num_train=3, num_val=2, size=(40, 48), seed=2)['created']
+    assert dataset_is_complete(root, extra_targets=True)
+    with pytest.raises(ValueError, match='not a 16-bit single-channel depth PNG'):
+        synthetic.read_depth(root / 'img_dir' / 'val' / '00000.png')
+    with pytest.raises(ValueError, match='extra_targets must be a bool'):
+        generate_dataset(root, num_train=3, num_val=2, size=(40, 48), seed=2, extra_targets='yes')
+
+
+def test_old_layout_still_loads_and_gains_targets_in_place(tmp_path):
+    root = tmp_path / 'old'
+    generate_dataset(root, num_train=2, num_val=1, size=32, extra_targets=False)
+    assert not (root / 'depth_dir').exists() and not (root / 'image_labels').exists()
+    assert 'extra_targets' not in json.loads((root / 'meta.json').read_text())
+    assert dataset_is_complete(root) and not dataset_is_complete(root, extra_targets=True)
+    with pytest.raises(FileNotFoundError, match='extra_targets=True'):
+        synthetic.read_image_labels(root, 'train')
+    before = tree_bytes(root)
+    info = generate_dataset(root, num_train=2, num_val=1, size=32)
+    assert not info['created'] and info['added_targets']
+    after = tree_bytes(root)
+    assert all(after[k] == v for k, v in before.items() if k != 'meta.json')  # images untouched
+    assert dataset_is_complete(root, extra_targets=True)
+    assert 'added_targets' not in generate_dataset(root, num_train=2, num_val=1, size=32)
+    # regenerating without extras removes them (no stale depth next to new images)
+    generate_dataset(root, num_train=2, num_val=1, size=32, seed=1, overwrite=True, extra_targets=False)
+    assert not os.listdir(root / 'depth_dir') and not os.listdir(root / 'image_labels')

@@ -27,6 +27,11 @@ def parse_args(argv=None):
     )
     p.add_argument('--seed', type=int, default=0, help='dataset seed (default: %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace a dataset with other parameters')
+    p.add_argument(
+        '--no-extra-targets',
+        action='store_true',
+        help='write only images and label maps (no depth maps or image-level labels: the original layout)',
+    )
     args = p.parse_args(argv)
     if len(args.size) not in (1, 2):
         p.error(f'--size takes one int or two (H W), got {len(args.size)}')
@@ -44,16 +49,18 @@ def main(argv=None) -> int:
             size=size,
             seed=args.seed,
             overwrite=args.overwrite,
+            extra_targets=not args.no_extra_targets,
         )
     except (ValueError, DatasetMismatchError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     h, w = info['size']
-    what = (
-        f'generated in {info["seconds"]:.1f} s'
-        if info['created']
-        else 'already present with these parameters, nothing written'
-    )
+    if info['created']:
+        what = f'generated in {info["seconds"]:.1f} s'
+    elif info.get('added_targets'):
+        what = f'already present; depth maps and image-level labels added in {info["seconds"]:.1f} s'
+    else:
+        what = 'already present with these parameters, nothing written'
     print(
         f'{info["root"]}: {info["num_train"]} train + {info["num_val"]} val images of {h}x{w}, '
         f'seed {info["seed"]}, {len(info["classes"])} classes: {what}'
