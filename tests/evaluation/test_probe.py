@@ -1,0 +1,97 @@
+"""FeatUp's probes and CAM scores (featup_plugin.evaluation.probe) against independent re-derivations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featup_plugin.evaluation import boundary_f_score
+from featup_plugin.evaluation.probe import (
+    LinearProbe,
+    cam_drop_increase,
+    cam_masks,
+    depth_metrics,
+    predict_probe,
+    seg_metrics,
+    train_probe,
+)
+
+
+def test_seg_metrics_match_a_per_class_loop():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 5, (3, 20, 24))
+    gt[0, :4] = 255
+    pred = np.where(rng.random(gt.shape) < 0.7, np.where(gt == 255, 0, gt), rng.integers(0, 6, gt.shape))  # 5: none
+    got = seg_metrics(torch.from_numpy(pred), torch.from_numpy(gt), 5)
+    valid = gt != 255
+    ious = []
+    for c in range(5):
+        inter = ((pred == c) & (gt == c) & valid).sum()
+        union = (((pred == c) | (gt == c)) & valid).sum()
+        if union:
+            ious.append(inter / union)
+    assert got['miou'] == pytest.approx(100 * np.mean(ious))
+    assert got['acc'] == pytest.approx(100 * ((pred == gt) & valid).sum() / valid.sum())
+    assert got['bf'] == pytest.approx(100 * boundary_f_score(pred, gt, 5, tolerance=2)['f_score'])
+    perfect = seg_metrics(torch.from_numpy(np.where(valid, gt, 0)), torch.from_numpy(gt), 5)
+    assert perfect == {'miou': 100.0, 'acc': 100.0, 'bf': 100.0}
+    with pytest.raises(ValueError, match='outside'):
+        seg_metrics(torch.zeros(1, 4, 4), torch.full((1, 4, 4), 7), 5)
+
+
+def test_depth_metrics_formulas():
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(1, 10, (2, 8, 9))
+    pred = gt * rng.uniform(0.7, 1.4, gt.shape)
+    gt[0, 0, 0] = 0  # invalid pixel, left out
+    got = depth_metrics(torch.from_numpy(pred), torch.from_numpy(gt))
+    v = gt > 1e-3
+    assert got['rmse'] == pytest.approx(np.sqrt(((pred[v] - gt[v]) ** 2).mean()))
+    assert got['delta1'] == pytest.approx(100 * (np.maximum(pred[v] / gt[v], gt[v] / pred[v]) < 1.25).mean())
+
+
+def test_probes_learn_linearly_decodable_targets():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (12, 8, 8))
+    big = labels.repeat_interleave(4, 1).repeat_interleave(4, 2)  # labels at 32x32, features at 8x8
+    feats = F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 3
+    probe = train_probe(feats, big, 'seg', num_classes=4, steps=300, lr=5e-2, dropout=0.0)
+    pred = predict_probe(probe, feats, (32, 32), 'seg')
+    assert pred.shape == (12, 32, 32) and seg_metrics(pred, big, 4)['acc'] > 90
+    depth = torch.rand(12, 8, 8) * 5 + 1
+    dfeats = torch.stack([depth.log(), torch.ones_like(depth)], 1)
+    dprobe = train_probe(dfeats, depth, 'depth', steps=600, lr=5e-2, dropout=0.0)
+    dpred = predict_probe(dprobe, dfeats, (8, 8), 'depth')
+    assert depth_metrics(dpred, depth)['delta1'] > 99
+    with pytest.raises(ValueError, match="task must be 'seg' or 'depth'"):
+        train_probe(feats, big, 'cls')
+    with pytest.raises(ValueError, match='same N'):
+        train_probe(feats[:3], big, 'seg', num_classes=4)
+    with pytest.raises(ValueError, match='dropout'):
+        LinearProbe(4, 2, dropout=1.0)
+
+
+def test_cam_masks_and_average_drop_increase():
+    torch.manual_seed(0)
+    cams = torch.randn(4, 5, 6)
+    e = cam_masks(cams, (20, 24))
+    assert e.shape == (4, 1, 20, 24)
+    assert torch.allclose(e.amin((1, 2, 3)), torch.zeros(4)) and torch.allclose(e.amax((1, 2, 3)), torch.ones(4))
+
+    w = torch.randn(3, 3)
+
+    def score(x):  # class probabilities from the mean colour
+        return torch.softmax(x.mean((2, 3)) @ w, 1)
+
+    images = torch.rand(4, 3, 20, 24)
+    classes = torch.tensor([0, 1, 2, 1])
+    got = cam_drop_increase(score, images, cams, classes)
+    y = score(images)[torch.arange(4), classes].numpy().astype(np.float64)
+    o = score(images * e)[torch.arange(4), classes].numpy().astype(np.float64)
+    assert got['ad'] == pytest.approx(100 * np.mean(np.maximum(0, y - o) / y), rel=1e-6)
+    assert got['ai'] == pytest.approx(100 * np.mean(o > y))
+    # a CAM that keeps the whole image drops nothing
+    keep = cam_drop_increase(score, images, torch.ones(4, 5, 6), classes, fill=torch.zeros(1, 3, 1, 1))
+    assert keep['ad'] == pytest.approx(0.0, abs=1e-9) and keep['ai'] == 0.0
+    with pytest.raises(ValueError, match='must share N'):
+        cam_drop_increase(score, images, cams[:2], classes)
