@@ -1,6 +1,7 @@
-# FeatUp's linear-probe protocol: frozen DINO ViT-S/16, the JBU stack (x16, to the image size) on the patch
-# tokens, a 1x1 conv head. The upsampler trains with the probe here; to start from upsampler weights trained by
-# this project, add init_cfg=dict(type='Pretrained', checkpoint='path/to/jbu.pth') to the neck.
+# A linear probe on frozen DINO ViT-S/16 tokens upsampled by the JBU stack (x16, to the image size), 1x1 conv
+# head. NOT FeatUp's evaluation protocol: here the upsampler trains jointly with the probe on the labels (FeatUp
+# trains it label-free first, then freezes it; docs/evaluation.md). For the frozen-upsampler variant add
+# init_cfg=dict(type='Pretrained', checkpoint='path/to/jbu.pth') and freeze_upsampler=True to the neck.
 _base_ = './vit-s16-dino_backbone.py'
 model = dict(
     backbone=dict(frozen=True),  # the probe reads DINO's features as they are

@@ -36,7 +36,7 @@ class TimmViT(TimmViTFeatures, BaseModule):
     ``norm=True`` (default) is FeatUp's choice: its DINO featurizer takes ``get_intermediate_feat(img,
     norm=True)`` and its DINOv2 featurizer ``x_norm_patchtokens``, i.e. last-block tokens after the final
     LayerNorm; the neck then applies its own ChannelNorm (``FeatUpJBU(channel_norm=True)``). Use ``strides`` for
-    the neck's ``feature_strides``; ``frozen=True`` is FeatUp's linear-probe protocol.
+    the neck's ``feature_strides``; ``frozen=True`` freezes the backbone as FeatUp's probes do.
     """
 
     def __init__(

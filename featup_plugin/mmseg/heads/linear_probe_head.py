@@ -1,4 +1,7 @@
-"""``decode_head=dict(type='LinearProbeHead', ...)``: FeatUp's linear-probe protocol as an mmseg decode head."""
+"""``decode_head=dict(type='LinearProbeHead', ...)``: FeatUp's linear probe head (a 1x1 conv) as an mmseg decode head.
+
+FeatUp's full protocol (upsampler trained label-free, then frozen with the backbone) is
+``featup_plugin.evaluation.probe``; this head trains with whatever the config leaves trainable."""
 
 from __future__ import annotations
 
