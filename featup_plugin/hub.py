@@ -41,7 +41,7 @@ __all__ = [
     'load',
 ]
 
-#: Where FeatUp publishes its JBU checkpoints (its hubconf.py: ``pretrained/{no_norm/}{name}_jbu_stack_cocostuff.ckpt``).
+#: Where FeatUp publishes its JBU checkpoints (hubconf.py: ``pretrained/{no_norm/}{name}_jbu_stack_cocostuff.ckpt``).
 FEATUP_CHECKPOINT_ROOT = 'https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/pretrained/'
 
 _RANDOM = 'random init (pretrained=False)'
