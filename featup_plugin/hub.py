@@ -39,6 +39,7 @@ __all__ = [
     'download_checkpoint',
     'list_models',
     'load',
+    'upsampler_from_checkpoint',
 ]
 
 #: Where FeatUp publishes its JBU checkpoints (hubconf.py: ``pretrained/{no_norm/}{name}_jbu_stack_cocostuff.ckpt``).
@@ -146,6 +147,29 @@ def _build_stack(sd: Mapping[str, torch.Tensor], dim: int, name: str, where: str
     return JBUStack(dim, num_stages=stages, radius=radius, key_dim=key_dim)
 
 
+def upsampler_from_checkpoint(
+    source: Union[str, Mapping[str, Any]],
+    dim: int,
+    name: str = 'the featurizer',
+    trust: bool = False,
+    where: Optional[str] = None,
+) -> Tuple[JBUStack, Optional[Dict[str, torch.Tensor]], str]:
+    """``(JBUStack with the weights, FeatUp's ChannelNorm tensors or None, description)`` from a file or loaded
+    checkpoint: FeatUp's Lightning checkpoint (converted), an upsampler-training checkpoint, a bare ``JBUStack``
+    state dict or a model holding one stack. The stack is built as the weights are (stages, radius, key_dim);
+    their width must be ``dim`` (``name`` is the featurizer, ``where`` the source, for messages). ``trust``: see
+    :func:`load`."""
+    if isinstance(source, Mapping):
+        state, where = source, where or 'the given state dict'
+    else:
+        path = os.path.expanduser(os.fspath(source))
+        state, where = read_checkpoint(path, trust=trust, mmap=True), where or path
+    stack_sd, channel_norm, what = _stack_from(state, where=where)
+    stack = _build_stack(stack_sd, dim, name, where)
+    load_stacks({'0': stack}, stack_sd, who=f'upsampler of {name!r}', where=where)
+    return stack, channel_norm, what
+
+
 class UpsampledBackbone(nn.Module):
     """A FeatUp featurizer and its JBU upsampler (FeatUp's ``hubconf.UpsampledBackbone``).
 
@@ -240,33 +264,31 @@ def load(
     use_norm = _flavour(spec.name, use_norm)
     # the upsampler file first: a failing download (or a bad file) stops before building the backbone
     sources: Dict[str, str] = {}
-    state = None
+    source: Any = None
     if upsampler_weights is not None:
-        if isinstance(upsampler_weights, Mapping):
-            state, sources['upsampler'] = upsampler_weights, 'the given state dict'
-        else:
-            path = os.path.expanduser(os.fspath(upsampler_weights))
-            state, sources['upsampler'] = read_checkpoint(path, trust=trust, mmap=True), path
+        source = upsampler_weights
+        sources['upsampler'] = (
+            'the given state dict' if isinstance(source, Mapping) else os.path.expanduser(os.fspath(source))
+        )
+        source_trust = trust
     elif pretrained:
-        path = download_checkpoint(spec.name, use_norm, progress=progress)
-        state = read_checkpoint(path, trust=True, mmap=True)  # FeatUp's published file, from FeatUp's URL
-        sources['upsampler'] = f'{checkpoint_url(spec.name, use_norm)} (cached at {path})'
+        source = download_checkpoint(spec.name, use_norm, progress=progress)
+        sources['upsampler'] = f'{checkpoint_url(spec.name, use_norm)} (cached at {source})'
+        source_trust = True  # FeatUp's published file, from FeatUp's URL (FeatUp's torch.hub loading unpickles it)
     else:
         sources['upsampler'] = _RANDOM
-    stack_sd = channel_norm = None
-    if state is not None:
-        stack_sd, channel_norm, what = _stack_from(state, where=sources['upsampler'])
+    upsampler = channel_norm = None
+    if source is not None:  # checked against FeatUp's width before the backbone is built (or downloaded)
+        where = sources['upsampler']
+        if not isinstance(source, Mapping):
+            source = read_checkpoint(os.path.expanduser(os.fspath(source)), trust=source_trust, mmap=True)
+        upsampler, channel_norm, what = upsampler_from_checkpoint(source, spec.dim, spec.name, where=where)
         sources['upsampler'] += f' [{what}]'
 
     featurizer = FeatUpFeaturizer(spec.name, pretrained=pretrained, weights=backbone_weights, trust=trust)
     sources['backbone'] = featurizer.weights_source
-    if stack_sd is None:
+    if upsampler is None:
         upsampler = JBUStack(featurizer.dim)
-    else:
-        upsampler = _build_stack(stack_sd, featurizer.dim, spec.name, sources['upsampler'])
-        load_stacks(
-            {'0': upsampler}, stack_sd, who=f'featup_plugin.hub.load({spec.name!r})', where=sources['upsampler']
-        )
     model = UpsampledBackbone(featurizer, upsampler, use_norm, weights=sources)
     if use_norm and channel_norm is not None:
         model.model[1].load_state_dict(channel_norm)

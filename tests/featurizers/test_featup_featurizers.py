@@ -29,7 +29,9 @@ from featup_plugin.featurizers import (  # noqa: E402
 from featup_plugin.featurizers import featup as featup_mod  # noqa: E402
 from featup_plugin.upsamplers import ChannelNorm  # noqa: E402
 from tests.featurizers.helpers import SMALL, tokens_to_map  # noqa: E402
-from tests.helpers import perturb  # noqa: E402
+from tests.helpers import one_thread, perturb  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 CLIP_TINY = dict(embed_dim=64, depth=2, num_heads=2, img_size=64, num_classes=32)  # grid 4x4, 32-d projection
 

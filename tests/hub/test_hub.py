@@ -28,6 +28,9 @@ from tests.checkpoint.test_featup_checkpoint import (  # noqa: E402
     official_forward,
     official_state_dict,
 )
+from tests.helpers import one_thread  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 ROOT_URL = 'https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/pretrained/'
 
