@@ -169,6 +169,7 @@ class FeatUpFeaturizer(FrozenPartsMixin, nn.Module):
         trust: read ``weights`` with a full unpickle when it holds Python objects (trusted files only).
         model_kwargs: more ``timm.create_model`` arguments (e.g. a small ``depth`` for tests; ``dim`` then
             follows the model).
+        base_kwargs: passed on to the next base class (``init_cfg`` for the mmseg subclass).
 
     Input: ImageNet-normalised RGB ``[B, 3, H, W]`` of any size (ViTs zero-pad to a multiple of the patch).
     Attributes: ``name``, ``spec``, ``dim`` (= ``feat_dim``), ``stride``, ``use_norm``, ``backbone``
@@ -184,8 +185,9 @@ class FeatUpFeaturizer(FrozenPartsMixin, nn.Module):
         frozen: bool = True,
         trust: bool = False,
         model_kwargs: Optional[dict] = None,
+        **base_kwargs,
     ):
-        super().__init__()
+        super().__init__(**base_kwargs)
         spec = featurizer_spec(name)
         if not isinstance(pretrained, bool):
             raise TypeError(
