@@ -105,6 +105,7 @@ setup(
     extras_require={
         'mmseg': ['mmengine', 'mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.0', 'ftfy', 'regex'],
         'timm': ['timm'],
+        'viz': ['matplotlib'],  # featup_plugin.viz.plot_feats (pca and the rest need only torch)
         'tests': ['pytest', 'timm'],
     },
     ext_modules=ext_modules,

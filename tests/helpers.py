@@ -1,5 +1,6 @@
 """Small helpers shared by test folders (plain functions; imported as ``tests.helpers``)."""
 
+import pytest
 import torch
 
 
@@ -20,3 +21,14 @@ def assert_same_state(a, b):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test with one intra-op thread (restored after): small CPU models on a shared machine run many
+    times faster without thread oversubscription. Use with ``pytestmark = pytest.mark.usefixtures('one_thread')``
+    after ``from tests.helpers import one_thread``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

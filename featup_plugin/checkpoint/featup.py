@@ -3,10 +3,14 @@
 Framework-free (only PyTorch and the reader of :mod:`featup_plugin.checkpoint.io`). The command
 line front end is ``tools/model_converters/convert_featup_checkpoint.py IN OUT [--prefix P] [--check] [--trust]``.
 
-The official checkpoints (``vit``, ``dino16``, ``dinov2``, ``clip``, ``maskclip``, ``resnet50``: their
-backbones and feat_dim, the Lightning layout, the JBUStack keys and shapes) are described in
-``docs/checkpoints.md``. Files are read by :func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only
-unless ``trust``).
+The official checkpoints are ``vit`` (timm's supervised AugReg ViT-S/16, ``vit_small_patch16_224`` in timm
+0.4.12: not DINO), ``dino16`` (DINO ViT-S/16), ``dinov2`` (DINOv2 ViT-S/14), ``clip`` (CLIP ViT-B/16 tokens
+through the visual projection), ``maskclip`` (MaskCLIP on CLIP ViT-B/16) and ``resnet50`` (ResNet-50
+``layer4``); each upsampler only fits its own featurizer, which
+:class:`featup_plugin.featurizers.FeatUpFeaturizer` rebuilds and ``featup_plugin.hub.load`` pairs with it
+(converting the file on load). Their backbones and feat_dim, the Lightning layout, the JBUStack keys and shapes
+are described in ``docs/checkpoints.md`` (the featurizers in ``docs/hub.md``). Files are read by
+:func:`featup_plugin.checkpoint.io.read_checkpoint` (tensors-only unless ``trust``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ __all__ = [
     'guess_backbone',
 ]
 
-#: feat_dim of each official ``{name}_jbu_stack_cocostuff.ckpt`` (FeatUp's ``get_featurizer`` / ``hubconf.py``).
+#: feat_dim of each official ``{name}_jbu_stack_cocostuff.ckpt`` (FeatUp's ``get_featurizer`` / ``hubconf.py``); the
+#: widths of :data:`featup_plugin.featurizers.FEATUP_FEATURIZERS` come from here.
 OFFICIAL_FEAT_DIMS: Dict[str, int] = {
     'vit': 384,
     'dino16': 384,

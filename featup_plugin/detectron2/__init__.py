@@ -5,6 +5,8 @@
 * ``FeatUpBackbone`` in ``BACKBONE_REGISTRY``: wraps ``MODEL.FEATUP.BASE_BACKBONE`` (any registered backbone)
   or ``MODEL.FEATUP.TIMM_MODEL`` and upsamples chosen feature(s) guided by the input image;
 * ``build_featup_fpn_backbone``: FPN over it, for detectors;
+* ``build_featup_featurizer_backbone``: one of FeatUp's six featurizers (``MODEL.FEATUP.FEATURIZER.NAME``), e.g.
+  as ``MODEL.FEATUP.BASE_BACKBONE``;
 * the generated dataset as ``featup_synth_train`` / ``featup_synth_val``.
 
 ``add_featup_config(cfg)`` adds the ``MODEL.FEATUP.*`` keys. ``import featup_plugin`` alone never imports
@@ -29,6 +31,7 @@ from .dataset import (
     register_featup_synthetic,
 )
 from .evaluation import SemSegEvaluator, load_sem_seg
+from .featurizer_backbone import FeaturizerBackbone, build_featup_featurizer_backbone
 from .fpn import FeatUpFPN, build_featup_fpn_backbone
 from .timm_backbone import TimmBackbone
 
@@ -37,6 +40,8 @@ register_default()
 __all__ = [
     'FeatUpBackbone',
     'TimmBackbone',
+    'FeaturizerBackbone',
+    'build_featup_featurizer_backbone',
     'FeatUpFPN',
     'build_featup_fpn_backbone',
     'build_base_backbone',

@@ -20,6 +20,11 @@ def add_featup_config(cfg: CN) -> CN:
       ``TIMM_OUT_NAMES`` (feature names; default: timm's module names with dots as underscores, e.g.
       ``blocks_11``, ``layer4``), ``TIMM_PRETRAINED`` (a local checkpoint file; empty: random init),
       ``TIMM_KWARGS`` (extra ``timm.create_model`` arguments, e.g. ``{depth: 6}``).
+    * ``FEATURIZER.NAME`` (``''``: unused), ``FEATURIZER.PRETRAINED``, ``FEATURIZER.WEIGHTS``, ``FEATURIZER.OUT_NAME``:
+      one of FeatUp's six featurizers (``vit``, ``dino16``, ``dinov2``, ``clip``, ``maskclip``, ``resnet50``) as
+      the backbone ``build_featup_featurizer_backbone`` (set it as ``BASE_BACKBONE``), so that FeatUp's official
+      upsampler weights (``WEIGHTS``) meet the features they were trained on; ``PRETRAINED`` downloads the
+      backbone's weights (timm / torch.hub), ``WEIGHTS`` a local backbone file instead.
     * ``IN_FEATURES``: base feature(s) to upsample (default ``[]``: the coarsest one).
     * ``MODE``: ``"replace"`` (the upsampled map keeps the base feature's name, with the new stride) or
       ``"append"`` (added as ``OUT_NAMES``, default ``"featup"`` for one feature, ``"featup_<name>"`` for more).
@@ -45,6 +50,11 @@ def add_featup_config(cfg: CN) -> CN:
     f.TIMM_OUT_NAMES = []
     f.TIMM_PRETRAINED = ''
     f.TIMM_KWARGS = CN(new_allowed=True)
+    f.FEATURIZER = CN()
+    f.FEATURIZER.NAME = ''
+    f.FEATURIZER.PRETRAINED = False
+    f.FEATURIZER.WEIGHTS = ''
+    f.FEATURIZER.OUT_NAME = ''
     f.IN_FEATURES = []
     f.MODE = 'replace'
     f.OUT_NAMES = []

@@ -1,6 +1,11 @@
 """A timm Vision Transformer as a feature extractor: patch tokens of chosen blocks as ``[B, C, h, w]`` maps
 (torch + timm only).
 
+Beyond timm's own forward, three choices that FeatUp's featurizers make (``featup_plugin.featurizers.featup``):
+``pos_embed_interp`` (how the positional embedding is resampled for other grids: timm's, or the code of DINO /
+DINOv2 / MaskCLIP, or FeatUp's CLIP fork), ``token_head`` (the classifier head, e.g. CLIP's visual projection,
+applied to every patch token) and ``last_block='value'`` (MaskCLIP's value-embedding path in the last block).
+
 :class:`TimmViTFeatures` is the one place that builds, checks, prunes and loads timm ViTs; the mmseg backbone
 ``TimmViT`` (a registered subclass), the tools' :class:`~featup_plugin.featurizers.TimmFeaturizer` (a subclass)
 and detectron2's ``TimmBackbone`` (for ViT names) use it.
@@ -15,21 +20,65 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint.io import read_checkpoint, read_state_dict
 from ..layers.freeze import FrozenPartsMixin
 
 try:  # timm is an optional dependency of the package: fail with a clear message when the class is used
     import timm
-    from timm.layers import PatchEmbed
+    from timm.layers import PatchEmbed, resample_abs_pos_embed
     from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 except ImportError:  # pragma: no cover - exercised only without timm
     timm = None
 
-__all__ = ['TimmViTFeatures', 'is_plain_vit']
+__all__ = ['TimmViTFeatures', 'is_plain_vit', 'resample_pos_embed', 'POS_EMBED_INTERP']
 
 # Parts of the timm model that are removed (``prune_intermediate_layers``); their checkpoint keys are ignored.
 _PRUNED_PARTS = ('head.', 'head_drop.', 'fc_norm.', 'attn_pool.')
+
+#: How :func:`resample_pos_embed` resamples a positional embedding to another token grid:
+#: ``'timm'``: timm's ``resample_abs_pos_embed`` (bicubic to the exact size, antialiased);
+#: ``'dino'``: DINO's ``interpolate_pos_encoding`` (also DINOv2's and FeatUp's MaskCLIP's): bicubic with
+#: ``scale_factor = (n + 0.1) / N`` per axis, no antialiasing;
+#: ``'bilinear'``: bilinear to the exact size with ``align_corners=True`` (FeatUp's CLIP fork, which samples the
+#: embedding with ``grid_sample`` on a ``linspace(-1, 1, n)`` grid).
+POS_EMBED_INTERP = ('timm', 'dino', 'bilinear')
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_size: Sequence[int],
+    old_size: Sequence[int],
+    num_prefix_tokens: int = 1,
+    mode: str = 'timm',
+) -> torch.Tensor:
+    """``pos_embed [1, prefix + oh*ow, C]`` resampled to the ``new_size`` token grid (prefix entries unchanged);
+    ``mode`` is one of :data:`POS_EMBED_INTERP`. The embedding is returned as is when the grids are equal."""
+    if mode not in POS_EMBED_INTERP:
+        raise ValueError(f'pos_embed_interp must be one of {POS_EMBED_INTERP}, got {mode!r}')
+    nh, nw = int(new_size[0]), int(new_size[1])
+    oh, ow = int(old_size[0]), int(old_size[1])
+    if (nh, nw) == (oh, ow):
+        return pos_embed
+    if mode == 'timm':
+        return resample_abs_pos_embed(
+            pos_embed, new_size=(nh, nw), old_size=(oh, ow), num_prefix_tokens=num_prefix_tokens
+        )
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    grid = grid.float().reshape(1, oh, ow, dim).permute(0, 3, 1, 2)
+    if mode == 'dino':
+        # the 0.1 offset (facebookresearch/dino issue 8) makes the scale, hence the sampling positions, differ
+        # slightly from an exact-size resize; the output size is floor(N * (n + 0.1) / N) = n
+        grid = F.interpolate(grid, scale_factor=((nh + 0.1) / oh, (nw + 0.1) / ow), mode='bicubic', align_corners=False)
+        if tuple(grid.shape[-2:]) != (nh, nw):  # pragma: no cover - floor arithmetic; DINO asserts the same
+            raise RuntimeError(f'dino pos_embed interpolation gave {tuple(grid.shape[-2:])}, expected {(nh, nw)}')
+    else:
+        grid = F.interpolate(grid, size=(nh, nw), mode='bilinear', align_corners=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1) if num_prefix_tokens else grid
 
 
 def _require_timm(who: str) -> None:
@@ -98,9 +147,19 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
             DINO/DINOv2 featurizers do; ``False`` returns raw block outputs and removes the final norm.
         frozen: eval mode and ``requires_grad=False`` for the ViT, kept across ``.train()``.
         img_size: the size the positional embedding is built for (default: the model's); other input sizes use a
-            bicubically resampled embedding.
+            resampled embedding (``pos_embed_interp``).
+        pos_embed_interp: how the embedding is resampled for other token grids, one of :data:`POS_EMBED_INTERP`:
+            ``'timm'`` (default, timm's), ``'dino'`` (DINO / DINOv2 / MaskCLIP code), ``'bilinear'`` (FeatUp's
+            CLIP fork); see :func:`resample_pos_embed`.
+        token_head: apply the model's classifier head (a ``Linear``, e.g. CLIP's visual projection
+            ``vit_base_patch16_clip_224.openai``: 768 -> 512) to every patch token after the final norm, as FeatUp's
+            CLIP featurizers do; the head is kept (``num_classes`` from the model's config) and ``out_channels`` is
+            its width. Needs ``norm=True``.
+        last_block: ``'full'`` (default) or ``'value'``: the deepest block in ``out_indices`` returns MaskCLIP's
+            value embedding instead of its output, ``attn.proj(v)`` with ``v`` the value projection of
+            ``norm1(x)`` (no attention, residual or MLP), as FeatUp's MaskCLIP featurizer.
         model_kwargs: more ``timm.create_model`` arguments (``dynamic_img_size`` / ``dynamic_img_pad`` default to
-            True: any input size; ``num_classes`` is 0).
+            True: any input size; ``num_classes`` is 0 unless ``token_head``).
         base_kwargs: passed on to the next base class (``init_cfg`` for the mmseg subclass).
 
     Weights (``pretrained='path'`` and ``load_state_dict`` accept these key formats):
@@ -110,11 +169,15 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         patch embedding are resampled to the model's grid and patch. Keys of the removed parts are ignored.
         Files are read by :func:`featup_plugin.checkpoint.read_checkpoint` (tensors only).
 
-    Outputs: a tuple of ``[B, embed_dim, ceil(H/p), ceil(W/p)]`` maps (patch tokens: the ``num_prefix_tokens``
-    class/register tokens are dropped); other input sizes are zero-padded bottom/right (``dynamic_img_pad``).
+    Outputs: a tuple of ``[B, C, ceil(H/p), ceil(W/p)]`` maps (``C``: ``embed_dim``, or the head's width with
+    ``token_head``; patch tokens: the ``num_prefix_tokens`` class/register tokens are dropped); other input sizes
+    are zero-padded bottom/right (``dynamic_img_pad``). The forward is timm's (patch embedding, positional
+    embedding, ``norm_pre``, blocks, final ``norm``) with the three options above; with their defaults it equals
+    timm's ``forward_intermediates``.
 
     Attributes: ``out_indices`` (absolute), ``out_channels``, ``strides`` (lists, one per output), ``patch_size``,
-    ``embed_dim``, ``num_prefix_tokens``, ``in_channels``, ``final_norm``, ``frozen``.
+    ``embed_dim``, ``num_prefix_tokens``, ``in_channels``, ``final_norm``, ``frozen``, ``pos_embed_interp``,
+    ``token_head``, ``last_block``.
     """
 
     def __init__(
@@ -127,11 +190,20 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         frozen: bool = False,
         img_size: Union[None, int, Tuple[int, int]] = None,
         model_kwargs: Optional[dict] = None,
+        pos_embed_interp: str = 'timm',
+        token_head: bool = False,
+        last_block: str = 'full',
         **base_kwargs,
     ):
         super().__init__(**base_kwargs)
         who = type(self).__name__
         _require_timm(who)
+        if pos_embed_interp not in POS_EMBED_INTERP:
+            raise ValueError(f'{who}: pos_embed_interp must be one of {POS_EMBED_INTERP}, got {pos_embed_interp!r}')
+        if last_block not in ('full', 'value'):
+            raise ValueError(f"{who}: last_block must be 'full' or 'value' (MaskCLIP), got {last_block!r}")
+        if token_head and not norm:
+            raise ValueError(f'{who}: token_head=True applies the head to normed tokens (as CLIP does): set norm=True')
         if not isinstance(model_name, str) or not timm.is_model(model_name):
             raise ValueError(_unknown_name_message(who, str(model_name)))
         if not isinstance(pretrained, (bool, str)):
@@ -141,6 +213,9 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         self.model_name = model_name
         self.final_norm = bool(norm)
         self.frozen = bool(frozen)
+        self.pos_embed_interp = pos_embed_interp
+        self.token_head = bool(token_head)
+        self.last_block = last_block
 
         # Check the architecture on the meta device first, so that a non-ViT name fails before any download.
         # Should a model not build there, the check after building it for real still applies.
@@ -152,25 +227,30 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
 
         kwargs = dict(dynamic_img_size=True, dynamic_img_pad=True)
         kwargs.update(model_kwargs or {})
-        kwargs['num_classes'] = 0
+        if not self.token_head:
+            kwargs['num_classes'] = 0
         if img_size is not None:
             kwargs['img_size'] = img_size
         model = timm.create_model(model_name, pretrained=pretrained is True, **kwargs)
         self._check_architecture(model)
         self.model = model
         self.out_indices = self._resolve_indices(out_indices, len(model.blocks))
+        self._check_options(model)
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.in_channels = int(model.patch_embed.proj.in_channels)
         self.embed_dim = int(model.embed_dim)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.out_channels: List[int] = [self.embed_dim] * len(self.out_indices)
+        width = int(model.head.out_features) if self.token_head else self.embed_dim
+        self.out_channels: List[int] = [width] * len(self.out_indices)
         self.strides: List[int] = [self.patch_size] * len(self.out_indices)
 
         self.register_load_state_dict_pre_hook(TimmViTFeatures._convert_loaded_keys)
         if isinstance(pretrained, str):
             self.load_checkpoint(pretrained, checkpoint_key)
         # Remove what the outputs do not use (after loading: checkpoints hold the full model).
-        model.prune_intermediate_layers(sorted(set(self.out_indices)), prune_norm=not self.final_norm, prune_head=True)
+        model.prune_intermediate_layers(
+            sorted(set(self.out_indices)), prune_norm=not self.final_norm, prune_head=not self.token_head
+        )
         self.freeze_parts()
 
     # -- construction helpers ---------------------------------------------------------------------------------
@@ -204,6 +284,30 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
                 'or non-square patches), which is not supported: use a plain ViT'
             )
 
+    def _check_options(self, model: nn.Module) -> None:
+        who, name = type(self).__name__, self.model_name
+        if self.token_head:
+            head = getattr(model, 'head', None)
+            if not isinstance(head, nn.Linear):
+                raise ValueError(
+                    f'{who}: token_head=True needs a Linear classifier head, but {name!r} has '
+                    f'{type(head).__name__} (num_classes=0?); e.g. CLIP towers have their projection there '
+                    "('vit_base_patch16_clip_224.openai')"
+                )
+            if not isinstance(getattr(model, 'fc_norm', None), nn.Identity) or getattr(model, 'attn_pool', None):
+                raise ValueError(
+                    f'{who}: token_head=True needs a head applied to the token itself, but {name!r} pools with '
+                    'fc_norm / attention pooling before its head'
+                )
+        if self.last_block == 'value':
+            attn = model.blocks[max(self.out_indices)].attn
+            qkv = getattr(attn, 'qkv', None)
+            if not isinstance(qkv, nn.Linear) or getattr(attn, 'gate', None) is not None:
+                raise ValueError(
+                    f"{who}: last_block='value' needs a fused qkv Linear in the block's attention (timm's "
+                    f'Attention), {name!r} has {type(attn).__name__}'
+                )
+
     def frozen_parts(self):
         return (self.model,) if self.frozen else ()
 
@@ -223,8 +327,10 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
         kept = len(self.model.blocks)
         norm_removed = isinstance(self.model.norm, nn.Identity)
 
+        pruned = tuple(p for p in _PRUNED_PARTS if not (self.token_head and p == 'head.'))
+
         def removed(k: str) -> bool:
-            if k.startswith(_PRUNED_PARTS) or (norm_removed and k.startswith('norm.')):
+            if k.startswith(pruned) or (norm_removed and k.startswith('norm.')):
                 return True
             if k.startswith('blocks.'):
                 idx = k.split('.')[1]
@@ -264,16 +370,21 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
             and isinstance(ckpt.get('teacher'), Mapping)
         ):
             key = 'teacher'  # DINO's training checkpoints
-        tensors = read_state_dict(ckpt, key=key, where=str(path))
-        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        self.load_tensors(read_state_dict(ckpt, key=key, where=str(path)), where=repr(path))
+
+    def load_tensors(self, tensors: Mapping[str, torch.Tensor], where: str = 'the state dict') -> None:
+        """Load a state dict in any key format of the class docstring; raise if a parameter is missing, warn
+        about keys the model does not have."""
+        who = type(self).__name__
+        missing, unexpected = self.load_state_dict(dict(tensors), strict=False)
         if missing:
             raise RuntimeError(
-                f'{who}: {path!r} does not fit {self.model_name}: {len(missing)} parameters '
+                f'{who}: {where} does not fit {self.model_name}: {len(missing)} parameters '
                 f'missing, e.g. {missing[:8]}; unexpected keys, e.g. {unexpected[:8]}'
             )
         if unexpected:
             warnings.warn(
-                f'{who}: ignored {len(unexpected)} keys of {path!r} that {self.model_name} does not '
+                f'{who}: ignored {len(unexpected)} keys of {where} that {self.model_name} does not '
                 f'have, e.g. {unexpected[:8]}'
             )
 
@@ -285,11 +396,66 @@ class TimmViTFeatures(FrozenPartsMixin, nn.Module):
             raise ValueError(f'{who} expects a [B, {self.in_channels}, H, W] image batch, got {shape}')
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f'{who}: empty image batch {tuple(x.shape)}')
-        take = sorted(set(self.out_indices))
-        # forward_intermediates: patch embed (zero-pads to a multiple of the patch), resampled pos_embed, blocks;
-        # returns the chosen blocks' tokens (after the final norm if asked) without the prefix tokens, as NCHW.
-        feats = self.model.forward_intermediates(
-            x, indices=take, norm=self.final_norm, output_fmt='NCHW', intermediates_only=True
-        )
-        by_index = dict(zip(take, feats))
-        return tuple(by_index[i] for i in self.out_indices)
+        m = self.model
+        tokens, grid = self._embed(x)
+        take = set(self.out_indices)
+        deepest = max(take)
+        found = {}
+        for i, blk in enumerate(m.blocks):
+            if i == deepest and self.last_block == 'value':
+                found[i] = self._value_path(blk, tokens)
+                break
+            if m.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                tokens = checkpoint(blk, tokens, use_reentrant=False)
+            else:
+                tokens = blk(tokens)
+            if i in take:
+                found[i] = tokens
+            if i == deepest:
+                break
+        maps = {i: self._to_map(t, grid) for i, t in found.items()}
+        return tuple(maps[i] for i in self.out_indices)
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch embedding (zero-pads to a multiple of the patch), prefix tokens and the positional embedding
+        resampled to the token grid by ``pos_embed_interp``, ``pos_drop``, ``patch_drop``, ``norm_pre`` (timm's
+        ``_pos_embed`` and the start of ``forward_intermediates``). Returns ``([B, N, C] tokens, (h, w))``."""
+        m = self.model
+        feat = m.patch_embed(x)
+        if feat.dim() == 4:  # dynamic_img_size: NHWC
+            b, h, w, c = feat.shape
+            feat = feat.reshape(b, h * w, c)
+        else:
+            h, w = (int(v) for v in m.patch_embed.dynamic_feat_size(x.shape[-2:]))
+        pos = None
+        if m.pos_embed is not None:
+            prefix = 0 if m.no_embed_class else m.num_prefix_tokens
+            pos = resample_pos_embed(m.pos_embed, (h, w), m.patch_embed.grid_size, prefix, self.pos_embed_interp)
+        to_cat = [t.expand(feat.shape[0], -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+        if pos is not None and m.no_embed_class:  # deit-3 / registers: the prefix tokens get no position
+            feat = feat + pos
+        if to_cat:
+            feat = torch.cat(to_cat + [feat], dim=1)
+        if pos is not None and not m.no_embed_class:
+            feat = feat + pos
+        return m.norm_pre(m.patch_drop(m.pos_drop(feat))), (h, w)
+
+    @staticmethod
+    def _value_path(blk: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP's last block: ``attn.proj(attn.norm(v))`` with ``v = norm1(x) W_v + b_v`` (the value third of
+        the fused qkv projection); ``attn.norm`` is the identity in CLIP."""
+        attn = blk.attn
+        c = attn.qkv.out_features // 3
+        bias = attn.qkv.bias[2 * c :] if attn.qkv.bias is not None else None
+        v = F.linear(blk.norm1(tokens), attn.qkv.weight[2 * c :], bias)
+        return attn.proj(attn.norm(v))
+
+    def _to_map(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """Final norm (``norm``), patch tokens only, the head on each token (``token_head``), as ``[B, C, h, w]``."""
+        m = self.model
+        if self.final_norm:
+            tokens = m.norm(tokens)
+        patches = tokens[:, self.num_prefix_tokens :].reshape(tokens.shape[0], grid[0], grid[1], -1)
+        if self.token_head:
+            patches = m.head(patches)
+        return patches.permute(0, 3, 1, 2).contiguous()

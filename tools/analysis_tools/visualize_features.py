@@ -2,17 +2,23 @@
 """Feature pictures: a PNG grid of image | low-res features | bilinear | JBU | implicit, one row per image.
 
     python3 tools/analysis_tools/visualize_features.py IMAGE [IMAGE ...] --out grid.png
-        [--model vit_small_patch16_224 --model-kwargs depth=4] [--weights CKPT]
-        [--jbu CKPT] [--implicit FILE ... | --implicit-steps 300 --implicit-views 4] [--size 224]
+        [--featup dino16 [--pretrained] | --model vit_small_patch16_224 --model-kwargs depth=4] [--weights CKPT]
+        [--jbu CKPT [--trust]] [--implicit FILE ... | --implicit-steps 300 --implicit-views 4] [--size 224]
+        [--figure feats.png]
 
-Every feature map is shown through ONE 3-component PCA -> RGB, fitted once on the low-resolution features of all
-the images and applied to every column, so colours compare across columns and rows.
+Every feature map is shown through ONE 3-component PCA -> RGB (``featup_plugin.viz.pca``, ``scale='fit'``), fitted
+once on the low-resolution features of all the images and applied to every column, so colours compare across
+columns and rows. ``--figure`` also writes FeatUp's three-panel figure of the first image (``viz.plot_feats``:
+image | low-res | JBU, one PCA fitted on both; needs matplotlib).
 
-* backbone: a frozen timm ViT (``--model``, ``--model-kwargs``); ``--weights``: a timm state dict, or a checkpoint of
-  ``tools/train.py configs/*/jbu_*`` (its ``backbone.model.*``); without it the ViT is random-init (no download).
-* JBU: ``--jbu`` a training checkpoint (``upsampler.*``), a bare ``JBUStack`` state dict (``tools/
-  extract_upsampler.py``) or an official FeatUp checkpoint converted with
-  ``tools/model_converters/convert_featup_checkpoint.py``;
+* backbone: ``--featup NAME``: one of FeatUp's featurizers (``featup_plugin.hub``: vit, dino16, dinov2, clip,
+  maskclip, resnet50) with ``--pretrained`` (timm's / torch.hub's download, and FeatUp's upsampler unless
+  ``--jbu``) or ``--weights``; or a frozen timm ViT (``--model``, ``--model-kwargs``); ``--weights``: a timm state
+  dict, or a checkpoint of ``tools/train.py configs/*/jbu_*`` (its ``backbone.model.*``); without them the
+  backbone is random-init (no download).
+* JBU: ``--jbu`` FeatUp's official checkpoint as published (``--trust`` if it holds pickled objects), a training
+  checkpoint (``upsampler.*``), a bare ``JBUStack`` state dict (``tools/extract_upsampler.py``,
+  ``tools/model_converters/convert_featup_checkpoint.py``) or a model checkpoint holding one stack;
   without it an untrained stack (its output is then mostly a smoothing of the bilinear map).
 * implicit: ``--implicit`` files from ``tools/fit_implicit.py`` (one per image, same order), else fitted here
   (``--implicit-steps``, ``--implicit-views``, with ``tools/fit_implicit.py --preset cpu``'s view bank and
@@ -33,11 +39,14 @@ def build_parser():
     p = argparse.ArgumentParser(description='PCA pictures of low-res, bilinear, JBU and implicit features')
     p.add_argument('images', nargs='+')
     p.add_argument('--out', default='featup_features.png')
+    p.add_argument('--featup', default=None, help="one of FeatUp's featurizers (featup_plugin.hub.list_models())")
     p.add_argument('--model', default='vit_small_patch16_224')
     p.add_argument('--model-kwargs', nargs='*', default=[])
     p.add_argument('--weights', default=None)
     p.add_argument('--pretrained', action='store_true')
-    p.add_argument('--jbu', default=None, help='JBU weights (training checkpoint or JBUStack state dict)')
+    p.add_argument('--jbu', default=None, help='JBU weights (FeatUp checkpoint, training checkpoint, JBUStack)')
+    p.add_argument('--trust', action='store_true', help='read files holding pickled objects (trusted files only)')
+    p.add_argument('--figure', default=None, help="also write FeatUp's image | low-res | JBU figure of image 1")
     p.add_argument('--implicit', nargs='*', default=None, help='fitted implicit models, one per image')
     p.add_argument('--implicit-steps', type=int, default=300)
     p.add_argument('--implicit-views', type=int, default=4)
@@ -47,33 +56,37 @@ def build_parser():
     return p
 
 
-def load_jbu(path, feat_dim):
-    from featup_plugin.checkpoint import find_upsampler_stacks, load_stacks, read_state_dict
+def load_jbu(path, feat_dim, trust=False):
+    """The JBU stack of a checkpoint (any format ``featup_plugin.hub.upsampler_from_checkpoint`` reads)."""
+    from featup_plugin.hub import upsampler_from_checkpoint
+
+    return upsampler_from_checkpoint(path, feat_dim, trust=trust)[0].eval()
+
+
+def build_backbone(args):
+    """``(featurizer, feat_dim, jbu)``: FeatUp's (``--featup``) or a timm ViT with its ChannelNorm."""
+    from featup_plugin.featurizers import TimmFeaturizer
     from featup_plugin.upsamplers import JBUStack
 
-    sd = read_state_dict(path)
-    stacks = find_upsampler_stacks(sd, where=path)
-    stack_sd = next(iter(stacks.values())) if len(stacks) == 1 else {}
-    stages = len({k.split('.')[0] for k in stack_sd if k.startswith('up')}) or 4
-    stack = JBUStack(feat_dim, num_stages=stages)
-    load_stacks({'0': stack}, sd, who='visualize_features', where=path)
-    return stack.eval()
+    if args.featup:
+        from featup_plugin import hub
 
-
-class PCA3:
-    """A 3-component PCA fitted once; maps [C, H, W] features to RGB with one shared scaling."""
-
-    def __init__(self, feats):
-        x = torch.cat([f.permute(1, 2, 0).reshape(-1, f.shape[0]) for f in feats])
-        self.mean = x.mean(0)
-        _, _, vh = torch.linalg.svd(x - self.mean, full_matrices=False)
-        self.comps = vh[:3].T
-        z = (x - self.mean) @ self.comps
-        self.lo, self.hi = z.quantile(0.01, dim=0), z.quantile(0.99, dim=0)
-
-    def __call__(self, f):
-        z = torch.einsum('chw,ck->khw', f - self.mean.view(-1, 1, 1), self.comps)
-        return ((z - self.lo.view(3, 1, 1)) / (self.hi - self.lo).clamp_min(1e-8).view(3, 1, 1)).clamp(0, 1)
+        if args.model_kwargs:
+            raise SystemExit("--model-kwargs applies to --model, not to --featup (FeatUp's featurizers are fixed)")
+        m = hub.load(
+            args.featup,
+            pretrained=args.pretrained,
+            upsampler_weights=args.jbu,
+            backbone_weights=args.weights,
+            trust=args.trust,
+        )
+        print(m.extra_repr())
+        return m.model, m.dim, m.upsampler
+    net = TimmFeaturizer(
+        args.model, pretrained=args.pretrained, weights=args.weights, **parse_model_kwargs(args.model_kwargs)
+    )
+    jbu = load_jbu(args.jbu, net.feat_dim, args.trust) if args.jbu else JBUStack(net.feat_dim).eval()
+    return net, net.feat_dim, jbu
 
 
 def main(argv=None):
@@ -83,15 +96,11 @@ def main(argv=None):
     from PIL import Image, ImageDraw
 
     from featup_plugin.data.images import denormalize, load_image
-    from featup_plugin.featurizers import TimmFeaturizer
     from featup_plugin.training.implicit import ImplicitFeatUp, fit_implicit
-    from featup_plugin.upsamplers import JBUStack
+    from featup_plugin.viz import pca, plot_feats
 
     torch.manual_seed(args.seed)
-    net = TimmFeaturizer(
-        args.model, pretrained=args.pretrained, weights=args.weights, **parse_model_kwargs(args.model_kwargs)
-    )
-    jbu = load_jbu(args.jbu, net.feat_dim) if args.jbu else JBUStack(net.feat_dim).eval()
+    net, _, jbu = build_backbone(args)
     if args.implicit is not None and len(args.implicit) not in (0, len(args.images)):
         raise SystemExit(f'--implicit needs one file per image ({len(args.images)}), got {len(args.implicit)}')
     rows, lows = [], []
@@ -119,8 +128,8 @@ def main(argv=None):
             )
             cols['implicit'] = model.features(img.shape[-2:])
         rows.append((denormalize(img[0]), cols))
-        lows.append(lr[0])
-    pca = PCA3(lows)
+        lows.append(lr)
+    _, fitted = pca(lows)
     names = ['image'] + list(rows[0][1])
     cell, head = args.cell, 18
     canvas = Image.new('RGB', (cell * len(names), head + cell * len(rows)), 'white')
@@ -128,12 +137,16 @@ def main(argv=None):
     for j, name in enumerate(names):
         draw.text((j * cell + 4, 3), name, fill='black')
     for r, (rgb, cols) in enumerate(rows):
-        pics = [rgb] + [pca(f[0]) for f in cols.values()]
+        pics = [rgb] + [p[0] for p in pca(list(cols.values()), fit_pca=fitted, scale='fit')[0]]
         for j, pic in enumerate(pics):
             arr = (pic.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             canvas.paste(Image.fromarray(arr).resize((cell, cell), Image.NEAREST), (j * cell, head + r * cell))
     canvas.save(args.out, optimize=True)
     print(f'wrote {args.out}: {len(rows)} image(s) x {names}')
+    if args.figure:
+        rgb, cols = rows[0]
+        plot_feats(rgb, lows[0], cols['JBU'], figsize=(12, 4)).savefig(args.figure)
+        print(f"wrote {args.figure}: image | low-res | JBU (FeatUp's plot_feats)")
     return 0
 
 

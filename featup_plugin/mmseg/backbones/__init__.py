@@ -2,6 +2,7 @@
 between the two adapters)."""
 
 from .detectron2_backbone import Detectron2Backbone
+from .featup_featurizer import FeatUpFeaturizerBackbone
 from .timm_vit import TimmViT
 
-__all__ = ['TimmViT', 'Detectron2Backbone']
+__all__ = ['TimmViT', 'FeatUpFeaturizerBackbone', 'Detectron2Backbone']

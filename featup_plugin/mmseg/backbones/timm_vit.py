@@ -25,8 +25,9 @@ class TimmViT(TimmViTFeatures, BaseModule):
     ``init_cfg``. State-dict keys are ``model.<timm key>``.
 
     Args: those of :class:`~featup_plugin.featurizers.TimmViTFeatures` (``model_name``, ``out_indices``,
-    ``pretrained``, ``checkpoint_key``, ``norm``, ``frozen``, ``img_size``, ``model_kwargs``; the key formats
-    its weights may have; outputs and attributes), plus
+    ``pretrained``, ``checkpoint_key``, ``norm``, ``frozen``, ``img_size``, ``model_kwargs``, and FeatUp's
+    ``pos_embed_interp``, ``token_head``, ``last_block``; the key formats its weights may have; outputs and
+    attributes), plus
 
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint='vit.pth')`` (loaded when the
             runner calls ``init_weights()``, after any ``pretrained`` weights), with ``prefix='backbone.'`` to take
@@ -36,7 +37,9 @@ class TimmViT(TimmViTFeatures, BaseModule):
     ``norm=True`` (default) is FeatUp's choice: its DINO featurizer takes ``get_intermediate_feat(img,
     norm=True)`` and its DINOv2 featurizer ``x_norm_patchtokens``, i.e. last-block tokens after the final
     LayerNorm; the neck then applies its own ChannelNorm (``FeatUpJBU(channel_norm=True)``). Use ``strides`` for
-    the neck's ``feature_strides``; ``frozen=True`` freezes the backbone as FeatUp's probes do.
+    the neck's ``feature_strides``; ``frozen=True`` freezes the backbone as FeatUp's probes do. FeatUp's exact six
+    featurizers (the backbones of its official checkpoints, incl. CLIP / MaskCLIP / ResNet-50) are
+    ``FeatUpFeaturizerBackbone``.
     """
 
     def __init__(
@@ -49,6 +52,9 @@ class TimmViT(TimmViTFeatures, BaseModule):
         frozen: bool = False,
         img_size: Union[None, int, Tuple[int, int]] = None,
         model_kwargs: Optional[dict] = None,
+        pos_embed_interp: str = 'timm',
+        token_head: bool = False,
+        last_block: str = 'full',
         init_cfg=None,
     ):
         super().__init__(
@@ -60,6 +66,9 @@ class TimmViT(TimmViTFeatures, BaseModule):
             frozen=frozen,
             img_size=img_size,
             model_kwargs=model_kwargs,
+            pos_embed_interp=pos_embed_interp,
+            token_head=token_head,
+            last_block=last_block,
             init_cfg=init_cfg,
         )
         # mmengine's BaseModule.init_weights calls init_weights() of children not marked initialised; timm's

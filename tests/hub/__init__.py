@@ -1,0 +1,1 @@
+"""featup_plugin.hub and the repository's hubconf.py."""
