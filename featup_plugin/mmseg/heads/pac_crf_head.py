@@ -41,6 +41,9 @@ class PacCRFHead(GuidedModuleMixin, BaseModule):
             ``~ num_iters * num_classes * H * W`` per image in training); ``'logits'``: at the head's output
             stride, guidance resized down (cheaper, coarser).
         init_cfg: as ``BaseModule`` (the wrapped head keeps its own ``init_cfg``).
+
+    A segmentor checkpoint of the plain head loads into the wrapped one (``load_from``: its head keys are mapped
+    under ``head.``; the CRF starts from its initialisation), so a trained model can be fine-tuned with the CRF.
     """
 
     def __init__(
@@ -78,6 +81,15 @@ class PacCRFHead(GuidedModuleMixin, BaseModule):
             compat=compat,
             update=update,
         )
+        self._register_load_state_dict_pre_hook(self._plain_head_keys)
+
+    @staticmethod
+    def _plain_head_keys(state_dict, prefix, *args) -> None:
+        """A checkpoint of the plain (unwrapped) head loads: its ``decode_head.conv_seg.*`` etc. become
+        ``decode_head.head.*`` (the CRF's parameters are then missing and keep their initial values)."""
+        ours = (prefix + 'head.', prefix + 'crf.')
+        for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(ours)]:
+            state_dict[prefix + 'head.' + key[len(prefix) :]] = state_dict.pop(key)
 
     # -- what EncoderDecoder and mmseg's tools read from a decode head ------------------------------------
     @property
