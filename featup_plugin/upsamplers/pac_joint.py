@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.pac import PacConv2d, PacConvTranspose2d
-from .jbu import resize_guidance
+from .jbu import num_x2_stages, resize_guidance
 
 __all__ = ['PacJointUpsampler']
 
@@ -54,8 +54,9 @@ class PacJointUpsampler(nn.Module):
 
     Args:
         in_channels, out_channels: widths of the source and the output (default ``out_channels = in_channels``).
-        num_stages: x2 ``PacConvTranspose2d`` stages (``2^n`` upsampling; a last bilinear resize lands on any
-            ``output_size`` that is not ``(h, w) * 2^n``).
+        num_stages: x2 ``PacConvTranspose2d`` stages. For an ``output_size`` the first
+            ``ceil(log2(output / input))`` of them run (more is a ``ValueError``), and a last bilinear resize lands
+            on a size that is not ``(h, w) * 2^n``; without one all run.
         guidance_channels: channels of the guidance (RGB: 3).
         channels: width of the target branch, the stages and the hidden final layers (paper: 32).
         guidance_hidden: width of the hidden guidance layers (paper: 32).
@@ -157,9 +158,19 @@ class PacJointUpsampler(nn.Module):
                 f'PacJointUpsampler: guidance must be [B={source.shape[0]}, C_g, H, W], got {tuple(guidance.shape)}'
             )
         sizes = self.stage_sizes(source.shape[-2:])
-        out_size = tuple(int(s) for s in output_size) if output_size is not None else (sizes or [source.shape[-2:]])[-1]
-        if min(out_size) < 1:
-            raise ValueError(f'PacJointUpsampler: output_size must be positive, got {out_size}')
+        if output_size is None:
+            out_size = sizes[-1] if sizes else tuple(source.shape[-2:])
+        else:
+            out_size = tuple(int(s) for s in output_size)
+            if len(out_size) != 2 or min(out_size) < 1:
+                raise ValueError(f'PacJointUpsampler: output_size must be two positive ints, got {output_size}')
+            need = num_x2_stages(max(out_size[0] / source.shape[-2], out_size[1] / source.shape[-1]), minimum=0)
+            if need > self.num_stages:
+                raise ValueError(
+                    f'PacJointUpsampler: {tuple(source.shape[-2:])} -> {out_size} needs {need} x2 stages, the '
+                    f'module has {self.num_stages}; build it with num_stages={need} or more'
+                )
+            sizes = sizes[:need]  # the first stages, as the JBU stack
         feats = self.guidance(resize_guidance(guidance.to(source.dtype), out_size))
         slices = feats.split(self.kernel_channels, dim=1)
         x = self.target(source)

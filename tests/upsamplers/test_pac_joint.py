@@ -43,6 +43,17 @@ def test_output_sizes(kw, src, out_size, want):
     assert out.shape == (2, 5, *want)
 
 
+def test_only_the_stages_the_output_size_needs_run():
+    up = PacJointUpsampler(3, num_stages=3)
+    ran = []
+    for i, stage in enumerate(up.stages):
+        stage.register_forward_hook(lambda m, a, out, i=i: ran.append((i, tuple(out.shape[-2:]))))
+    out = up(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 16, 16), (13, 16))  # x4: two stages, then 16 -> 13 rows
+    assert ran == [(0, (8, 8)), (1, (16, 16))] and out.shape == (1, 3, 13, 16)
+    with pytest.raises(ValueError, match='needs 4 x2 stages, the module has 3'):
+        up(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 64, 64), (64, 64))
+
+
 def test_each_pac_layer_gets_its_slice_of_the_adapting_features_at_its_resolution():
     torch.manual_seed(0)
     up = PacJointUpsampler(3, num_stages=3, refine=True, kernel_channels=4)
