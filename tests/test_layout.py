@@ -149,7 +149,7 @@ import mmseg  # the adapter registers itself right after mmseg's top-level packa
 assert 'featup_plugin.mmseg' in sys.modules
 from mmseg.registry import MODELS, DATASETS, METRICS
 for name in ('FeatUpJBU', 'ResizeNeck', 'GuidedEncoderDecoder', 'SFTGuidedHead', 'LinearProbeHead', 'TimmViT',
-             'Detectron2Backbone', 'FeatUpJBUTrainer', 'PacHotSwap'):
+             'Detectron2Backbone', 'FeatUpJBUTrainer', 'PacHotSwap', 'PacCRFHead', 'PacJointUpsampler'):
     assert MODELS.get(name) is not None, name
 assert DATASETS.get('FeatUpSyntheticDataset') and DATASETS.get('ImageFolderDataset')
 assert METRICS.get('BoundaryFScore')

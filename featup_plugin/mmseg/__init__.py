@@ -9,8 +9,8 @@ from . import backbones, datasets, evaluation, heads, necks, segmentors, trainer
 from .backbones import Detectron2Backbone, TimmViT
 from .datasets import FeatUpSyntheticDataset, ImageFolderDataset
 from .evaluation import BoundaryFScore
-from .heads import LinearProbeHead, SFTGuidedHead
-from .necks import FeatUpJBU, ResizeNeck
+from .heads import LinearProbeHead, PacCRFHead, SFTGuidedHead
+from .necks import FeatUpJBU, PacJointUpsamplerNeck, ResizeNeck
 from .segmentors import GuidedEncoderDecoder, GuidedFeatures, build_pac_hot_swap
 from .trainers import FeatUpJBUTrainer
 
@@ -29,8 +29,10 @@ __all__ = [
     'BoundaryFScore',
     'LinearProbeHead',
     'SFTGuidedHead',
+    'PacCRFHead',
     'FeatUpJBU',
     'ResizeNeck',
+    'PacJointUpsamplerNeck',
     'GuidedEncoderDecoder',
     'GuidedFeatures',
     'build_pac_hot_swap',

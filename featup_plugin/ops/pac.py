@@ -30,6 +30,7 @@ __all__ = [
     'pac_conv2d',
     'pac_conv_transpose2d',
     'pac_pool2d',
+    'pac_pool2d_channelwise',
     'pac_kernel2d',
     'parse_kernel_type',
     'bilinear_kernel1d',
@@ -134,6 +135,39 @@ def _tap_mask(h: int, w: int, k: Pair, s: Pair, p: Pair, d: Pair, like: torch.Te
     return torch.cat([_tap_view(ones, ty, tx, out, s, d) for ty in range(k[0]) for tx in range(k[1])], 1)
 
 
+def _window_taps(m: torch.Tensor, k: Pair, s: Pair, p: Pair, d: Pair) -> torch.Tensor:
+    """``[N, T, Ho, Wo]``: the value of the ``[N, 1, H, W]`` map ``m`` that each tap of each output pixel reads
+    (0 in the zero padding)."""
+    out = _out_size(m.shape[-2], m.shape[-1], k, s, p, d)
+    mp = F.pad(m, [p[1], p[1], p[0], p[0]])
+    return torch.cat([_tap_view(mp, ty, tx, out, s, d) for ty in range(k[0]) for tx in range(k[1])], 1)
+
+
+def _check_input_mask(name: str, mask, input: torch.Tensor) -> torch.Tensor:
+    """The input mask as ``[1 or B, 1, H, W]`` in the input's dtype (bool / int / float accepted)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f'{name}: mask must be a torch.Tensor, got {type(mask).__name__}')
+    b, _, h, w = input.shape
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, b) or tuple(mask.shape[2:]) != (h, w):
+        raise ValueError(
+            f"{name}: mask must be [B or 1, 1, H, W] with the input's batch and size {(b, 1, h, w)} "
+            f'(1 = valid pixel), got {tuple(mask.shape)}'
+        )
+    return mask.to(device=input.device, dtype=input.dtype)
+
+
+def _partial_reweight(kern: torch.Tensor, valid: torch.Tensor, inside: torch.Tensor, normalized: bool):
+    """Partial-convolution re-weighting of a kernel whose invalid taps are already 0: ``K * n_in / n_valid``
+    (``n_in`` taps inside the input, ``n_valid`` valid ones; not needed for a normalised kernel) and the output
+    mask ``[., 1, Ho, Wo]`` (1 where some tap is valid). docs/pac.md#input-masks-partial-convolution"""
+    n_valid = valid.sum(1, keepdim=True)
+    out_mask = (n_valid > 0).to(kern.dtype)
+    if not normalized:
+        ratio = inside.sum(1, keepdim=True) / torch.where(n_valid > 0, n_valid, torch.ones_like(n_valid)) * out_mask
+        kern = kern * (ratio.unsqueeze(1) if kern.dim() == 5 else ratio)
+    return kern, out_mask
+
+
 def pac_kernel2d(
     guidance: torch.Tensor,
     kernel_size: IntOrPair,
@@ -146,11 +180,16 @@ def pac_kernel2d(
     smooth_kernel: Optional[torch.Tensor] = None,
     normalize_kernel: bool = False,
     mask: Optional[torch.Tensor] = None,
+    channel_wise: bool = False,
 ) -> torch.Tensor:
     """The adapting kernel ``[B, kh*kw, Ho, Wo]`` of guidance ``[B, C_f, H, W]`` for a window with the given
     geometry (``Ho, Wo`` as ``nn.Conv2d``). ``mask [1 or B, kh*kw, Ho, Wo]`` overrides which taps are valid
     (default: those inside the guidance). ``inv_alpha`` / ``inv_lambda`` (floats or scalar tensors) default to
     the values in an ``'inv_{alpha}_{lambda}'`` kernel_type.
+
+    ``channel_wise=True``: one kernel per guidance channel, ``[B, C_f, kh*kw, Ho, Wo]``, from that channel's
+    differences alone (``K_c = exp(-1/2 (f_c,i - f_c,j)^2)``, no sum over channels); ``inv_alpha`` /
+    ``inv_lambda`` may then hold one value per channel (``[C_f]``).
     """
     k, s = _kernel_size(kernel_size), _pair(stride, 'stride', 1)
     p, d = _pair(padding, 'padding', 0), _pair(dilation, 'dilation', 1)
@@ -183,21 +222,34 @@ def pac_kernel2d(
             diff = _tap_view(gp, ty, tx, (ho, wo), s, d) - center
             if spec['asym']:
                 diff = F.relu(diff)
-            dists.append((diff * diff).sum(1, keepdim=True))
-    x = torch.cat(dists, 1)
+            dists.append(diff * diff if channel_wise else (diff * diff).sum(1, keepdim=True))
+    x = torch.stack(dists, 2) if channel_wise else torch.cat(dists, 1)
+    taps = 2 if channel_wise else 1  # the tap axis
     if spec['kind'] == 'gaussian':
         kern = torch.exp(-0.5 * x)
     else:
         alpha = spec['alpha'] if inv_alpha is None else inv_alpha
         lam = spec['lambda_'] if inv_lambda is None else inv_lambda
+        if channel_wise:
+            alpha, lam = (_per_channel(v, x.shape[1], n) for v, n in ((alpha, 'inv_alpha'), (lam, 'inv_lambda')))
         kern = alpha + torch.pow(x + _INV_EPS, 0.5 * lam)
     if mask is None:
         mask = _tap_mask(h, w, k, s, p, d, guidance)
-    kern = kern * mask.to(kern.dtype)
+    mask = mask.to(kern.dtype)
+    kern = kern * (mask.unsqueeze(1) if channel_wise else mask)
     if normalize_kernel:
-        norm = kern.sum(1, keepdim=True)
+        norm = kern.sum(taps, keepdim=True)
         kern = kern / torch.where(norm == 0, torch.ones_like(norm), norm)
     return kern
+
+
+def _per_channel(value, channels: int, name: str):
+    """A scalar, or ``[C]`` values viewed as ``[1, C, 1, 1, 1]`` for a channel-wise kernel."""
+    if isinstance(value, torch.Tensor) and value.numel() > 1:
+        if value.numel() != channels:
+            raise ValueError(f'pac_kernel2d: {name} has {value.numel()} values for {channels} guidance channels')
+        return value.reshape(1, channels, 1, 1, 1)
+    return value
 
 
 class _PacFunction(Function):
@@ -392,6 +444,7 @@ class _PacModule(nn.Module):
         self.kernel_type = kernel_type
         self.smooth_kernel_type = smooth_kernel_type
         self.normalize_kernel = bool(normalize_kernel)
+        self.channel_wise = False
         spec = parse_kernel_type(kernel_type)
         if spec['kind'] == 'inv':
             alpha, lam = torch.tensor(spec['alpha']), torch.tensor(spec['lambda_'])
@@ -424,11 +477,26 @@ class _PacModule(nn.Module):
             self.smooth_kernel,
             self.normalize_kernel,
             mask,
+            self.channel_wise,
         )
 
     def compute_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """The adapting kernel ``[B, kh*kw, Ho, Wo]`` this layer uses for ``guidance``."""
         return self._kernel(guidance, self.stride, self.padding)
+
+    def _masked_kernel(self, name: str, input, guidance, kernel, mask):
+        """(kernel re-weighted for the input ``mask`` as a partial convolution, output mask ``[B, 1, Ho, Wo]``)."""
+        if kernel is not None or guidance is None:
+            raise ValueError(
+                f'{name}: mask= re-weights the adapting kernel the layer computes: pass guidance (not kernel) with it'
+            )
+        m = _check_input_mask(name, mask, input)
+        geom = (self.kernel_size, self.stride, self.padding, self.dilation)
+        valid = _window_taps(m, *geom)
+        inside = _tap_mask(*input.shape[-2:], *geom, m)
+        kern = self._kernel(guidance, self.stride, self.padding, valid)
+        kern, out_mask = _partial_reweight(kern, valid, inside, self.normalize_kernel)
+        return kern, out_mask.expand(input.shape[0], -1, -1, -1)
 
     def _select_kernel(self, guidance, kernel, name):
         if (guidance is None) == (kernel is None):
@@ -495,7 +563,13 @@ class PacConv2d(_PacModule):
         shared_filters: one ``k x k`` filter for all channels (``weight [1, 1, kh, kw]``, needs
             ``in_channels == out_channels``).
 
-    Details: docs/pac.md#adapting-kernels
+    ``forward(input, guidance, mask=M)`` with an input mask ``M [B or 1, 1, H, W]`` (1 = valid pixel) is a
+    partial convolution: taps on invalid pixels get ``K = 0``, the rest are scaled by ``n_in / n_valid`` (taps
+    inside the input over valid taps; not with ``normalize_kernel``, which already renormalises), outputs with no
+    valid tap are 0 (bias included); it returns ``(output, output_mask)``, ``output_mask [B, 1, Ho, Wo]`` 1 where
+    some tap was valid. An all-ones mask gives the unmasked output.
+
+    Details: docs/pac.md#adapting-kernels, docs/pac.md#input-masks-partial-convolution
     """
 
     def __init__(
@@ -548,8 +622,12 @@ class PacConv2d(_PacModule):
         return pac
 
     def forward(
-        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+        self,
+        input: torch.Tensor,
+        guidance: Optional[torch.Tensor] = None,
+        kernel: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+    ):
         if guidance is not None and isinstance(input, torch.Tensor) and isinstance(guidance, torch.Tensor):
             if (
                 guidance.dim() != 4
@@ -561,10 +639,14 @@ class PacConv2d(_PacModule):
                     f"PacConv2d: guidance must be [B, C_f, H, W] with the input's batch and size, got "
                     f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}'
                 )
-        kern = self._select_kernel(guidance, kernel, 'PacConv2d')
-        return pac_conv2d(
+        if mask is None:
+            kern = self._select_kernel(guidance, kernel, 'PacConv2d')
+        else:
+            kern, out_mask = self._masked_kernel('PacConv2d', input, guidance, kernel, mask)
+        out = pac_conv2d(
             input, kern, self.weight, self.bias, self.stride, self.padding, self.dilation, self.shared_filters
         )
+        return out if mask is None else (out * out_mask, out_mask)
 
     def extra_repr(self) -> str:
         s = f'{self.in_channels}, {self.out_channels}, ' + super().extra_repr()
@@ -612,7 +694,11 @@ class PacConvTranspose2d(_PacModule):
             ``F.interpolate(mode='bilinear', align_corners=False)`` except in the outer ``f // 2`` output pixels
             (where the zero padding darkens it; bilinear clamps). ``reset_parameters()`` re-applies the filler.
 
-    Details: docs/pac.md#transposed-pac
+    ``forward(input, guidance, mask=M)``: ``M [B or 1, 1, H, W]`` at the INPUT resolution, a partial
+    convolution as in :class:`PacConv2d` (``n_in`` counts the taps landing on input samples); returns
+    ``(output, output_mask)`` with ``output_mask [B, 1, Ho, Wo]``.
+
+    Details: docs/pac.md#transposed-pac, docs/pac.md#input-masks-partial-convolution
     """
 
     def __init__(
@@ -684,11 +770,27 @@ class PacConvTranspose2d(_PacModule):
             mask = torch.cat([_tap_view(z, ty, tx, (ho, wo), (1, 1), d) for ty in range(k[0]) for tx in range(k[1])], 1)
         return self._kernel(guidance, 1, same, mask)
 
+    def _zero_inserted_taps(self, m: torch.Tensor, out: Pair) -> torch.Tensor:
+        """``[N, T, Ho, Wo]``: the value of the input-resolution map ``m [N, 1, H, W]`` that each tap of each
+        output pixel reads in the zero-inserted input (0 on the inserted zeros and the padding)."""
+        k, d = self.kernel_size, self.dilation
+        z = _zero_insert(m, self.stride, k, self.padding, self.output_padding, d)
+        return torch.cat([_tap_view(z, ty, tx, out, (1, 1), d) for ty in range(k[0]) for tx in range(k[1])], 1)
+
     def forward(
-        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+        self,
+        input: torch.Tensor,
+        guidance: Optional[torch.Tensor] = None,
+        kernel: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+    ):
         if (guidance is None) == (kernel is None):
             raise ValueError('PacConvTranspose2d.forward: pass exactly one of guidance and kernel')
+        if mask is not None and guidance is None:
+            raise ValueError(
+                'PacConvTranspose2d: mask= re-weights the adapting kernel the layer computes: pass guidance '
+                '(not kernel) with it'
+            )
         if guidance is not None:
             _check_float('PacConvTranspose2d', input=input, guidance=guidance)
             if input.dim() != 4 or guidance.dim() != 4:
@@ -699,8 +801,19 @@ class PacConvTranspose2d(_PacModule):
                     f'PacConvTranspose2d: guidance must be [B={input.shape[0]}, C_f, {out[0]}, {out[1]}] '
                     f'(the output resolution), got {tuple(guidance.shape)}'
                 )
-            kernel = self.compute_kernel(guidance, tuple(input.shape[2:]))
-        return pac_conv_transpose2d(
+            if mask is None:
+                kernel = self.compute_kernel(guidance, tuple(input.shape[2:]))
+            else:
+                m = _check_input_mask('PacConvTranspose2d', mask, input)
+                k, d = self.kernel_size, self.dilation
+                valid = self._zero_inserted_taps(m, out)
+                inside = self._zero_inserted_taps(torch.ones_like(m[:1]), out)
+                same = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+                kernel, out_mask = _partial_reweight(
+                    self._kernel(guidance, 1, same, valid), valid, inside, self.normalize_kernel
+                )
+                out_mask = out_mask.expand(input.shape[0], -1, -1, -1)
+        result = pac_conv_transpose2d(
             input,
             kernel,
             self.weight,
@@ -711,6 +824,7 @@ class PacConvTranspose2d(_PacModule):
             self.dilation,
             self.shared_filters,
         )
+        return result if mask is None else (result * out_mask, out_mask)
 
     def extra_repr(self) -> str:
         s = f'{self.in_channels}, {self.out_channels}, ' + super().extra_repr()
@@ -723,9 +837,58 @@ class PacConvTranspose2d(_PacModule):
         return s
 
 
+def pac_pool2d_channelwise(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    """PAC pooling with one kernel per channel: ``out[b, c, p] = sum_t kernel[b, c, t, p] * input[b, c, src(p, t)]``
+    for ``kernel [B, C, kh*kw, Ho, Wo]`` (or ``[B, C, kh, kw, Ho, Wo]``); the channels run as batch entries of
+    :func:`pac_pool2d`."""
+    k = _kernel_size(kernel_size)
+    if not isinstance(input, torch.Tensor) or input.dim() != 4:
+        raise ValueError('pac_pool2d_channelwise: input must be a 4-D [B, C, H, W] tensor')
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() not in (5, 6):
+        raise ValueError('pac_pool2d_channelwise: kernel must be [B, C, kh*kw, Ho, Wo] or [B, C, kh, kw, Ho, Wo]')
+    b, c = input.shape[:2]
+    if kernel.dim() == 6:
+        if tuple(kernel.shape[2:4]) != k:
+            raise ValueError(f'pac_pool2d_channelwise: a 6-D kernel must be [B, C, {k[0]}, {k[1]}, Ho, Wo]')
+        kernel = kernel.reshape(*kernel.shape[:2], k[0] * k[1], *kernel.shape[4:])
+    if tuple(kernel.shape[:3]) != (b, c, k[0] * k[1]):
+        raise ValueError(
+            f'pac_pool2d_channelwise: kernel must be [B={b}, C={c}, {k[0] * k[1]}, Ho, Wo] for input '
+            f'{tuple(input.shape)}, got {tuple(kernel.shape)}'
+        )
+    out = pac_pool2d(
+        input.reshape(b * c, 1, *input.shape[2:]),
+        kernel.reshape(b * c, *kernel.shape[2:]),
+        k,
+        stride,
+        padding,
+        dilation,
+    )
+    return out.view(b, c, *out.shape[2:])
+
+
 class PacPool2d(_PacModule):
     """Pixel-adaptive pooling: ``out_c = sum_t K_t * v_c,shifted`` (no weight); guidance at the input's
-    resolution. Default ``stride=1`` (a filter, as PAC's pooling), ``normalize_kernel=False``."""
+    resolution. Default ``stride=1`` (a filter, as PAC's pooling), ``normalize_kernel=False``.
+
+    Args:
+        channel_wise: one adapting kernel per channel, ``K_c = k(f_c,i, f_c,j)`` from guidance channel ``c`` alone
+            (the guidance must have the input's channels); ``compute_kernel`` then returns
+            ``[B, C, kh*kw, Ho, Wo]``, and ``forward(kernel=...)`` takes that (or ``[B, C, kh, kw, Ho, Wo]``).
+        channels: the number of channels; needed for ``channel_wise`` with a learnable ``'inv_*'`` kernel, whose
+            ``inv_alpha`` / ``inv_lambda`` then hold one value per channel (optional otherwise, then checked
+            against the input).
+        ``mask=``: an input mask, as :class:`PacConv2d` (partial pooling; returns ``(output, output_mask)``).
+
+    Details: docs/pac.md#channel-wise-kernels-pacpool2d
+    """
 
     def __init__(
         self,
@@ -736,22 +899,55 @@ class PacPool2d(_PacModule):
         kernel_type: str = 'gaussian',
         smooth_kernel_type: str = 'none',
         normalize_kernel: bool = False,
+        channel_wise: bool = False,
+        channels: Optional[int] = None,
     ):
         super().__init__(kernel_size, stride, padding, dilation, kernel_type, smooth_kernel_type, normalize_kernel)
+        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels < 1):
+            raise ValueError(f'PacPool2d: channels must be a positive int or None, got {channels!r}')
+        self.channel_wise, self.channels = bool(channel_wise), channels
+        if self.channel_wise and isinstance(self.inv_alpha, nn.Parameter):
+            if channels is None:
+                raise ValueError(
+                    f'PacPool2d: channel_wise with the learnable kernel_type {kernel_type!r} needs channels= '
+                    "(one inv_alpha / inv_lambda per channel), or use the '_fixed' suffix"
+                )
+            self.inv_alpha = nn.Parameter(self.inv_alpha.detach().repeat(channels))
+            self.inv_lambda = nn.Parameter(self.inv_lambda.detach().repeat(channels))
 
     def forward(
-        self, input: torch.Tensor, guidance: Optional[torch.Tensor] = None, kernel: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+        self,
+        input: torch.Tensor,
+        guidance: Optional[torch.Tensor] = None,
+        kernel: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+    ):
         if guidance is not None and isinstance(input, torch.Tensor) and isinstance(guidance, torch.Tensor):
             if (
                 guidance.dim() != 4
                 or input.dim() != 4
                 or guidance.shape[0] != input.shape[0]
                 or guidance.shape[2:] != input.shape[2:]
+                or (self.channel_wise and guidance.shape[1] != input.shape[1])
             ):
                 raise ValueError(
-                    f"PacPool2d: guidance must be [B, C_f, H, W] with the input's batch and size, got "
+                    f"PacPool2d: guidance must be [B, C_f, H, W] with the input's batch and size"
+                    f'{" and channels (channel_wise)" if self.channel_wise else ""}, got '
                     f'input {tuple(input.shape)} and guidance {tuple(guidance.shape)}'
                 )
-        kern = self._select_kernel(guidance, kernel, 'PacPool2d')
-        return pac_pool2d(input, kern, self.kernel_size, self.stride, self.padding, self.dilation)
+        if self.channels is not None and isinstance(input, torch.Tensor) and input.dim() == 4:
+            if input.shape[1] != self.channels:
+                raise ValueError(f'PacPool2d: built for {self.channels} channels, got input {tuple(input.shape)}')
+        if mask is None:
+            kern = self._select_kernel(guidance, kernel, 'PacPool2d')
+        else:
+            kern, out_mask = self._masked_kernel('PacPool2d', input, guidance, kernel, mask)
+        geom = (self.kernel_size, self.stride, self.padding, self.dilation)
+        out = pac_pool2d_channelwise(input, kern, *geom) if self.channel_wise else pac_pool2d(input, kern, *geom)
+        return out if mask is None else (out * out_mask, out_mask)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.channel_wise:
+            s += ', channel_wise=True'
+        return s

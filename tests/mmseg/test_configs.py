@@ -132,11 +132,16 @@ def _train_one_iteration(cfg):
 
 def _expected_neck(path):
     """The neck a config's name promises: ``_featup_`` FeatUpJBU, ``_bilinear_`` (and ``_pac-hotswap_``) its
-    twin, else none."""
+    twin, ``_pacjoint_`` the PAC joint upsampler, else none."""
     name = os.path.basename(path)
     if '_bilinear_' in name or '_pac-hotswap_' in name:  # PAC hot-swap configs sit on the bilinear twin
         return 'ResizeNeck'
+    if '_pacjoint_' in name:
+        return 'PacJointUpsampler'
     return 'FeatUpJBU' if '_featup_' in name else None
+
+
+GUIDED_NECKS = {'FeatUpJBU': 'FeatUpJBU', 'PacJointUpsampler': 'PacJointUpsamplerNeck'}  # registered -> class
 
 
 @pytest.mark.slow
@@ -151,11 +156,17 @@ def test_config_builds_and_trains_one_iteration(path, synth_root, tmp_path):
     head = 'SFTGuidedHead' if name.startswith(('sft_', 'sft-')) else None
     if head:
         assert seg.decode_head.type == head
+    crf = 'paccrf' in name
+    if crf:
+        assert seg.decode_head.type == 'PacCRFHead'
     runner = _train_one_iteration(_on_generated_data(cfg, synth_root, str(tmp_path)))
     model = runner.model
-    assert (type(model.neck).__name__ if model.with_neck else None) == neck
-    if neck == 'FeatUpJBU':  # the upsampler took part in the step
+    assert (type(model.neck).__name__ if model.with_neck else None) == GUIDED_NECKS.get(neck, neck)
+    if neck in GUIDED_NECKS:  # the upsampler took part in the step
         assert runner.watch.trainable and runner.watch.got_grad == runner.watch.trainable
+    if crf:  # the CRF's compatibility and kernel weights learn with the head
+        crf_params = {n for n, _ in model.decode_head.named_parameters() if n.startswith('crf.')}
+        assert crf_params and crf_params <= runner.watch.head_got_grad
     if head:  # the SFT layers (zero-initialised outputs) get gradients from the first step on
         assert type(model.decode_head).__name__ == head
         sft_out = {n for n, _ in model.decode_head.named_parameters() if '.scale.2.' in n or '.shift.2.' in n}
@@ -185,7 +196,9 @@ def test_generated_data_configs_run_as_configured(path, tmp_path):
     from featup_plugin.data.prepare import prepare_generated_datasets
 
     cfg = Config.fromfile(path)
-    assert cfg.num_classes == len(CLASSES) == _segmentor(cfg.model).decode_head.num_classes
+    head = _segmentor(cfg.model).decode_head
+    head = head.head if head.type == 'PacCRFHead' else head  # the wrapped head holds num_classes
+    assert cfg.num_classes == len(CLASSES) == head.num_classes
     root = str(tmp_path / 'data')
     cfg.synthetic_data.update(root=root, num_train=4, num_val=2)
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):

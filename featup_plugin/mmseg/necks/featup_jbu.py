@@ -13,8 +13,8 @@ from mmseg.registry import MODELS
 
 from ...checkpoint import load_stacks  # shared with detectron2's FeatUpBackbone
 from ...layers.freeze import FrozenPartsMixin
-from ...upsamplers import ChannelNorm, JBUStack, num_x2_stages
-from ...upsamplers.target import check_target, target_size
+from ...upsamplers import ChannelNorm, JBUStack
+from ...upsamplers.target import check_target, derive_num_stages, target_size
 from ..guided import GuidedModuleMixin, missing_guidance_message
 from ._proj import build_projections, resolve_out_channels
 
@@ -105,19 +105,7 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         self.freeze_parts()
 
     def _derive_stages(self, chans, feature_strides) -> List[int]:
-        stages = num_x2_stages
-        if self.scale_factor is not None:
-            return [stages(self.scale_factor)] * len(self.in_index)
-        if feature_strides is None:
-            return [4] * len(self.in_index)
-        if isinstance(feature_strides, (list, tuple)):
-            if chans is None or len(feature_strides) != len(chans):
-                raise ValueError('feature_strides must be a list as long as in_channels, or one int')
-            strides = [feature_strides[i] for i in self.in_index]
-        else:
-            strides = [feature_strides] * len(self.in_index)
-        target = self.output_stride or 1
-        return [stages(s / target) for s in strides]
+        return derive_num_stages(self.in_index, chans, feature_strides, self.scale_factor, self.output_stride)
 
     # -- weights ------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
