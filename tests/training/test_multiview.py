@@ -152,11 +152,17 @@ def test_attention_weights_normalised_and_trainable_everywhere():
         ((50, 45), (3, 2), 12),
         ((37, 41), (4, 5), 8),
         ((30, 30), (3, 3), 16),
+        ((60, 60), (4, 4), 29),  # overlapping: implicit FeatUp's 29 px windows, here every 10 px
+        ((41, 37), (5, 4), 9),  # overlapping, strides 8 and 9
+        ((20, 30), (1, 3), 7),  # one window along y
+        ((9, 9), (1, 1), 7),
+        ((33, 27), (5, 1), 6),
     ],
 )
-def test_attention_disjoint_windows_path_equals_the_gathered_patches(hr, lr, k):
-    """Windows that do not overlap (stride >= kernel, incl. gaps and windows past the output) take a path that
-    never gathers patches; it must equal the weighted sum over the gathered patches, values and gradients."""
+def test_attention_fast_paths_equal_the_gathered_patches(hr, lr, k):
+    """Disjoint windows (stride >= kernel, incl. gaps and windows past the output) and overlapping ones take
+    paths that never gather patches; both must equal the weighted sum over the gathered patches (FeatUp's form),
+    values and gradients."""
     torch.manual_seed(0)
     down = AttentionDownsampler(5, k).double().eval()
     with torch.no_grad():
