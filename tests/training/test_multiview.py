@@ -670,21 +670,27 @@ def test_early_grad_clip_hook_clips_exactly_the_first_10_iterations_and_restores
     _mmseg()
     import types
 
+    from mmengine.logging import MessageHub
     from mmengine.optim import OptimWrapper
 
     from featup_plugin.mmseg.trainers import EarlyGradClipHook
 
     for own_clip in (None, dict(max_norm=0.5)):
+        MessageHub.get_current_instance().log_scalars.pop('train/grad_norm', None)
         net = torch.nn.Linear(4, 1)
         wrapper = OptimWrapper(torch.optim.NAdam(net.parameters(), lr=1e-3), clip_grad=copy.deepcopy(own_clip))
         seen = []
         wrapper.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(_grad_norm(net.parameters())))
         hook, runner = EarlyGradClipHook(), types.SimpleNamespace(iter=0, optim_wrapper=wrapper)
+        logged = []
         for it in range(13):
             runner.iter = it
             hook.before_train_iter(runner, it)
             wrapper.update_params((net(torch.full((8, 4), 10.0)) ** 2).mean())
+            logged.append('train/grad_norm' in wrapper.message_hub.log_scalars)
         hook.after_train(runner)
+        # the norm before clipping is logged while clipping; later only if the wrapper clips itself (not stale)
+        assert logged == [True] * 10 + [own_clip is not None] * 3, logged
         assert all(n == pytest.approx(1e-4, rel=1e-3) for n in seen[:10]), seen
         if own_clip is None:
             assert all(n > 1.0 for n in seen[10:]), seen  # not clipped

@@ -55,10 +55,16 @@ class EarlyGradClipHook(Hook):
         self._restore(runner)
 
     def _restore(self, runner) -> None:
-        """The wrapper's own clipping settings back."""
+        """The wrapper's own clipping settings back; without its own clipping, the last clipped step's
+        ``grad_norm`` leaves the logs (it would be logged, stale, at every later iteration)."""
         for wrapper in self._wrappers(runner):
-            for attr, value in zip(_ATTRS, self._saved.pop(id(wrapper), ())):
+            saved = self._saved.pop(id(wrapper), None)
+            if saved is None:
+                continue
+            for attr, value in zip(_ATTRS, saved):
                 if value is _UNSET:
                     delattr(wrapper, attr)
                 else:
                     setattr(wrapper, attr, value)
+            if not getattr(wrapper, 'clip_grad_kwargs', None) and hasattr(wrapper, 'message_hub'):
+                wrapper.message_hub.log_scalars.pop('train/grad_norm', None)
