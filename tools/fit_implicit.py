@@ -6,11 +6,12 @@
 
 Writes ``DIR/<image name>.implicit.pt`` per image (MLP + PCA + image, ~1 MB), loadable with
 ``featup_plugin.training.implicit.ImplicitFeatUp.load(path)``; ``.features((H, W))`` answers at any size.
-FeatUp's defaults are 1200 steps x 10 views, fresh backbone views every step, fitted at the image size (about a
-minute per image on a GPU; over an hour on a 2-core CPU). ``--preset cpu`` is the CPU-sized fit: 300 steps x 4
-views drawn from a bank of the 50 PCA views (``--view-bank``: the backbone runs 50 times in all) and features
-rendered at 112 px while fitting (``--fit-size``; the model still answers at any size): a few minutes for a 224 px
-image with ViT-S/16 on 2 cores (docs/benchmarks.md). Explicit options override the preset's.
+FeatUp's defaults are 1200 steps x 10 views drawn from a bank of 3000 jittered views (``--bank-views``; 0: fresh
+views every step), fitted at the image size, NAdam 2e-3, its attention downsampler (29 px windows at stride 16;
+``--downsampler-kernel``) and objective (docs/training.md#fitting-fit_implicit): about a minute per image on a GPU,
+hours on a 2-core CPU. ``--preset cpu`` is the CPU-sized fit: 300 steps x 4 views drawn from the 50 PCA views
+(``--view-bank``: the backbone runs 50 times in all) and features rendered at 112 px while fitting
+(``--fit-size``; the model still answers at any size) (docs/benchmarks.md). Explicit options override the preset's.
 The backbone is a frozen timm ViT: random init unless ``--weights`` (a timm state dict, or a checkpoint of
 ``tools/train.py configs/*/jbu_*`` whose ViT is under ``backbone.model.``) or ``--pretrained`` (timm's hub).
 """
@@ -42,25 +43,37 @@ def build_parser():
     p.add_argument('--steps', type=int, default=None, help='default 1200 (FeatUp)')
     p.add_argument('--views', type=int, default=None, help='jittered views per step, default 10 (FeatUp)')
     p.add_argument(
+        '--bank-views',
+        type=int,
+        default=None,
+        help='jittered views computed up front, drawn from by every step (default 3000, FeatUp; 0: fresh views)',
+    )
+    p.add_argument(
         '--view-bank',
         action='store_true',
         default=None,
-        help="draw each step's views from the PCA views instead of running the backbone on new ones",
+        help="draw each step's views from the PCA views alone (overrides --bank-views)",
     )
     p.add_argument('--fit-size', type=int, default=None, help='render size while fitting (default: --size)')
     p.add_argument('--pca-dim', type=int, default=128)
     p.add_argument('--pca-views', type=int, default=50)
     p.add_argument('--max-pad', type=int, default=30)
     p.add_argument('--max-zoom', type=float, default=1.8)
-    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--lr', type=float, default=2e-3, help="NAdam's learning rate (FeatUp: NAdam's default 2e-3)")
     p.add_argument('--downsampler', default='attention', choices=['attention', 'blur'])
+    p.add_argument(
+        '--downsampler-kernel',
+        type=int,
+        default=None,
+        help="the downsampler's window (default: FeatUp's 29 px at stride 16, scaled to the backbone's stride)",
+    )
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cuda' if _cuda() else 'cpu')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
 
-DEFAULTS = dict(steps=1200, views=10, view_bank=False, fit_size=None)
+DEFAULTS = dict(steps=1200, views=10, view_bank=None, bank_views=3000, fit_size=None)
 PRESETS = {'cpu': dict(steps=300, views=4, view_bank=True, fit_size=112)}
 
 
@@ -72,6 +85,8 @@ def resolve(args):
     for k, v in DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, preset.get(k, v))
+    if args.view_bank:
+        args.bank_views = args.pca_views
     return args
 
 
@@ -131,8 +146,9 @@ def main(argv=None):
             pca_views=args.pca_views,
             lr=args.lr,
             downsampler=args.downsampler,
+            downsampler_kernel=args.downsampler_kernel,
             seed=args.seed,
-            view_bank=args.view_bank,
+            bank_views=args.bank_views,
             fit_size=args.fit_size,
             progress=Bar(name, args.quiet),
         )
@@ -146,7 +162,8 @@ def main(argv=None):
                 model_kwargs=parse_model_kwargs(args.model_kwargs),
                 steps=args.steps,
                 views=args.views,
-                view_bank=args.view_bank,
+                view_bank=bool(args.view_bank),
+                bank_views=args.bank_views,
                 fit_size=args.fit_size,
                 seconds=dt,
             ),
@@ -155,7 +172,7 @@ def main(argv=None):
         last = sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else float('nan')
         how = (
             f'{args.steps} steps x {args.views} views'
-            + (' (view bank)' if args.view_bank else '')
+            + (' (view bank)' if args.view_bank else f' (bank of {args.bank_views})' if args.bank_views else ' (fresh)')
             + (f', fitted at {args.fit_size} px' if args.fit_size else '')
         )
         print(

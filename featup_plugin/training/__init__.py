@@ -10,13 +10,17 @@ from .jitter import JitterParams, apply_jitter, reflect_pad, sample_jitter
 from .losses import (
     UncertaintyHead,
     blur_loss,
+    filter_entropy,
+    magnitude,
+    magnitude_loss,
     magnitude_tv_loss,
     project,
     random_projection,
+    sampled_crf_loss,
     total_variation,
     uncertainty_loss,
 )
-from .multiview import multiview_loss
+from .multiview import CLIP_GRAD_NORM, CLIP_GRAD_STEPS, clip_early_gradients, multiview_loss
 
 __all__ = [
     'JitterParams',
@@ -28,7 +32,14 @@ __all__ = [
     'random_projection',
     'project',
     'total_variation',
+    'magnitude',
+    'magnitude_loss',
     'magnitude_tv_loss',
     'blur_loss',
+    'sampled_crf_loss',
+    'filter_entropy',
     'multiview_loss',
+    'clip_early_gradients',
+    'CLIP_GRAD_NORM',
+    'CLIP_GRAD_STEPS',
 ]

@@ -86,17 +86,20 @@ class AttentionDownsampler(nn.Module):
         dim: feature channels (the saliency is ``Linear(dim, 1)``).
         kernel_size: window size (FeatUp: 16 at 224 px for stride-16 backbones).
         blur_attn: blur the features (5x5 Gaussian, sigma 1) before pooling, as FeatUp does.
-        dropout: dropout on the features entering the saliency layer.
+        dropout: dropout on the features entering the saliency layer (FeatUp: 0.2).
         logit_dropout: in training, the fraction of windows whose saliency logits are zeroed (uniform attention
-            up to ``b``), as FeatUp's downsampler does.
+            up to ``b``), as FeatUp's downsampler does (FeatUp: 0.2).
     """
 
     def __init__(
-        self, dim: int, kernel_size: int = 16, blur_attn: bool = True, dropout: float = 0.1, logit_dropout: float = 0.2
+        self, dim: int, kernel_size: int = 16, blur_attn: bool = True, dropout: float = 0.2, logit_dropout: float = 0.2
     ):
         super().__init__()
         if dim < 1 or kernel_size < 1:
             raise ValueError(f'dim and kernel_size must be >= 1, got {dim}, {kernel_size}')
+        for name, p in (('dropout', dropout), ('logit_dropout', logit_dropout)):
+            if not 0 <= p < 1:
+                raise ValueError(f'AttentionDownsampler {name} must be in [0, 1), got {p}')
         self.dim, self.kernel_size, self.blur_attn, self.logit_dropout = dim, kernel_size, blur_attn, logit_dropout
         self.attention_net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
         self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
@@ -122,24 +125,27 @@ class AttentionDownsampler(nn.Module):
         return patches, F.softmax(logits, dim=-1)
 
     def forward(self, hr: torch.Tensor, out_size) -> torch.Tensor:
+        """``[B, C, h, w]``: the attention-weighted average of each window. Computed without gathering the
+        windows' taps (how, and the one difference to :meth:`attention` in training: docs/training.md#downsamplers)."""
         h, w = _check(hr, out_size)
-        sy, sx = window_layout(hr.shape[-2:], (h, w), self.kernel_size)
-        if sy < self.kernel_size or sx < self.kernel_size:
-            # overlapping windows: gather every window's taps (a pixel has a different weight in each window)
-            patches, weights = self.attention(hr, out_size)
-            # a weighted sum over the taps (einsum / batched matmul over strided patches were slower on CPU)
-            return (patches * weights.unsqueeze(-1)).sum(3).permute(0, 3, 1, 2)
-        return self._pool_disjoint(hr, (h, w), (sy, sx))
-
-    def _pool_disjoint(self, hr: torch.Tensor, out_size: Tuple[int, int], stride: Tuple[int, int]) -> torch.Tensor:
-        """The same result when windows do not overlap (stride >= kernel, e.g. FeatUp's 224 px / 16), without a
-        ``[B, h, w, k*k, C]`` copy of the features (5-10x less time and memory on CPU; how:
-        docs/training.md#downsamplers)."""
         b, c, hh, ww = hr.shape
         if c != self.dim:
             raise ValueError(f'AttentionDownsampler({self.dim}) got {c}-channel features')
-        (h, w), k = out_size, self.kernel_size
+        k = self.kernel_size
+        sy, sx = window_layout((hh, ww), (h, w), k)
+        # one window along an axis: any stride places it at 0; k makes that axis disjoint
+        sy, sx = (k if h == 1 else sy), (k if w == 1 else sx)
         inputs = gaussian_blur(hr, 5, 1.0) if self.blur_attn else hr
+        weights = self._window_weights(inputs, (h, w), (sy, sx))  # [B, k*k, h, w]
+        if sy >= k and sx >= k:
+            return self._pool_disjoint(inputs, weights, (sy, sx))
+        return self._pool_overlapping(inputs, weights, (sy, sx))
+
+    def _window_weights(self, inputs: torch.Tensor, out_size: Tuple[int, int], stride: Tuple[int, int]):
+        """Softmax weights ``[B, k*k, h, w]`` of each window's taps, the saliency scored once per pixel (a 1x1
+        conv of ``Dropout(inputs)``) and only the one-channel logits cut into windows."""
+        b, c, hh, ww = inputs.shape
+        (h, w), k = out_size, self.kernel_size
         dropout, linear = self.attention_net[0], self.attention_net[1]
         logit_map = F.conv2d(
             dropout(inputs), linear.weight.view(1, c, 1, 1).to(inputs.dtype), linear.bias.to(inputs.dtype)
@@ -148,20 +154,50 @@ class AttentionDownsampler(nn.Module):
         nh, nw = (hh - k) // stride[0] + 1, (ww - k) // stride[1] + 1
         logits = F.unfold(logit_map, k, stride=stride).reshape(b, k2, nh, nw)[:, :, :h, :w].permute(0, 2, 3, 1)
         if self.training and self.logit_dropout > 0:
-            keep = torch.rand(b, h, w, 1, device=hr.device) > self.logit_dropout
+            keep = torch.rand(b, h, w, 1, device=inputs.device) > self.logit_dropout
             logits = logits * keep.to(logits.dtype)
         logits = logits * self.w.reshape(1, 1, 1, k2).to(logits.dtype) + self.b.reshape(1, 1, 1, k2).to(logits.dtype)
-        weights = F.softmax(logits, dim=-1).permute(0, 3, 1, 2)  # [B, k2, h, w]
+        return F.softmax(logits, dim=-1).permute(0, 3, 1, 2)
+
+    def _pool_disjoint(self, inputs: torch.Tensor, weights: torch.Tensor, stride: Tuple[int, int]) -> torch.Tensor:
+        """Windows that do not overlap (stride >= kernel, e.g. FeatUp's 224 px / 16): every pixel has one weight,
+        so the result is a sum-pool of the map times the weights folded back onto it."""
+        b, _, hh, ww = inputs.shape
+        k, (h, w) = self.kernel_size, weights.shape[-2:]
+        nh, nw = (hh - k) // stride[0] + 1, (ww - k) // stride[1] + 1
         if (nh, nw) != (h, w):  # windows past the output size get no weight
             weights = F.pad(weights, [0, nw - w, 0, nh - h])
-        wmap = F.fold(weights.reshape(b, k2, nh * nw), (hh, ww), k, stride=stride)  # [B, 1, H, W]
-        return F.avg_pool2d(inputs * wmap, k, stride=stride)[:, :, :h, :w] * k2
+        wmap = F.fold(weights.reshape(b, k * k, nh * nw), (hh, ww), k, stride=stride)  # [B, 1, H, W]
+        return F.avg_pool2d(inputs * wmap, k, stride=stride)[:, :, :h, :w] * (k * k)
+
+    def _pool_overlapping(self, inputs: torch.Tensor, weights: torch.Tensor, stride: Tuple[int, int]) -> torch.Tensor:
+        """Overlapping windows (stride s < kernel k, e.g. implicit FeatUp's 29 / 15): tap ``t = s q + r``
+        (``r < s``) of window ``i`` reads pixel ``s (i + q) + r``, so with the map viewed as
+        ``[B, C, I, s, J, s]`` each of the ``ceil(k/s)^2`` offsets ``q`` is one contraction over ``r``."""
+        b, c, hh, ww = inputs.shape
+        k, (h, w) = self.kernel_size, weights.shape[-2:]
+        (sy, sx) = stride
+        qy, qx = -(-k // sy), -(-k // sx)
+        # the map padded (or cropped) to s * (h + q - 1) per axis; taps >= k get weight 0
+        x = F.pad(inputs, [0, sx * (w + qx - 1) - ww, 0, sy * (h + qy - 1) - hh])
+        x = x.view(b, c, h + qy - 1, sy, w + qx - 1, sx)
+        wt = weights.permute(0, 2, 3, 1).reshape(b, h, w, k, k)
+        wt = F.pad(wt, [0, qx * sx - k, 0, qy * sy - k]).view(b, h, w, qy, sy, qx, sx)
+        out = None
+        for a in range(qy):
+            for e in range(qx):
+                term = torch.einsum('bcisjt,bijst->bcij', x[:, :, a : a + h, :, e : e + w], wt[:, :, :, a, :, e])
+                out = term if out is None else out + term
+        return out
 
 
-def build_downsampler(kind: str, dim: int, kernel_size: int = 16) -> nn.Module:
-    """``'attention'`` (FeatUp's default for the JBU) or ``'blur'`` (FeatUp's ``'simple'``)."""
+def build_downsampler(kind: str, dim: int, kernel_size: int = 16, **kwargs) -> nn.Module:
+    """``'attention'`` (FeatUp's default; ``kwargs``: ``blur_attn``, ``dropout``, ``logit_dropout``) or
+    ``'blur'`` (FeatUp's ``'simple'``; no ``kwargs``)."""
     if kind == 'attention':
-        return AttentionDownsampler(dim, kernel_size)
+        return AttentionDownsampler(dim, kernel_size, **kwargs)
     if kind in ('blur', 'simple'):
+        if kwargs:
+            raise ValueError(f'the blur downsampler takes no options, got {sorted(kwargs)}')
         return BlurDownsampler(kernel_size)
     raise ValueError(f"downsampler must be 'attention' or 'blur', got {kind!r}")

@@ -14,16 +14,25 @@ from featup_plugin.training import (
     JitterParams,
     UncertaintyHead,
     apply_jitter,
+    blur_loss,
+    clip_early_gradients,
+    filter_entropy,
+    magnitude,
+    magnitude_loss,
     magnitude_tv_loss,
+    multiview_loss,
     project,
     random_projection,
     reflect_pad,
     sample_jitter,
+    sampled_crf_loss,
     total_variation,
     uncertainty_loss,
 )
 from featup_plugin.upsamplers import AttentionDownsampler, BlurDownsampler, build_downsampler, gaussian_blur
 from tests import ROOT
+
+from . import featup_reference as ref
 
 
 # -- jitter --------------------------------------------------------------------------------------------------
@@ -152,11 +161,17 @@ def test_attention_weights_normalised_and_trainable_everywhere():
         ((50, 45), (3, 2), 12),
         ((37, 41), (4, 5), 8),
         ((30, 30), (3, 3), 16),
+        ((60, 60), (4, 4), 29),  # overlapping: implicit FeatUp's 29 px windows, here every 10 px
+        ((41, 37), (5, 4), 9),  # overlapping, strides 8 and 9
+        ((20, 30), (1, 3), 7),  # one window along y
+        ((9, 9), (1, 1), 7),
+        ((33, 27), (5, 1), 6),
     ],
 )
-def test_attention_disjoint_windows_path_equals_the_gathered_patches(hr, lr, k):
-    """Windows that do not overlap (stride >= kernel, incl. gaps and windows past the output) take a path that
-    never gathers patches; it must equal the weighted sum over the gathered patches, values and gradients."""
+def test_attention_fast_paths_equal_the_gathered_patches(hr, lr, k):
+    """Disjoint windows (stride >= kernel, incl. gaps and windows past the output) and overlapping ones take
+    paths that never gather patches; both must equal the weighted sum over the gathered patches (FeatUp's form),
+    values and gradients."""
     torch.manual_seed(0)
     down = AttentionDownsampler(5, k).double().eval()
     with torch.no_grad():
@@ -228,11 +243,115 @@ def test_random_projection_unit_columns_and_reproducible():
         project(torch.randn(1, 5, 2, 2), p)
 
 
-def test_tv_terms():
+def test_uncertainty_head_featups_init_and_clamp():
+    torch.manual_seed(11)
+    plain = torch.nn.Conv2d(5, 1, 1)
+    torch.manual_seed(11)
+    head = UncertaintyHead(5)
+    torch.testing.assert_close(head.net.weight, 0.1 * plain.weight)  # FeatUp: weights and bias x0.1 at init
+    torch.testing.assert_close(head.net.bias, 0.1 * plain.bias)
+    torch.manual_seed(11)
+    assert torch.equal(UncertaintyHead(5, init_gain=1.0).net.weight, plain.weight)  # the previous init
+    with torch.no_grad():
+        head.net.bias.fill_(-50.0)
+    assert torch.equal(head(torch.zeros(1, 5, 2, 2)), torch.full((1, 1, 2, 2), 1e-4))  # clamped at 1e-4
+    assert float(UncertaintyHead(5, min_scale=0.0).eval()(torch.zeros(1, 5, 1, 1)).detach()) > 0
+    for bad in (dict(init_gain=-1), dict(min_scale=float('nan'))):
+        with pytest.raises(ValueError):
+            UncertaintyHead(5, **bad)
+
+
+def test_random_projection_one_matrix_per_image():
+    g = torch.Generator().manual_seed(2)
+    p = random_projection(40, 30, g, batch=3)
+    assert p.shape == (3, 40, 30)
+    torch.testing.assert_close(p.norm(dim=1), torch.ones(3, 30))
+    assert not torch.allclose(p[0], p[1])
+    f = torch.randn(3, 40, 2, 2)
+    out = project(f, p)
+    for i in range(3):
+        torch.testing.assert_close(out[i], torch.einsum('chw,cd->dhw', f[i], p[i]))
+    assert torch.equal(random_projection(8, 30, batch=2), torch.eye(8).expand(2, 8, 8))
+    with pytest.raises(ValueError, match='batch of 2'):
+        project(torch.randn(2, 40, 2, 2), p)
+
+
+def test_tv_magnitude_and_blur_terms_equal_featups_formulas():
     flat = torch.ones(1, 3, 5, 5)
     assert float(total_variation(flat)) == 0 and float(magnitude_tv_loss(flat)) == 0
     ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 5, 5)
-    assert float(total_variation(ramp)) == pytest.approx(1.0)
+    assert float(total_variation(ramp)) == pytest.approx(20 / 25)  # FeatUp divides both sums by B*C*H*W
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 1, 6, 7, generator=g, dtype=torch.float64)
+    assert float(total_variation(x)) == pytest.approx(ref.total_variation(x), rel=1e-12)
+    # implicit FeatUp: TV of |F| (the square root); the JBU's tv term: TV of sum_c F^2
+    assert float(magnitude_tv_loss(x)) == pytest.approx(ref.total_variation(ref.magnitude(x)), rel=1e-12)
+    assert float(magnitude_tv_loss(x, squared=True)) == pytest.approx(
+        ref.total_variation(x.square().sum(1, keepdim=True)), rel=1e-12
+    )
+    torch.testing.assert_close(magnitude(x), ref.magnitude(x), rtol=1e-12, atol=0)
+    torch.testing.assert_close(magnitude_loss(m, t), (m - ref.magnitude(t)).square().mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(blur_loss(x), (ref.gaussian_blur_5x5(x) - x).square().mean(), rtol=1e-12, atol=0)
+    z = torch.zeros(1, 4, 3, 3, requires_grad=True)
+    magnitude(z).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))  # |F| at F = 0: gradient 0, not NaN
+    with pytest.raises(ValueError, match=r'\[B, 1, h, w\]'):
+        magnitude_loss(t, t)
+
+
+def test_sampled_crf_loss_equals_featups_formula_and_is_zero_for_constant_features():
+    g = torch.Generator().manual_seed(5)
+    guide = torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64)
+    feats = torch.randn(2, 4, 9, 11, generator=g, dtype=torch.float64)
+    ys, xs = torch.tensor([0, 3, 8, 3, 5, 1]), torch.tensor([10, 2, 0, 2, 7, 5])  # a repeated pixel
+    got = sampled_crf_loss(guide, feats, coords=(ys, xs))
+    assert float(got) == pytest.approx(ref.crf(guide, feats, ys.tolist(), xs.tolist()), rel=1e-10)
+    other = dict(alpha=0.3, beta=0.05, gamma=0.02, w1=2.0, w2=5.0, shift=0.5)
+    assert float(sampled_crf_loss(guide, feats, coords=(ys, xs), **other)) == pytest.approx(
+        ref.crf(guide, feats, ys.tolist(), xs.tolist(), **other), rel=1e-10
+    )
+    # drawn from the generator: reproducible, 1000 pixels by default
+    a = sampled_crf_loss(guide, feats, generator=torch.Generator().manual_seed(1))
+    assert float(a) == float(sampled_crf_loss(guide, feats, generator=torch.Generator().manual_seed(1)))
+    # zero where it should be: constant features (any guidance), or a single pixel
+    const = torch.full((2, 4, 9, 11), 0.7, dtype=torch.float64)
+    assert float(sampled_crf_loss(guide, const, coords=(ys, xs))) == pytest.approx(0, abs=1e-12)
+    assert float(sampled_crf_loss(guide, feats, n_samples=1)) == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match='sizes differ'):
+        sampled_crf_loss(guide, feats[:, :, :8])
+    with pytest.raises(ValueError, match='alpha'):
+        sampled_crf_loss(guide, feats, alpha=0)
+
+
+def test_sampled_crf_loss_decreases_as_the_prediction_gets_smoother_and_follows_the_image():
+    """Noise blurred more and more: the CRF energy decreases monotonically; features that follow the image's
+    edges cost less than the same features shifted off them."""
+    g = torch.Generator().manual_seed(6)
+    noise = torch.randn(1, 8, 32, 32, generator=g, dtype=torch.float64)
+    img = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
+    img[:, :, :, 16:] = 1.0  # two flat halves
+    energies = []
+    x = noise
+    for _ in range(5):
+        energies.append(float(sampled_crf_loss(img, x, generator=torch.Generator().manual_seed(0))))
+        x = gaussian_blur(gaussian_blur(x))
+    assert all(a > b for a, b in zip(energies, energies[1:])), energies
+    aligned = img[:, :1].expand(1, 4, 32, 32) * 2  # features with the image's edge
+    shifted = torch.roll(aligned, 8, dims=-1)  # the same edge, 8 px off
+    e = [float(sampled_crf_loss(img, f, generator=torch.Generator().manual_seed(0))) for f in (aligned, shifted)]
+    assert e[0] < 0.8 * e[1], e
+
+
+def test_filter_entropy():
+    k = torch.full((4, 4), 1 / 16, dtype=torch.float64)
+    assert float(filter_entropy(k)) == pytest.approx(math.log(16))
+    peaked = torch.zeros(4, 4, dtype=torch.float64)
+    peaked[1, 2] = 1
+    assert float(filter_entropy(peaked)) == pytest.approx(0, abs=1e-12)
+    r = torch.rand(5, 5, dtype=torch.float64)
+    assert float(filter_entropy(r / r.sum())) == pytest.approx(ref.entropy(r / r.sum()), rel=1e-12)
 
 
 # -- the multi-view loss (framework-free) ---------------------------------------------------------------------
@@ -275,7 +394,7 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
             proj_dim=6,
             tv_weight=0.1,
         )
-        assert set(out) == {'loss_rec', 'loss_tv'}
+        assert set(out) == {'loss_rec', 'loss_crf', 'loss_tv'}
         loss = sum(out.values())
         opt.zero_grad()
         loss.backward()
@@ -286,6 +405,143 @@ def test_multiview_loss_decreases_over_a_few_cpu_steps_on_generated_images():
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
     with pytest.raises(ValueError, match='image size'):
         multiview_loss(img, extract_lr, lambda lr, im: lr, down, scale, torch.Generator())
+
+
+class _Upsample:
+    """A deterministic 'upsampler' (no dropout), counting its calls."""
+
+    def __init__(self, dim=6):
+        g = torch.Generator().manual_seed(9)
+        self.w = torch.randn(dim, 3, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+        self.calls = 0
+
+    def __call__(self, lr, img):
+        self.calls += 1
+        up = F.interpolate(lr, img.shape[-2:], mode='bilinear', align_corners=False)
+        return up + 0.3 * torch.tanh(F.conv2d(img, self.w))
+
+
+def _fixed_problem():
+    g = torch.Generator().manual_seed(8)
+    img = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    w_lr = torch.randn(6, 3, 1, 1, generator=g, dtype=torch.float64)
+
+    def extract_lr(x):
+        return F.conv2d(F.avg_pool2d(x, 4), w_lr)
+
+    down = BlurDownsampler(4).double()
+    scale_net = UncertaintyHead(6).double()
+    with torch.no_grad():
+        down.kernel_params.copy_(torch.randn(4, 4, generator=g, dtype=torch.float64))
+        scale_net.net.weight.copy_(0.3 * torch.randn(1, 6, 1, 1, generator=g, dtype=torch.float64))
+    return img, extract_lr, down, scale_net
+
+
+@pytest.mark.parametrize('guidance', ['view', 'image'])
+def test_multiview_loss_terms_equal_featups_formulas(guidance):
+    """float64, fixed tensors and draws: rec (mean over views, one projection per image), CRF and TV on the first
+    view, filter entropy once per view, against tests/training/featup_reference.py."""
+    img, extract_lr, down, scale_net = _fixed_problem()
+    up = _Upsample()
+    kw = dict(n_views=2, max_pad=3, max_zoom=1.0, proj_dim=3, crf_weight=0.01, tv_weight=0.2, filter_ent_weight=0.05)
+    out = multiview_loss(
+        img,
+        extract_lr,
+        up,
+        down,
+        scale_net,
+        torch.Generator().manual_seed(3),
+        crf_samples=7,
+        crf_guidance=guidance,
+        **kw,
+    )
+    assert set(out) == {'loss_rec', 'loss_crf', 'loss_tv', 'loss_ent'} and up.calls == 2
+
+    gen = torch.Generator().manual_seed(3)  # the same draws, in multiview_loss's order
+    hr = up(extract_lr(img), img).detach()
+    rec = 0.0
+    for i in range(2):
+        t = sample_jitter((16, 16), 3, 1.0, generator=gen)
+        proj = random_projection(6, 3, gen, dtype=torch.float64, batch=2)
+        p = t.pixels((16, 16))
+        assert t.zoom == 1.0 and p['pad_y'] == 3
+        jit_img = ref.pad_crop_flip(img, 3, p['y'], p['x'], t.flip)
+        jit_hr = ref.pad_crop_flip(hr, 3, p['y'], p['x'], t.flip)
+        target = extract_lr(jit_img)
+        pred = ref.blur_downsample(jit_hr, down.kernel_params.detach(), (4, 4))
+        s = ref.scale(target, scale_net.net.weight.detach(), scale_net.net.bias.detach())
+        rec += (
+            float(
+                ref.uncertainty(
+                    torch.einsum('bchw,bcd->bdhw', pred, proj), torch.einsum('bchw,bcd->bdhw', target, proj), s
+                )
+            )
+            / 2
+        )
+        if i == 0:
+            ys = torch.randint(0, 16, (7,), generator=gen).tolist()
+            xs = torch.randint(0, 16, (7,), generator=gen).tolist()
+            proj_hr = torch.einsum('bchw,bcd->bdhw', jit_hr, proj)
+            crf = 0.01 * ref.crf(jit_img if guidance == 'view' else img, proj_hr, ys, xs)
+            tv = 0.2 * ref.total_variation(proj_hr.square().sum(1, keepdim=True))
+    k = down.kernel_params.detach().abs()
+    ent = -0.05 * 2 * ref.entropy(k / k.sum())
+    for key, v in dict(loss_rec=rec, loss_crf=crf, loss_tv=tv, loss_ent=ent).items():
+        assert float(out[key].detach()) == pytest.approx(v, rel=1e-10), key
+    assert float(out['loss_crf'].detach()) > 0
+
+
+def test_upsampling_once_per_step_equals_once_per_view_without_dropout():
+    """The two modes differ only in the upsampler's dropout masks: with a deterministic upsampler, the same draws
+    give the same losses and gradients, and once per step calls it once."""
+    img, extract_lr, down, scale_net = _fixed_problem()
+    results = []
+    for per_view in (True, False):
+        up = _Upsample()
+        out = multiview_loss(
+            img,
+            extract_lr,
+            up,
+            down,
+            scale_net,
+            torch.Generator().manual_seed(4),
+            n_views=3,
+            max_pad=3,
+            upsample_per_view=per_view,
+            crf_samples=50,
+        )
+        loss = sum(out.values())
+        (grad,) = torch.autograd.grad(loss, [up.w])
+        results.append((up.calls, {k: float(v.detach()) for k, v in out.items()}, grad))
+    assert results[0][0] == 3 and results[1][0] == 1
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-12)
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-10, atol=1e-14)
+
+
+def test_multiview_loss_rejects_bad_options():
+    img, extract_lr, down, scale_net = _fixed_problem()
+    gen = torch.Generator()
+    for bad, match in (
+        (dict(crf_weight=-1), 'crf_weight'),
+        (dict(tv_weight=float('inf')), 'tv_weight'),
+        (dict(crf_guidance='other'), 'crf_guidance'),
+        (dict(n_views=0), 'n_views'),
+    ):
+        with pytest.raises(ValueError, match=match):
+            multiview_loss(img, extract_lr, _Upsample(), down, scale_net, gen, **bad)
+    with pytest.raises(ValueError, match='blur downsampler'):
+        multiview_loss(img, extract_lr, _Upsample(), AttentionDownsampler(6, 4), scale_net, gen, filter_ent_weight=1)
+
+
+def test_clip_early_gradients_clips_exactly_the_first_steps():
+    w = torch.nn.Parameter(torch.ones(10))
+    norms = []
+    for step in range(12):
+        w.grad = torch.full((10,), 3.0)
+        clip_early_gradients([w], step)
+        norms.append(float(w.grad.norm()))
+    assert all(n == pytest.approx(1e-4, rel=1e-4) for n in norms[:10])
+    assert norms[10:] == [pytest.approx(float(torch.full((10,), 3.0).norm()))] * 2
 
 
 # -- the mmengine trainer (FeatUpJBUTrainer), its configs and checkpoints ------------------------------------------
@@ -349,6 +605,138 @@ def _train(cfg):
     return runner, rec.values
 
 
+class _TinyBackbone(torch.nn.Module):
+    """A frozen stride-4 conv 'backbone' with 8 channels."""
+
+    out_channels = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 4, 4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_trainer_defaults_are_featups_and_bad_values_fail_at_build_time():
+    _mmseg()
+    from mmseg.registry import MODELS
+
+    def build(**kw):
+        return MODELS.build(
+            dict(
+                type='FeatUpJBUTrainer', backbone=_TinyBackbone(), feat_dim=8, num_stages=2, downsampler_kernel=4, **kw
+            )
+        )
+
+    model = build()
+    assert (model.crf_weight, model.crf_guidance, model.crf_samples) == (0.001, 'view', 1000)
+    assert model.upsample_per_view and model.filter_ent_weight == 0 and model.tv_weight == 0
+    assert model.downsampler.attention_net[0].p == 0.2 and model.scale_net.min_scale == 1e-4
+    losses = model(_generated_batch(2, 32)[:, :, :16, :16], mode='loss')
+    assert set(losses) == {'loss_rec', 'loss_crf'} and all(torch.isfinite(v) for v in losses.values())
+    # the previous behaviour, as options
+    old = build(
+        crf_weight=0, upsample_per_view=False, scale_init_gain=1.0, min_scale=0.0, downsampler_cfg=dict(dropout=0.1)
+    )
+    assert set(old(_generated_batch(2, 32)[:, :, :16, :16], mode='loss')) == {'loss_rec'}
+    assert old.downsampler.attention_net[0].p == 0.1
+    assert build(uncertainty=False).scale_net is None
+    blur = build(downsampler='blur', filter_ent_weight=0.1, tv_weight=0.1)
+    assert set(blur(_generated_batch(2, 32)[:, :, :16, :16], mode='loss')) == {
+        'loss_rec',
+        'loss_crf',
+        'loss_tv',
+        'loss_ent',
+    }
+    for bad, match in (
+        (dict(crf_weight=-0.1), 'crf_weight'),
+        (dict(filter_ent_weight=float('nan')), 'filter_ent_weight'),
+        (dict(crf_guidance='jittered'), 'crf_guidance'),
+        (dict(crf_samples=0), 'crf_samples'),
+        (dict(filter_ent_weight=0.1), "downsampler='blur'"),
+        (dict(min_scale=-1), 'min_scale'),
+        (dict(downsampler_cfg=dict(dropout=1.5)), 'dropout'),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build(**bad)
+
+
+def _grad_norm(params):
+    return float(torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm())
+
+
+def test_early_grad_clip_hook_clips_exactly_the_first_10_iterations_and_restores_the_wrapper():
+    _mmseg()
+    import types
+
+    from mmengine.logging import MessageHub
+    from mmengine.optim import OptimWrapper
+
+    from featup_plugin.mmseg.trainers import EarlyGradClipHook
+
+    for own_clip in (None, dict(max_norm=0.5)):
+        MessageHub.get_current_instance().log_scalars.pop('train/grad_norm', None)
+        net = torch.nn.Linear(4, 1)
+        wrapper = OptimWrapper(torch.optim.NAdam(net.parameters(), lr=1e-3), clip_grad=copy.deepcopy(own_clip))
+        seen = []
+        wrapper.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(_grad_norm(net.parameters())))
+        hook, runner = EarlyGradClipHook(), types.SimpleNamespace(iter=0, optim_wrapper=wrapper)
+        logged = []
+        for it in range(13):
+            runner.iter = it
+            hook.before_train_iter(runner, it)
+            wrapper.update_params((net(torch.full((8, 4), 10.0)) ** 2).mean())
+            logged.append('train/grad_norm' in wrapper.message_hub.log_scalars)
+        hook.after_train(runner)
+        # the norm before clipping is logged while clipping; later only if the wrapper clips itself (not stale)
+        assert logged == [True] * 10 + [own_clip is not None] * 3, logged
+        assert all(n == pytest.approx(1e-4, rel=1e-3) for n in seen[:10]), seen
+        if own_clip is None:
+            assert all(n > 1.0 for n in seen[10:]), seen  # not clipped
+            assert wrapper.clip_grad_kwargs is None
+        else:
+            assert all(n == pytest.approx(0.5, rel=1e-3) for n in seen[10:]), seen  # the wrapper's own again
+            assert wrapper.clip_grad_kwargs == dict(max_norm=0.5)
+    # a run resumed past the first steps is not clipped; a run stopped early gets the wrapper back
+    net = torch.nn.Linear(4, 1)
+    wrapper = OptimWrapper(torch.optim.NAdam(net.parameters(), lr=1e-3))
+    hook = EarlyGradClipHook()
+    hook.before_train_iter(types.SimpleNamespace(iter=50, optim_wrapper=wrapper), 0)
+    assert wrapper.clip_grad_kwargs is None
+    hook.before_train_iter(types.SimpleNamespace(iter=3, optim_wrapper=wrapper), 0)
+    assert wrapper.clip_grad_kwargs == dict(max_norm=1e-4, norm_type=2)
+    hook.after_train(types.SimpleNamespace(iter=4, optim_wrapper=wrapper))
+    assert wrapper.clip_grad_kwargs is None and not hasattr(wrapper, 'clip_func')
+    for bad in (dict(max_norm=0), dict(steps=-1), dict(steps=2.5)):
+        with pytest.raises(ValueError):
+            EarlyGradClipHook(**bad)
+
+
+@pytest.mark.slow
+def test_the_cpu_config_clips_gradients_exactly_in_the_first_10_iterations(synth_root, tmp_path):
+    _mmseg()
+    from mmengine.config import Config
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    cfg = _tiny(Config.fromfile(CPU_CONFIG), synth_root, tmp_path, iters=12)
+    assert cfg.custom_hooks == [dict(type='EarlyGradClipHook', max_norm=1e-4, steps=10)]
+    runner = Runner.from_cfg(cfg)
+    seen = []
+
+    class Spy(Hook):
+        def before_train(self, runner):
+            params = [p for p in runner.model.parameters() if p.requires_grad]
+            runner.optim_wrapper.optimizer.register_step_pre_hook(lambda *a: seen.append(_grad_norm(params)))
+
+    runner.register_hook(Spy())
+    runner.train()
+    assert len(seen) == 12
+    assert all(n == pytest.approx(1e-4, rel=1e-3) for n in seen[:10]), seen
+    assert all(n > 1e-3 for n in seen[10:]), seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('path', JBU_CONFIGS, ids=lambda p: os.path.basename(p))
 def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
@@ -358,8 +746,10 @@ def test_jbu_configs_build_and_train_one_iteration(path, synth_root, tmp_path):
     cfg = Config.fromfile(path)
     assert cfg.model.type == 'FeatUpJBUTrainer' and 'featup_plugin' in cfg.custom_imports['imports']
     assert cfg.optim_wrapper.optimizer.type == 'NAdam' and cfg.optim_wrapper.optimizer.lr == 1e-3
+    assert dict(type='EarlyGradClipHook', max_norm=1e-4, steps=10) in cfg.custom_hooks
     if '_images-224' in path:  # FeatUp's defaults
         assert (cfg.model.n_views, cfg.model.max_pad, cfg.model.max_zoom, cfg.model.proj_dim) == (5, 20, 2.0, 30)
+        assert (cfg.model.crf_weight, cfg.model.upsample_per_view) == (0.001, True)
         assert cfg.model.downsampler == 'attention' and cfg.train_dataloader.batch_size == 4
         assert cfg.train_dataloader.dataset.size == 224
     runner, losses = _train(_tiny(cfg, synth_root, tmp_path, size=32, iters=1))

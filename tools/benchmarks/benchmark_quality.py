@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from featup_plugin.data.synthetic import generate_scene, scene_seed
-from featup_plugin.training import UncertaintyHead, apply_jitter, multiview_loss, sample_jitter
+from featup_plugin.training import UncertaintyHead, apply_jitter, clip_early_gradients, multiview_loss, sample_jitter
 from featup_plugin.training.implicit import fit_implicit
 from featup_plugin.upsamplers import (
     IMAGENET_MEAN,
@@ -132,6 +132,7 @@ def train_jbu(
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
+        clip_early_gradients(params, step)  # FeatUp: norm 1e-4 for the first 10 steps
         opt.step()
     return jbu.eval(), time.time() - t0
 
@@ -240,6 +241,7 @@ def task_implicit(args):
     backbone = PooledTruth(truth, stride)
     test = images('val', args.test_images, size)
     variants = {
+        # fresh views: FeatUp draws from a bank of 3000; at 300 steps x 4 views nearly every draw is a new view
         'FeatUp (fresh views, fitted at 224 px)': dict(view_bank=False, fit_size=None),
         'view bank, fitted at 224 px': dict(view_bank=True, fit_size=None),
         'CPU preset (view bank, fitted at 112 px)': dict(view_bank=True, fit_size=112),

@@ -1,4 +1,5 @@
-# FeatUp's JBU upsampler training schedule: NAdam lr 1e-3, constant; iteration-based; no validation loop.
+# FeatUp's JBU upsampler training schedule: NAdam lr 1e-3, constant; the total gradient norm clipped to 1e-4 for the
+# first 10 iterations (EarlyGradClipHook); iteration-based; no validation loop.
 max_iters = 2000
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='NAdam', lr=1e-3))
 param_scheduler = None
@@ -12,4 +13,5 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
+custom_hooks = [dict(type='EarlyGradClipHook', max_norm=1e-4, steps=10)]
 randomness = dict(seed=0)

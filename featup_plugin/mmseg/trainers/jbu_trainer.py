@@ -16,7 +16,7 @@ from mmseg.registry import MODELS
 
 from ...layers.freeze import FrozenPartsMixin
 from ...training import UncertaintyHead
-from ...training.multiview import multiview_loss
+from ...training.multiview import CRF_GUIDANCE, check_loss_weight, multiview_loss
 from ...upsamplers import ChannelNorm, JBUStack, build_downsampler
 
 
@@ -43,12 +43,26 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         in_index: which output of the backbone (an index for tuples/lists, a key for dicts).
         num_stages, radius, key_dim: the stack (FeatUp: 4, 3, 32).
         downsampler: ``'attention'`` (FeatUp's default) or ``'blur'``; ``downsampler_kernel``: its window
-            (FeatUp: 16 for stride-16 backbones at 224 px; the backbone's stride is a good choice).
+            (FeatUp: 16 for stride-16 backbones at 224 px; the backbone's stride is a good choice);
+            ``downsampler_cfg``: more options of the attention downsampler (FeatUp: ``dropout=0.2``,
+            ``logit_dropout=0.2``, ``blur_attn=True``).
         n_views, max_pad, max_zoom: the jitter (FeatUp: 5 views, 20 px, 2.0).
-        proj_dim: random projection width (FeatUp: 30; 0 or None: no projection).
-        tv_weight: weight of the TV of the projected HR features' magnitude (FeatUp: 0 for the JBU).
+        proj_dim: random projection width, one matrix per image and view (FeatUp: 30; 0 or None: none).
+        crf_weight: weight of the sampled CRF loss on the first view (FeatUp: 0.001); ``crf_guidance``:
+            ``'view'`` (the jittered image, aligned with the view's features) or ``'image'`` (FeatUp's code: the
+            un-jittered image); ``crf_samples``: pixels sampled (FeatUp: 1000).
+        tv_weight: weight of the TV of ``|P t(F_hr)|^2`` on the first view (FeatUp: 0 for the JBU).
+        filter_ent_weight: weight of the (subtracted) downsampler kernel entropy, per view (FeatUp: 0; blur
+            downsampler only).
+        upsample_per_view: run the upsampler once per view (FeatUp) or once per step (same expectation, cheaper;
+            :func:`~featup_plugin.training.multiview_loss`).
+        uncertainty: the adaptive-uncertainty loss (FeatUp's ``outlier_detection``: True) or plain MSE;
+            ``scale_init_gain`` / ``min_scale``: its head's init gain and clamp (FeatUp: 0.1, 1e-4).
         channel_norm: LayerNorm over channels on the backbone features (FeatUp's ``use_norm``; frozen identity).
         seed: base of the per-step seeds.
+
+    FeatUp clips the gradient norm to 1e-4 for the first 10 steps: ``EarlyGradClipHook`` (in the configs'
+    ``custom_hooks``).
     """
 
     def __init__(
@@ -61,11 +75,20 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         key_dim: int = 32,
         downsampler: str = 'attention',
         downsampler_kernel: int = 16,
+        downsampler_cfg: Optional[dict] = None,
         n_views: int = 5,
         max_pad: int = 20,
         max_zoom: float = 2.0,
         proj_dim: Optional[int] = 30,
+        crf_weight: float = 0.001,
+        crf_guidance: str = 'view',
+        crf_samples: int = 1000,
         tv_weight: float = 0.0,
+        filter_ent_weight: float = 0.0,
+        upsample_per_view: bool = True,
+        uncertainty: bool = True,
+        scale_init_gain: float = 0.1,
+        min_scale: float = 1e-4,
         channel_norm: bool = True,
         seed: int = 0,
         data_preprocessor: Optional[dict] = None,
@@ -76,6 +99,20 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
             raise ValueError(f'n_views must be >= 1, got {n_views}')
         if max_pad < 0 or max_zoom < 1:
             raise ValueError(f'need max_pad >= 0 and max_zoom >= 1, got {max_pad}, {max_zoom}')
+        for name, value in (
+            ('crf_weight', crf_weight),
+            ('tv_weight', tv_weight),
+            ('filter_ent_weight', filter_ent_weight),
+        ):
+            check_loss_weight(name, value)
+        if crf_guidance not in CRF_GUIDANCE:
+            raise ValueError(f'crf_guidance must be one of {CRF_GUIDANCE}, got {crf_guidance!r}')
+        if crf_samples < 1:
+            raise ValueError(f'crf_samples must be >= 1, got {crf_samples}')
+        if filter_ent_weight > 0 and downsampler not in ('blur', 'simple'):
+            raise ValueError(
+                f"filter_ent_weight > 0 needs downsampler='blur' (the entropy of its one kernel), got {downsampler!r}"
+            )
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
         if not isinstance(self.backbone, nn.Module):
             raise TypeError(f'backbone must be a config dict or an nn.Module, got {type(backbone).__name__}')
@@ -83,10 +120,14 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         self._check_feat_dim()
         self.norm = ChannelNorm(self.feat_dim) if channel_norm else nn.Identity()
         self.upsampler = JBUStack(self.feat_dim, num_stages=num_stages, radius=radius, key_dim=key_dim)
-        self.downsampler = build_downsampler(downsampler, self.feat_dim, downsampler_kernel)
-        self.scale_net = UncertaintyHead(self.feat_dim)
+        self.downsampler = build_downsampler(downsampler, self.feat_dim, downsampler_kernel, **(downsampler_cfg or {}))
+        self.scale_net = (
+            UncertaintyHead(self.feat_dim, init_gain=scale_init_gain, min_scale=min_scale) if uncertainty else None
+        )
         self.n_views, self.max_pad, self.max_zoom = int(n_views), int(max_pad), float(max_zoom)
         self.proj_dim, self.tv_weight, self.seed = proj_dim, float(tv_weight), int(seed)
+        self.crf_weight, self.crf_guidance, self.crf_samples = float(crf_weight), crf_guidance, int(crf_samples)
+        self.filter_ent_weight, self.upsample_per_view = float(filter_ent_weight), bool(upsample_per_view)
         self.register_buffer('step', torch.zeros((), dtype=torch.long))
         self.freeze_parts()
 
@@ -181,4 +222,9 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
             max_zoom=self.max_zoom,
             proj_dim=self.proj_dim,
             tv_weight=self.tv_weight,
+            crf_weight=self.crf_weight,
+            filter_ent_weight=self.filter_ent_weight,
+            upsample_per_view=self.upsample_per_view,
+            crf_guidance=self.crf_guidance,
+            crf_samples=self.crf_samples,
         )
