@@ -3,7 +3,7 @@
 Derivation / details: docs/ops.md (the JBU primitives, backend selection, kernels), docs/pac.md (PAC layers).
 """
 
-from ._backend import backend_name
+from ._backend import backend_name, register_ops
 from .adaptive_conv import adaptive_conv, adaptive_conv_reference, local_correlation, local_correlation_reference
 from .pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv_transpose2d, pac_kernel2d, pac_pool2d
 from .reference import adaptive_conv_taps, local_correlation_taps
@@ -16,6 +16,7 @@ __all__ = [
     'adaptive_conv_taps',
     'local_correlation_taps',
     'backend_name',
+    'register_ops',
     'PacConv2d',
     'PacConvTranspose2d',
     'PacPool2d',

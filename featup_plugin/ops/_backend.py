@@ -1,8 +1,9 @@
 """Finds the compiled JBU op: prebuilt extension, then a JIT build with ninja, then the PyTorch reference (one
 ``RuntimeWarning``). The environment variable ``FEATUP_OPS`` (``auto``, ``ext``, ``jit`` or ``reference``; read once,
-at the first call of an op) forces a choice.
+at the first call of an op) forces a choice. The chosen module registers the ops with ``torch.library``
+(``torch.ops.featup.*``), once per process.
 
-Derivation / details: docs/ops.md#backend-selection-featup_ops
+Derivation / details: docs/ops.md#backend-selection-featup_ops, docs/ops.md#registration-with-torchlibrary
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import warnings
 from types import ModuleType
 from typing import Optional
 
+import torch
+
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
 _CHOICES = ('auto', 'ext', 'jit', 'reference')
 
 _lock = threading.Lock()
 _state: dict = {}
+# The compiled module whose kernels serve torch.ops.featup.* (and its description). The dispatcher keeps a
+# registration until the process exits, so this survives _reset_for_tests().
+_registered: dict = {}
 
 
 def requested_backend() -> str:
@@ -80,6 +86,35 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available() and find_cuda_home() is not None
 
 
+def _activate(mod: ModuleType, desc: str) -> tuple:
+    """Registers ``mod``'s ops with the dispatcher (schemas and CPU / CUDA kernels in C++, then the fake
+    implementations and autograd formulas in Python) unless a module already did in this process; returns the
+    (module, description) that serves ``torch.ops.featup``. Guarded: the ``featup`` namespace can be defined once per
+    process, so a second compiled module (e.g. a JIT build after the prebuilt one) never registers over the first.
+    """
+    owner = _registered.get('module')
+    if owner is None:
+        if not hasattr(mod, 'register_ops'):
+            raise ImportError(
+                f'{mod.__name__} was built from older sources (it has no register_ops); rebuild it with '
+                '`pip install -e . --no-build-isolation`'
+            )
+        mod.register_ops()
+        from . import _library
+
+        _library.register_python_parts()
+        _registered.update(module=mod, desc=desc)
+        return mod, desc
+    if owner is not mod:
+        warnings.warn(
+            f'featup_plugin: the featup ops are already registered by {owner.__name__} in this process; '
+            f'keeping them (not {mod.__name__})',
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return owner, _registered['desc']
+
+
 def _load() -> tuple:
     """Returns (module or None, description)."""
     choice = requested_backend()
@@ -91,19 +126,21 @@ def _load() -> tuple:
             from featup_plugin import _ext  # type: ignore[attr-defined]
 
             if _ext.with_cuda() or not _want_cuda() or choice == 'ext':
-                return _ext, 'ext' + (' (cpu+cuda)' if _ext.with_cuda() else ' (cpu)')
+                return _activate(_ext, 'ext' + (' (cpu+cuda)' if _ext.with_cuda() else ' (cpu)'))
             errors.append('the prebuilt extension has no CUDA kernels but a GPU is present')
-        except ImportError as exc:
+        except (ImportError, RuntimeError) as exc:
             if choice == 'ext':
+                if isinstance(exc, RuntimeError):
+                    raise
                 raise ImportError(
-                    'FEATUP_OPS=ext but the compiled extension featup_plugin._ext is missing; '
+                    'FEATUP_OPS=ext but the compiled extension featup_plugin._ext is missing or out of date; '
                     'build it with `pip install -e . --no-build-isolation`'
                 ) from exc
             errors.append(f'prebuilt extension: {exc}')
     try:
         with_cuda = _want_cuda()
         mod = _jit_build(with_cuda)
-        return mod, 'jit' + (' (cpu+cuda)' if with_cuda else ' (cpu)')
+        return _activate(mod, 'jit' + (' (cpu+cuda)' if with_cuda else ' (cpu)'))
     except Exception as exc:  # noqa: BLE001 - any build failure falls back, once, loudly
         reason = f'JIT build: {type(exc).__name__}: {_first_error_line(str(exc))}'
         if choice == 'jit':
@@ -127,8 +164,26 @@ def get_ext() -> Optional[ModuleType]:
     if 'ext' not in _state:
         with _lock:
             if 'ext' not in _state:
-                _state['ext'], _state['desc'] = _load()
+                ext, desc = _load()
+                devices = () if ext is None else ('cpu', 'meta') + (('cuda',) if ext.with_cuda() else ())
+                _state.update(ext=ext, desc=desc, devices=devices)
     return _state['ext']
+
+
+@torch.compiler.assume_constant_result
+def served_devices() -> tuple:
+    """The device types whose tensors ``torch.ops.featup.*`` serve (``'meta'``: shapes only, through the fake
+    implementations); ``()`` when the reference is in use. Loads the backend on first use. Under ``torch.compile``
+    this runs once, at trace time, and its result is a constant of the graph (the loader itself is not traceable).
+    """
+    get_ext()
+    return _state['devices']
+
+
+def register_ops() -> bool:
+    """Loads the compiled extension (if not yet) and registers ``torch.ops.featup.*``; True if the ops are
+    available. Call it before ``torch.export.load`` of a program that contains them, in a fresh process."""
+    return get_ext() is not None
 
 
 def backend_name() -> str:

@@ -1,6 +1,7 @@
-"""The JBU primitives as autograd functions over the compiled kernels: ``adaptive_conv`` (a per-pixel ``k x k``
-filter shared by all channels) and ``local_correlation`` (its filter gradient, and the JBU range-kernel logits).
-Each is the other's gradient, so the backward passes reuse the same two kernels (double backward works).
+"""The JBU primitives over the registered compiled ops (``torch.ops.featup.adaptive_conv`` /
+``local_correlation``): ``adaptive_conv`` (a per-pixel ``k x k`` filter shared by all channels) and
+``local_correlation`` (its filter gradient, and the JBU range-kernel logits). Each is the other's gradient, so the
+backward passes reuse the same two kernels (double backward works); the formulas are registered in ``_library``.
 
 Derivation / details: docs/ops.md#adaptive-convolution-and-local-correlation
 """
@@ -11,7 +12,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import Function
 
 from . import _backend
 from .reference import adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps, local_correlation_unfold
@@ -95,6 +95,14 @@ def flip_taps(kernel: torch.Tensor, k: int) -> torch.Tensor:
     ``[B, k*k, H+k-1, W+k-1]`` such that the input gradient is ``adaptive_conv(pad(G, k-1), K')``. ``O(k*k*H*W)``
     memory. Derivation: docs/ops.md#gradients-the-two-ops-are-each-others-gradients
     """
+    # Eager: one as_strided view (about 4x faster than slicing at k=7, 224x224). Under torch.compile (the backward
+    # formulas are traced by AOT autograd): plain slicing. With the as_strided form, which relies on the exact
+    # memory layout of an intermediate, inductor (torch 2.13, default caches on) gave wrong range-kernel gradients
+    # for a compiled JBUStack (tests/ops/test_registration.py::test_compile_fullgraph_jbu_stack_inductor).
+    return _flip_taps_sliced(kernel, k) if torch.compiler.is_compiling() else _flip_taps_strided(kernel, k)
+
+
+def _flip_taps_strided(kernel: torch.Tensor, k: int) -> torch.Tensor:
     b, t, h, w = kernel.shape
     p = k - 1
     kf = F.pad(kernel, [p, p, p, p]).flip(1).contiguous()
@@ -106,71 +114,53 @@ def flip_taps(kernel: torch.Tensor, k: int) -> torch.Tensor:
     return view.reshape(b, t, hp, wp)
 
 
+def _flip_taps_sliced(kernel: torch.Tensor, k: int) -> torch.Tensor:
+    # kf[b, i, j] is tap (k-1-i, k-1-j) padded by k-1; tap (i, j) of K' is kf[b, i, j] shifted by (i, j) pixels:
+    # rows first (k slices), then columns (k slices).
+    b, t, h, w = kernel.shape
+    p = k - 1
+    hp, wp = h + p, w + p
+    kf = F.pad(kernel, [p, p, p, p]).flip(1).view(b, k, k, h + 2 * p, w + 2 * p)
+    rows = torch.stack([kf[:, i, :, i : i + hp] for i in range(k)], 1)
+    return torch.stack([rows[:, :, j, :, j : j + wp] for j in range(k)], 2).reshape(b, t, hp, wp)
+
+
 def _transpose(grad: torch.Tensor, kernel: torch.Tensor, k: int) -> torch.Tensor:
     """``dX[b,c,y,x] = sum_{i,j} K[b,i*k+j,y-i,x-j] * grad[b,c,y-i,x-j]``: the input gradient of the op."""
     p = k - 1
-    return _AdaptiveConv.apply(F.pad(grad, [p, p, p, p]), flip_taps(kernel, k))
+    return torch.ops.featup.adaptive_conv(F.pad(grad, [p, p, p, p]), flip_taps(kernel, k))
 
 
-class _AdaptiveConv(Function):
-    """``input [B,C,H+k-1,W+k-1]``, ``kernel [B,k*k,H,W]`` (tap-major) -> ``[B,C,H,W]``."""
-
-    @staticmethod
-    def forward(ctx, input, kernel):
-        ctx.save_for_backward(input, kernel)
-        return _backend.get_ext().adaptive_conv_forward(input, kernel)
-
-    @staticmethod
-    def backward(ctx, grad):
-        input, kernel = ctx.saved_tensors
-        k = input.shape[-1] - kernel.shape[-1] + 1
-        grad_input = grad_kernel = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _transpose(grad, kernel, k)
-        if ctx.needs_input_grad[1]:
-            grad_kernel = _LocalCorrelation.apply(grad, input)
-        return grad_input, grad_kernel
-
-
-class _LocalCorrelation(Function):
-    """``center [B,C,H,W]``, ``padded [B,C,H+k-1,W+k-1]`` -> ``[B,k*k,H,W]``."""
-
-    @staticmethod
-    def forward(ctx, center, padded):
-        ctx.save_for_backward(center, padded)
-        return _backend.get_ext().local_correlation_forward(center, padded)
-
-    @staticmethod
-    def backward(ctx, grad):
-        center, padded = ctx.saved_tensors
-        k = padded.shape[-1] - center.shape[-1] + 1
-        grad_center = grad_padded = None
-        if ctx.needs_input_grad[0]:
-            grad_center = _AdaptiveConv.apply(padded, grad)
-        if ctx.needs_input_grad[1]:
-            grad_padded = _transpose(center, grad, k)
-        return grad_center, grad_padded
+@torch.compiler.assume_constant_result
+def _warn_no_cuda_kernels() -> bool:
+    """Warns once per process that CUDA tensors use the reference (a constant under torch.compile: it runs once,
+    at trace time, instead of breaking the graph)."""
+    global _warned_no_cuda
+    if not _warned_no_cuda:
+        _warned_no_cuda = True
+        warnings.warn(
+            'featup_plugin: the compiled op has no CUDA kernels (built without a CUDA toolkit); '
+            'CUDA tensors use the pure-PyTorch reference. Rebuild with FORCE_CUDA=1.',
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return True
 
 
 def _use_compiled(x: torch.Tensor) -> bool:
-    """Whether the compiled op serves tensors on x's device (else the tap-loop reference runs)."""
-    global _warned_no_cuda
+    """Whether the registered op (``torch.ops.featup.*``) serves tensors on x's device, else the tap-loop reference
+    runs: under ONNX export / ``torch.jit.trace``, without a compiled module, for CUDA tensors when the module has no
+    CUDA kernels (one warning) and for devices other than CPU, CUDA and meta (shapes only, the fake kernels).
+    Traceable by torch.compile (``served_devices`` is a graph constant)."""
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return False
-    ext = _backend.get_ext()
-    if ext is None:
-        return False
-    if x.is_cuda and not ext.with_cuda():
-        if not _warned_no_cuda:
-            _warned_no_cuda = True
-            warnings.warn(
-                'featup_plugin: the compiled op has no CUDA kernels (built without a CUDA toolkit); '
-                'CUDA tensors use the pure-PyTorch reference. Rebuild with FORCE_CUDA=1.',
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return False
-    return True
+    served = _backend.served_devices()
+    kind = x.device.type
+    if kind in served:
+        return True
+    if kind == 'cuda' and served:
+        _warn_no_cuda_kernels()
+    return False
 
 
 def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +190,7 @@ def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     b, h, w = filters.shape[:3]
     # A view (no copy) when filters is a permuted [B, k*k, H, W] tensor, as the JBU upsampler makes it.
     kernel = filters.permute(0, 3, 4, 1, 2).reshape(b, k * k, h, w)
-    return _like_input(_AdaptiveConv.apply(input, kernel), input)
+    return _like_input(torch.ops.featup.adaptive_conv(input, kernel), input)
 
 
 def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
@@ -220,4 +210,4 @@ def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tenso
     _check_local_correlation(center, padded)
     if not _use_compiled(center):
         return local_correlation_taps(center, padded)
-    return _LocalCorrelation.apply(center, padded)
+    return torch.ops.featup.local_correlation(center, padded)

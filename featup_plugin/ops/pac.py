@@ -16,10 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
-from . import _backend
 from .adaptive_conv import _use_compiled
 from .pac_reference import _out_size, _tap_view, pac_conv2d_taps, pac_conv2d_unfold
 
@@ -252,30 +249,12 @@ def _per_channel(value, channels: int, name: str):
     return value
 
 
-class _PacFunction(Function):
-    """The compiled op: conv (weight given) or pooling (weight None)."""
-
-    @staticmethod
-    def forward(ctx, input, kernel, weight, bias, geom, tile_bytes):
-        ctx.geom, ctx.tile_bytes = geom, tile_bytes
-        ctx.save_for_backward(input, kernel, weight)
-        return _backend.get_ext().pac_forward(input, kernel, weight, bias, geom, tile_bytes)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        input, kernel, weight = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gi, gk, gw = _backend.get_ext().pac_backward(
-            grad, input, kernel, weight, ctx.geom, need[0], need[1], need[2] and weight is not None, ctx.tile_bytes
-        )
-        gb = grad.sum((0, 2, 3)) if need[3] else None
-        return gi, gk, gw, gb, None, None
-
-
-def _tile_bytes(x: torch.Tensor) -> int:
+@torch.compiler.assume_constant_result
+def _tile_bytes(device_type: str) -> int:
+    """The column-tile budget of the compiled op (``FEATUP_PAC_TILE_MB``, default 64 MiB on CUDA, 8 MiB else).
+    Read at each eager call; under torch.compile, once, at trace time (a constant of the graph)."""
     env = os.environ.get('FEATUP_PAC_TILE_MB')
-    mb = float(env) if env else (64.0 if x.is_cuda else 8.0)
+    mb = float(env) if env else (64.0 if device_type == 'cuda' else 8.0)
     if mb <= 0:
         raise ValueError(f'FEATUP_PAC_TILE_MB must be positive, got {env!r}')
     return int(mb * 2**20)
@@ -326,7 +305,8 @@ def _run(name: str, input, kernel, weight, bias, k: Pair, s: Pair, p: Pair, d: P
         weight = None if weight is None else weight.float()
         bias = None if bias is None else bias.float()
     geom = [k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]]
-    out = _PacFunction.apply(input, kernel, weight, bias, geom, _tile_bytes(input))
+    # torch.ops.featup.pac_forward: conv (weight given) or pooling (weight None); autograd in ops/_library.py.
+    out = torch.ops.featup.pac_forward(input, kernel, weight, bias, geom, _tile_bytes(input.device.type))
     return out.to(dtype)
 
 

@@ -200,14 +200,16 @@ def test_local_correlation_bad_inputs(make_args, exc, match):
 
 
 def test_compiled_entry_points_check_too():
-    # The C++ layer validates on its own (defence in depth for direct callers of the extension).
+    # The C++ layer validates on its own (defence in depth for direct callers of torch.ops.featup.*).
     ext = _backend.get_ext()
     if ext is None:
         pytest.skip('reference backend in use')
     with pytest.raises(RuntimeError, match='same dtype'):
-        ext.adaptive_conv_forward(torch.randn(1, 2, 5, 5), torch.randn(1, 9, 3, 3).double())
+        torch.ops.featup.adaptive_conv(torch.randn(1, 2, 5, 5), torch.randn(1, 9, 3, 3).double())
     with pytest.raises(RuntimeError, match='k\\*k taps'):
-        ext.adaptive_conv_forward(torch.randn(1, 2, 5, 5), torch.randn(1, 8, 3, 3))
+        torch.ops.featup.adaptive_conv(torch.randn(1, 2, 5, 5), torch.randn(1, 8, 3, 3))
+    with pytest.raises(RuntimeError, match='same odd window'):
+        torch.ops.featup.local_correlation(torch.randn(1, 2, 5, 5), torch.randn(1, 2, 8, 7))
 
 
 def _run(code, **env):
@@ -277,16 +279,28 @@ def test_build_error_message_names_the_compiler_error():
 
 @pytest.mark.slow
 def test_jit_build_path(tmp_path):
-    # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds).
+    # FEATUP_OPS=jit compiles ops/csrc with ninja at first use (a fresh build directory, so it really builds); the
+    # JIT module registers the same torch.ops.featup ops. Then the prebuilt module is asked for in the same process:
+    # the guard keeps the JIT registration (one warning) instead of registering a second time.
     code = (
-        'import torch, featup_plugin.ops as o\n'
+        'import os, torch, warnings, featup_plugin.ops as o\n'
+        'from featup_plugin.ops import _backend\n'
         'x = torch.randn(2, 5, 9, 10, dtype=torch.float64); f = torch.randn(2, 5, 6, 5, 5, dtype=torch.float64)\n'
         'torch.testing.assert_close(o.adaptive_conv(x, f), o.adaptive_conv_reference(x, f))\n'
-        'print(o.backend_name())'
+        'assert _backend._registered["module"].__name__.startswith("featup_plugin_jit_ext")\n'
+        'kt = f.permute(0, 3, 4, 1, 2).reshape(2, 25, 5, 6)\n'
+        'torch.testing.assert_close(torch.ops.featup.adaptive_conv(x, kt), o.adaptive_conv_reference(x, f))\n'
+        'print(o.backend_name())\n'
+        'os.environ["FEATUP_OPS"] = "ext"; _backend._reset_for_tests()\n'
+        'with warnings.catch_warnings(record=True) as rec:\n'
+        '    warnings.simplefilter("always")\n'
+        '    print(o.backend_name())\n'
+        'print(sum("already registered" in str(w.message) for w in rec))'
     )
     res = _run(code, FEATUP_OPS='jit', TORCH_EXTENSIONS_DIR=str(tmp_path), MAX_JOBS='2')
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1].startswith('jit')
+    lines = res.stdout.strip().splitlines()
+    assert lines[-3].startswith('jit') and lines[-2] == lines[-3] and lines[-1] == '1', lines
 
 
 def test_reference_backend_onnx_friendly_trace():

@@ -8,8 +8,8 @@ Run on a machine with a GPU (the extension is JIT-built with CUDA there if no pr
 For random shapes (batch 1-3, C 1-70, H/W 1-40, k in 1, 3, 5, 7, 9) plus fixed cases for the generic-k,
 direct (huge k), channel-split and no-split code paths, it compares
 
-* ``ext.adaptive_conv_forward(input, kernel)``  with ``sum_t kernel[:, t, None] * input[:, :, i:i+H, j:j+W]``
-* ``ext.local_correlation_forward(center, padded)`` with ``(center * padded[:, :, i:i+H, j:j+W]).sum(1)``
+* ``torch.ops.featup.adaptive_conv(input, kernel)``  with ``sum_t kernel[:, t, None] * input[:, :, i:i+H, j:j+W]``
+* ``torch.ops.featup.local_correlation(center, padded)`` with ``(center * padded[:, :, i:i+H, j:j+W]).sum(1)``
 
 in float64 (tol 1e-10) and float32 (tol 1e-4), and half / bfloat16 against the float32 result on the same
 (rounded) inputs with loose tolerances. Errors are relative to the largest ``sum |a| * |b|`` of the case, so
@@ -70,8 +70,8 @@ def check_case(ext, B, C, H, W, k, dtype, dev, seed, noncontig=False):
     if noncontig:  # same values, transposed storage: the op makes them contiguous itself
         x = x.transpose(2, 3).contiguous().transpose(2, 3)
         g = g.transpose(2, 3).contiguous().transpose(2, 3)
-    conv = ext.adaptive_conv_forward(x, kt)
-    corr = ext.local_correlation_forward(g, x)
+    conv = torch.ops.featup.adaptive_conv(x, kt)
+    corr = torch.ops.featup.local_correlation(g, x)
     if dev.type == 'cuda':
         torch.cuda.synchronize(dev)
     # float64 / float32: reference in the same dtype (fp64 for the error); half / bf16: against the
@@ -350,8 +350,8 @@ def bench(ext, dev):
         g = torch.randn(B, C, H, W, device=dev, dtype=dtype)
         es = x.element_size()
         nbytes = es * (x.numel() + kt.numel() + g.numel())
-        t1 = timeit(lambda: ext.adaptive_conv_forward(x, kt))
-        t2 = timeit(lambda: ext.local_correlation_forward(g, x))
+        t1 = timeit(lambda: torch.ops.featup.adaptive_conv(x, kt))
+        t2 = timeit(lambda: torch.ops.featup.local_correlation(g, x))
         t3 = timeit(lambda: ref_conv(x, kt), reps=3)
         print(
             f'  B={B} C={C} {H}x{W} k={k} {str(dtype)[6:]:9s} '

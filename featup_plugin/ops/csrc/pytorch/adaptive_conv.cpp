@@ -5,8 +5,9 @@
 //   local_correlation_forward(center, padded):
 //     out[b, i * k + j, h, w] = sum_c center[b, c, h, w] * padded[b, c, h + i, w + j]
 //
-// Each is (up to a re-indexing) the gradient of the other; the Python autograd Functions build the
-// backward passes from these two kernels.
+// Each is (up to a re-indexing) the gradient of the other; the autograd formulas registered in Python
+// (featup_plugin/ops/_library.py) build the backward passes from these two kernels. Both are registered as
+// torch.ops.featup.adaptive_conv / local_correlation (register_ops.cpp) for the CPU and CUDA keys.
 #include "pytorch_cpp_helper.hpp"
 
 #include <cmath>
@@ -30,6 +31,7 @@ void check_common(const at::Tensor& a, const char* an, const at::Tensor& b, cons
   TORCH_CHECK(at::isFloatingType(a.scalar_type()), an, " must be a floating point tensor, got ", a.scalar_type());
   TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(), " and ",
               b.device());
+  check_cpu_or_cuda(a, "featup adaptive conv / local correlation");
   TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0), " and ",
               b.size(0));
   TORCH_CHECK(a.numel() > 0 && b.numel() > 0, an, " and ", bn, " must not be empty");

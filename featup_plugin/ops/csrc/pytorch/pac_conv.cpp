@@ -4,8 +4,8 @@
 //     conv (weight given): out[b, o, p] = bias[o] + sum_{c,t} weight[o, c, t] * K[b, t, p] * v[b, c, src(p, t)]
 //     pool (no weight):    out[b, c, p] = sum_t K[b, t, p] * v[b, c, src(p, t)]
 //   pac_backward(grad_out, input, kernel, weight or None, geom, need_input, need_kernel, need_weight)
-//     -> [grad_input, grad_kernel, grad_weight] (undefined where not requested; the bias gradient is a plain
-//        sum over grad_out, left to the caller).
+//     -> (grad_input, grad_kernel, grad_weight): an empty [0] tensor where not requested (a registered op returns
+//        defined tensors); the bias gradient is a plain sum over grad_out, left to the caller.
 // geom = {kh, kw, sh, sw, ph, pw, dh, dw}; src(p, t) as in common/pac_common.hpp.
 //
 // The columns col[c*T + t, p] = K * v[src] are never built for a whole image: tiles of at most `tile_bytes` of
@@ -14,6 +14,7 @@
 // weight gradient (grad_out_tile @ col^T) and scatters dcol = W^T @ grad_out_tile into the input and kernel
 // gradients.
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "pac_common.hpp"
@@ -22,7 +23,7 @@
 namespace featup {
 namespace {
 
-PacGeom make_geom(const at::Tensor& input, const at::Tensor& kernel, const std::vector<int64_t>& geom) {
+PacGeom make_geom(const at::Tensor& input, const at::Tensor& kernel, at::IntArrayRef geom) {
   TORCH_CHECK(geom.size() == 8, "pac: geom must be {kh, kw, sh, sw, ph, pw, dh, dw}, got ", geom.size(), " values");
   TORCH_CHECK(input.dim() == 4, "pac: input must be 4-D [B, C, H, W], got ", input.dim(), "-D");
   TORCH_CHECK(kernel.dim() == 4, "pac: kernel must be 4-D [B, kh*kw, Ho, Wo], got ", kernel.dim(), "-D");
@@ -31,6 +32,7 @@ PacGeom make_geom(const at::Tensor& input, const at::Tensor& kernel, const std::
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "pac: the compiled op supports float32 and float64, got ", input.scalar_type());
   TORCH_CHECK(input.device() == kernel.device(), "pac: input and kernel must be on the same device");
+  check_cpu_or_cuda(input, "pac");
   PacGeom g{input.size(0), input.size(1), input.size(2), input.size(3), geom[0], geom[1], geom[2],
             geom[3],       geom[4],       geom[5],       geom[6],       geom[7], 0,       0};
   TORCH_CHECK(g.kh > 0 && g.kw > 0 && g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 && g.ph >= 0 && g.pw >= 0,
@@ -110,7 +112,7 @@ at::Tensor load_tile(const at::Tensor& full, const PacTile& t) {
 }  // namespace
 
 at::Tensor pac_forward(const at::Tensor& input_, const at::Tensor& kernel_, const c10::optional<at::Tensor>& weight,
-                       const c10::optional<at::Tensor>& bias, std::vector<int64_t> geom, int64_t tile_bytes) {
+                       const c10::optional<at::Tensor>& bias, at::IntArrayRef geom, int64_t tile_bytes) {
   const at::Tensor input = input_.contiguous(), kernel = kernel_.contiguous();
   const PacGeom g = make_geom(input, kernel, geom);
   const at::Tensor wm = weight_matrix(weight, g, input);
@@ -133,9 +135,11 @@ at::Tensor pac_forward(const at::Tensor& input_, const at::Tensor& kernel_, cons
   return out.view({g.B, O, g.Ho, g.Wo});
 }
 
-std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& kernel_,
-                                     const c10::optional<at::Tensor>& weight, std::vector<int64_t> geom,
-                                     bool need_input, bool need_kernel, bool need_weight, int64_t tile_bytes) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tensor& input_,
+                                                            const at::Tensor& kernel_,
+                                                            const c10::optional<at::Tensor>& weight,
+                                                            at::IntArrayRef geom, bool need_input, bool need_kernel,
+                                                            bool need_weight, int64_t tile_bytes) {
   const at::Tensor input = input_.contiguous(), kernel = kernel_.contiguous();
   const PacGeom g = make_geom(input, kernel, geom);
   const at::Tensor wm = weight_matrix(weight, g, input);
@@ -149,7 +153,12 @@ std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tens
   at::Tensor gi = need_input ? at::zeros_like(input) : at::Tensor();
   at::Tensor gk = need_kernel ? at::empty_like(kernel) : at::Tensor();
   at::Tensor gw = need_weight ? at::zeros_like(wm) : at::Tensor();
-  if (!need_input && !need_kernel && !need_weight) return {gi, gk, gw};
+  // Not requested: an empty [0] tensor (the op's schema returns three defined tensors).
+  const auto result = [&] {
+    const auto none = [&] { return at::empty({0}, input.options()); };
+    return std::make_tuple(gi.defined() ? gi : none(), gk.defined() ? gk : none(), gw.defined() ? gw : none());
+  };
+  if (!need_input && !need_kernel && !need_weight) return result();
   const auto tiles = make_tiles(g, tile_bytes, input.element_size());
   at::Tensor buffer = at::empty({g.C * T * tiles[0].cols()}, input.options());
   for (const PacTile& t : tiles) {
@@ -169,7 +178,7 @@ std::vector<at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tens
   }
   if (gk.defined()) gk = gk.view({g.B, T, g.Ho, g.Wo});
   if (gw.defined()) gw = gw.view(weight->sizes());
-  return {gi, gk, gw};
+  return result();
 }
 
 }  // namespace featup
