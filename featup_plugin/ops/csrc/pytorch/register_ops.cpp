@@ -5,8 +5,8 @@
 // Registration is done by register_ops(), called by the Python loader (featup_plugin/ops/_backend.py) for the one
 // compiled module it chose, instead of a static TORCH_LIBRARY block: a process may import the prebuilt module only
 // to ask with_cuda() and then JIT-build another one (a prebuilt module without CUDA kernels on a GPU machine), and
-// two static TORCH_LIBRARY(featup, ...) blocks would fail during the second library's static initialisation
-// (dlopen), where the error cannot be caught. The torch::Library objects are those the TORCH_LIBRARY /
+// with two static TORCH_LIBRARY(featup, ...) blocks the second library's static initialiser throws during dlopen
+// and the process aborts (std::terminate). The torch::Library objects are those the TORCH_LIBRARY /
 // TORCH_LIBRARY_IMPL macros create; they are never destroyed (the ops stay registered until the process exits).
 #include <mutex>
 #include <tuple>
