@@ -34,7 +34,9 @@ def test_seg_benchmark_quick(tmp_path):
     for title in ('(a) PAC hot-swap', '(b) PAC-CRF', '(c) necks', 'per-class IoU'):
         assert title in res.stdout, res.stdout[-3000:]
     results = json.loads((work / 'results.json').read_text())
-    assert set(results) == {'base', 'ft', 'ft_hotswap', 'ft_crf', 'featup', 'pacjoint'}
+    assert set(results) == {'base', 'ft', 'ft_hotswap', 'ft_crf', 'featup', 'pacjoint', 'cost'}
+    cost = results.pop('cost')
+    assert set(cost) == set(results) and all(c['wall'] > 0 and math.isfinite(c['peak']) for c in cost.values())
     for case, r in results.items():
         assert 0 <= r['mIoU'] <= 100 and 0 <= r['bF'] <= 100, (case, r)
         assert r['step_s'] > 0 and math.isfinite(r['peak_mib']) and len(r['per_class']) == 10

@@ -28,10 +28,12 @@ model trained in a fresh process with the same data, data order and seed:
   (c):         the bilinear, FeatUpJBU and PacJointUpsampler necks, each trained --base-iters from scratch (the
                bilinear one is the base model).
 Reported on the validation split: mIoU, thin-class IoU (mean IoU of wire, pole, vine), boundary F-score (bF, 2
-px), the training step's wall and CPU time (medians over the iterations after the first two: forward, backward,
-optimiser; data loading excluded; the ratios use the CPU time, which other jobs on a shared machine disturb less)
-and its peak memory (peak RSS during those iterations above the resident set before them,
-glibc's mmap threshold at 1 MiB), with ratios against the row each comparison is made with.
+px); and the cost of one training step (forward, backward, optimiser) of each network, measured apart in one
+process with the five networks' steps interleaved over --cost-rounds rounds on the same batch (so that a changing
+load on a shared machine hits all alike): medians of the wall time, the CPU time and the peak RSS above the
+resident set before the step (glibc's mmap threshold at 1 MiB), with time and memory ratios against the row each
+comparison is made with. (Per-iteration times inside the training runs are kept in results.json as
+step_s / step_cpu_s / peak_mib; on a shared machine they vary by several times between identical networks.)
 """
 
 from __future__ import annotations
@@ -205,18 +207,66 @@ def seg_worker(spec: dict) -> dict:
     return res
 
 
+COST_CASES = ('base', 'ft_hotswap', 'ft_crf', 'featup', 'pacjoint')  # 'ft' is the base's network
+
+
+def cost_worker(spec: dict) -> dict:
+    """Training-step cost of every network in one process, interleaved: ``rounds`` times, one step of each model
+    in turn on the same batch (after a warm-up step each), so that a changing load on a shared machine hits all
+    of them alike. Per model: medians of the wall and CPU time, and of the peak RSS above the resident set before
+    the step."""
+    import statistics
+
+    import torch
+    from _bench import hwm_rss_mib, reset_peak_rss, rss_mib
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.runner import Runner
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    import featup_plugin  # noqa: F401
+
+    register_all_modules()
+    torch.manual_seed(spec['seed'])
+    models = {}
+    for case in COST_CASES:
+        cfg = Config.fromfile(os.path.join(SYNTH, SEG_CASES[case][0]))
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        model.train()
+        models[case] = (model, build_optim_wrapper(model, cfg.optim_wrapper))
+    loader = cfg.train_dataloader
+    loader.dataset.data_root = spec['data_root']
+    loader.batch_size, loader.num_workers, loader.persistent_workers = spec['batch'], 0, False
+    batch = next(iter(Runner.build_dataloader(loader, seed=spec['seed'])))
+    out = {case: dict(wall=[], cpu=[], peak=[]) for case in COST_CASES}
+    for model, optim in models.values():
+        model.train_step(batch, optim)  # warm-up: gradients and optimiser state exist from here on
+    for _ in range(spec['rounds']):
+        for case, (model, optim) in models.items():
+            base = rss_mib()
+            reset_peak_rss()
+            t, c = time.perf_counter(), time.process_time()
+            model.train_step(batch, optim)
+            out[case]['wall'].append(time.perf_counter() - t)
+            out[case]['cpu'].append(time.process_time() - c)
+            out[case]['peak'].append(hwm_rss_mib() - base)
+    return {case: {k: statistics.median(v) for k, v in d.items()} for case, d in out.items()}
+
+
 def run_seg(args) -> None:
     if args.quick:
-        size, num_train, num_val, batch, m, n = 64, 4, 2, 2, 2, 1
+        size, num_train, num_val, batch, m, n, rounds = 64, 4, 2, 2, 2, 1, 1
     else:
         size, num_train, num_val, batch = args.image_size, args.num_train, args.num_val, args.batch
-        m, n = args.base_iters, args.finetune_iters
+        m, n, rounds = args.base_iters, args.finetune_iters, args.cost_rounds
     print_header('PAC in segmentation', 'cpu')
     print(
         f'\nsettings: generated data {num_train} train / {num_val} val images of {size}x{size}, batch {batch}, '
         f'seed {args.seed}; base and neck models {m} iterations from scratch, fine-tunes {n} iterations '
-        f'(AdamW lr {FINETUNE_LR:g}, poly) from the base checkpoint; step time: median over the training '
-        'iterations after the first two',
+        f'(AdamW lr {FINETUNE_LR:g}, poly) from the base checkpoint; step cost: median of {rounds} interleaved '
+        'rounds in one process',
         flush=True,
     )
     t_start = time.perf_counter()
@@ -244,21 +294,25 @@ def run_seg(args) -> None:
             flush=True,
         )
 
+    cost = run_pac_case(dict(task='cost', data_root=args.data_root, batch=batch, rounds=rounds, seed=args.seed))
+    cost['ft'] = cost['base']
+    res['cost'] = cost
+    print(f'  step cost measured ({rounds} interleaved rounds)', flush=True)
+
     def table(title, rows, ref):
         print(f'\n### {title}\n')
         print(
-            '| model | mIoU | thin IoU | bF (2 px) | step (wall) | step (CPU) | peak mem | CPU time ratio | '
-            'memory ratio |'
+            '| model | mIoU | thin IoU | bF (2 px) | step (wall) | step (CPU) | peak mem | time ratio | memory ratio |'
         )
         print('|---|---|---|---|---|---|---|---|---|')
-        b = res[ref]
+        b, cb = res[ref], cost[ref]
         for case in rows:
-            r = res[case]
-            mem = f'{r["peak_mib"] / b["peak_mib"]:.2f}x' if b['peak_mib'] >= 1 else 'n/a'
+            r, c = res[case], cost[case]
+            mem = f'{c["peak"] / cb["peak"]:.2f}x' if cb['peak'] >= 1 else 'n/a'
             print(
                 f'| {SEG_CASES[case][2]} | {r["mIoU"]:.2f} | {r["thin_IoU"]:.2f} | {r["bF"]:.2f} | '
-                f'{fmt_t(r["step_s"])} | {fmt_t(r["step_cpu_s"])} | {r["peak_mib"]:.0f} MiB | '
-                f'{r["step_cpu_s"] / b["step_cpu_s"]:.2f}x | {mem} |'
+                f'{fmt_t(c["wall"])} | {fmt_t(c["cpu"])} | {c["peak"]:.0f} MiB | '
+                f'{c["wall"] / cb["wall"]:.2f}x | {mem} |'
             )
         for case in rows:
             if case != ref:
@@ -278,13 +332,13 @@ def run_seg(args) -> None:
     from featup_plugin.data.synthetic import CLASSES
 
     print('\nper-class IoU:\n\n| model | ' + ' | '.join(CLASSES) + ' |\n|---|' + '---|' * len(CLASSES))
-    for case, r in res.items():
-        vals = ['-' if v is None else f'{v:.1f}' for v in r['per_class']]
+    for case in SEG_CASES:
+        vals = ['-' if v is None else f'{v:.1f}' for v in res[case]['per_class']]
         print(f'| {SEG_CASES[case][2]} | ' + ' | '.join(vals) + ' |')
     os.makedirs(args.work_dir, exist_ok=True)
     with open(os.path.join(args.work_dir, 'results.json'), 'w') as f:
         json.dump(res, f, indent=1)
-    cpu = sum(r['cpu_s'] for r in res.values())
+    cpu = sum(res[case]['cpu_s'] for case in SEG_CASES)
     print(
         f'\ntotal {time.perf_counter() - t_start:.0f} s wall, {cpu:.0f} s CPU in the workers; results in '
         f'{os.path.join(args.work_dir, "results.json")}'
@@ -310,8 +364,9 @@ def main() -> None:
     seg.add_argument('--num-train', type=int, default=200)
     seg.add_argument('--num-val', type=int, default=50)
     seg.add_argument('--batch', type=int, default=8)
-    seg.add_argument('--base-iters', type=int, default=64)
-    seg.add_argument('--finetune-iters', type=int, default=24)
+    seg.add_argument('--base-iters', type=int, default=48)
+    seg.add_argument('--finetune-iters', type=int, default=16)
+    seg.add_argument('--cost-rounds', type=int, default=5, help='interleaved timing rounds of the step cost')
     seg.add_argument('--seed', type=int, default=0)
     seg.add_argument('--data-root', default=os.path.join(ROOT, 'data', 'featup_synth_pac_bench'))
     seg.add_argument('--work-dir', default=os.path.join(ROOT, 'work_dirs', 'benchmark_pac_seg'))
@@ -319,10 +374,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(seg_worker(spec) if spec.get('task') == 'seg' else worker(spec)))
+        task = spec.get('task')
+        print(json.dumps(seg_worker(spec) if task == 'seg' else cost_worker(spec) if task == 'cost' else worker(spec)))
         return
     if args.task == 'seg':
-        for name in ('image_size', 'num_train', 'num_val', 'batch', 'base_iters', 'finetune_iters'):
+        for name in ('image_size', 'num_train', 'num_val', 'batch', 'base_iters', 'finetune_iters', 'cost_rounds'):
             if getattr(args, name) < 1:
                 ap.error(f'--{name.replace("_", "-")} must be >= 1')
         run_seg(args)
