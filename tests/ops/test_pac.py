@@ -428,3 +428,19 @@ def test_cuda_gradcheck_float64():
     w = torch.randn(2, 3, 3, 5, dtype=D, device='cuda', requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: pac_conv2d(*a, None, (2, 1), (1, 2)), (x, kern, w))
     assert torch.autograd.gradcheck(lambda xx, kk: pac_pool2d(xx, kk, (3, 5), (2, 1), (1, 2)), (x, kern))
+
+
+def test_compiled_outputs_are_not_views_and_allow_inplace_ops():
+    # An in-place op right after a PAC layer (torchvision VGG's ReLU(inplace=True)) must work under autograd.
+    torch.manual_seed(0)
+    layer = PacConv2d(4, 3, 3, padding=1)
+    x, g = torch.randn(2, 4, 9, 7, requires_grad=True), torch.randn(2, 2, 9, 7)
+    out = layer(x, g)
+    assert out._base is None
+    torch.relu_(out).sum().backward()
+    ref = PacConv2d(4, 3, 3, padding=1)
+    ref.load_state_dict(layer.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    torch.relu(ref(x2, g)).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.weight.grad, ref.weight.grad)

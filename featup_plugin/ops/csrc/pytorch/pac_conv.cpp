@@ -118,7 +118,10 @@ at::Tensor pac_forward(const at::Tensor& input_, const at::Tensor& kernel_, cons
   const at::Tensor wm = weight_matrix(weight, g, input);
   const int64_t T = g.taps(), P = g.pixels();
   const int64_t O = wm.defined() ? wm.size(0) : g.C;
-  at::Tensor out = at::empty({g.B, O, P}, input.options());
+  // Allocated in the returned shape and written through a [B, O, P] view: the op returns the base tensor, not a
+  // view of a temporary (autograd forbids in-place ops on such views, e.g. a ReLU(inplace=True) after the layer).
+  at::Tensor result = at::empty({g.B, O, g.Ho, g.Wo}, input.options());
+  at::Tensor out = result.view({g.B, O, P});
   const auto tiles = make_tiles(g, tile_bytes, input.element_size());
   at::Tensor buffer = at::empty({g.C * T * tiles[0].cols()}, input.options());
   for (const PacTile& t : tiles) {
@@ -132,7 +135,7 @@ at::Tensor pac_forward(const at::Tensor& input_, const at::Tensor& kernel_, cons
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == O, "pac: bias must be [", O, "], got ", bias->sizes());
     out.add_(bias->view({1, O, 1}));
   }
-  return out.view({g.B, O, g.Ho, g.Wo});
+  return result;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& grad_out_, const at::Tensor& input_,
@@ -152,7 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& gr
   need_weight = need_weight && wm.defined();
   at::Tensor gi = need_input ? at::zeros_like(input) : at::Tensor();
   at::Tensor gk = need_kernel ? at::empty_like(kernel) : at::Tensor();
-  at::Tensor gw = need_weight ? at::zeros_like(wm) : at::Tensor();
+  // grad_weight in the weight's shape, accumulated through a [O, C*T] view (returned as the base, see pac_forward)
+  at::Tensor gw = need_weight ? at::zeros(weight->sizes(), wm.options()) : at::Tensor();
+  at::Tensor gw_mat = need_weight ? gw.view({O, g.C * T}) : at::Tensor();
   // Not requested: an empty [0] tensor (the op's schema returns three defined tensors).
   const auto result = [&] {
     const auto none = [&] { return at::empty({0}, input.options()); };
@@ -166,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& gr
     if (need_weight) {
       at::Tensor col = buffer.narrow(0, 0, g.C * T * t.cols()).view({g.C * T, t.cols()});
       gather(input, kernel, col, g, t);
-      gw.addmm_(dout, col.t());
+      gw_mat.addmm_(dout, col.t());
     }
     if (need_input || need_kernel) {
       at::Tensor dcol = wm.defined()
@@ -176,8 +181,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& gr
       scatter(dcol, input, kernel, gi, gk, g, t);
     }
   }
-  if (gk.defined()) gk = gk.view({g.B, T, g.Ho, g.Wo});
-  if (gw.defined()) gw = gw.view(weight->sizes());
   return result();
 }
 
