@@ -16,6 +16,7 @@ from ...layers.freeze import FrozenPartsMixin
 from ...upsamplers import ChannelNorm, JBUStack
 from ...upsamplers.target import check_target, derive_num_stages, target_size
 from ..guided import GuidedModuleMixin, missing_guidance_message
+from ._levels import assemble, level_input, parse_levels
 from ._proj import build_projections, resolve_out_channels
 
 MISSING_GUIDANCE = missing_guidance_message('FeatUpJBU', 'neck')
@@ -78,18 +79,8 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         init_cfg=None,
     ):
         super().__init__(init_cfg=init_cfg)
-        self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
-        chans = in_channels if isinstance(in_channels, (list, tuple)) else None
-        if chans is None:
-            self.channels = [int(in_channels)] * len(self.in_index)
-        else:
-            try:
-                self.channels = [int(chans[i]) for i in self.in_index]
-            except IndexError:
-                raise ValueError(f'in_index {self.in_index} is out of range for in_channels {list(chans)}')
+        self.in_index, self.channels, chans = parse_levels(in_channels, in_index, mode)
         check_target(out_size, scale_factor, output_stride)
-        if mode not in ('replace', 'append'):
-            raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
         self.out_size, self.scale_factor, self.output_stride = out_size, scale_factor, output_stride
         self.mode = mode
         self.freeze_upsampler = freeze_upsampler
@@ -157,26 +148,13 @@ class FeatUpJBU(GuidedModuleMixin, FrozenPartsMixin, BaseModule):
         inputs = list(inputs)
         image = self.guidance_from_inputs(guidance)
         outs: List[torch.Tensor] = []
-        for idx, norm, up in zip(self.in_index, self.norms, self.upsamplers):
-            try:
-                feat = inputs[idx]
-            except IndexError:
-                raise ValueError(f'FeatUpJBU: in_index {idx} is out of range for {len(inputs)} backbone outputs')
-            if feat.shape[1] != up.feat_dim:
-                raise ValueError(
-                    f'FeatUpJBU: backbone output {idx} has {feat.shape[1]} channels, in_channels says {up.feat_dim}'
-                )
+        for idx, c, norm, up in zip(self.in_index, self.channels, self.norms, self.upsamplers):
+            feat = level_input(inputs, idx, c, 'FeatUpJBU')
             if image.shape[0] != feat.shape[0]:
                 raise ValueError('FeatUpJBU: guidance and features have different batch sizes')
             size = target_size(feat.shape[-2:], image.shape[-2:], self.out_size, self.scale_factor, self.output_stride)
             outs.append(up(norm(feat), image.to(feat.dtype), output_size=size))
-        if self.projs:
-            outs = [proj(out) for proj, out in zip(self.projs, outs)]
-        if self.mode == 'append':
-            return tuple(inputs) + tuple(outs)
-        for idx, out in zip(self.in_index, outs):
-            inputs[idx] = out
-        return tuple(inputs)
+        return assemble(inputs, outs, self.in_index, self.projs, self.mode)
 
     # -- freezing -----------------------------------------------------------------------------------------
     def frozen_parts(self):

@@ -12,6 +12,7 @@ from mmseg.registry import MODELS
 
 from ...upsamplers import ChannelNorm
 from ...upsamplers.target import check_target, target_size
+from ._levels import assemble, level_input, parse_levels
 from ._proj import build_projections, resolve_out_channels
 
 _MODES = ('bilinear', 'bicubic', 'nearest', 'area')
@@ -55,19 +56,10 @@ class ResizeNeck(BaseModule):
         init_cfg=None,
     ):
         super().__init__(init_cfg=init_cfg)
-        self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
-        if isinstance(in_channels, (list, tuple)):
-            try:
-                self.channels = [int(in_channels[i]) for i in self.in_index]
-            except IndexError:
-                raise ValueError(f'in_index {self.in_index} is out of range for in_channels {list(in_channels)}')
-        else:
-            self.channels = [int(in_channels)] * len(self.in_index)
+        self.in_index, self.channels, _ = parse_levels(in_channels, in_index, mode)
         check_target(out_size, scale_factor, output_stride)
         if interpolation not in _MODES:
             raise ValueError(f'interpolation must be one of {_MODES}, got {interpolation!r}')
-        if mode not in ('replace', 'append'):
-            raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
         self.out_size, self.scale_factor, self.output_stride = out_size, scale_factor, output_stride
         self.interpolation, self.align_corners, self.mode = interpolation, align_corners, mode
         # feature_strides is accepted (and unused) so that a FeatUpJBU config line can be swapped as is.
@@ -88,21 +80,8 @@ class ResizeNeck(BaseModule):
             image_hw = None
         outs: List[torch.Tensor] = []
         for idx, c, norm in zip(self.in_index, self.channels, self.norms):
-            try:
-                feat = inputs[idx]
-            except IndexError:
-                raise ValueError(f'ResizeNeck: in_index {idx} is out of range for {len(inputs)} backbone outputs')
-            if feat.shape[1] != c:
-                raise ValueError(
-                    f'ResizeNeck: backbone output {idx} has {feat.shape[1]} channels, in_channels says {c}'
-                )
+            feat = level_input(inputs, idx, c, 'ResizeNeck')
             size = target_size(feat.shape[-2:], image_hw, self.out_size, self.scale_factor, self.output_stride)
             corners = self.align_corners if self.interpolation in ('bilinear', 'bicubic') else None
             outs.append(F.interpolate(norm(feat), size=size, mode=self.interpolation, align_corners=corners))
-        if self.projs:
-            outs = [proj(out) for proj, out in zip(self.projs, outs)]
-        if self.mode == 'append':
-            return tuple(inputs) + tuple(outs)
-        for idx, out in zip(self.in_index, outs):
-            inputs[idx] = out
-        return tuple(inputs)
+        return assemble(inputs, outs, self.in_index, self.projs, self.mode)
