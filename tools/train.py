@@ -66,7 +66,10 @@ def main(argv=None):
 
     register_all_modules(init_default_scope=False)
     use_mmengine_checkpoint_loader()  # torch >= 2.6 refuses mmengine's checkpoints by default
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+    except (ValueError, RuntimeError) as e:  # a bad flag / config combination: the message, not a traceback
+        raise SystemExit(f'train.py: {e}') from e
     prepare_generated_datasets(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else _build_custom_runner(cfg)
     runner.train()

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint.io import load_mmengine_checkpoint
 
-__all__ = ['use_gloo_without_cuda', 'use_mmengine_checkpoint_loader', 'build_runner_cfg']
+__all__ = ['use_gloo_without_cuda', 'use_mmengine_checkpoint_loader', 'build_runner_cfg', 'amp_device_available']
 
 
 def use_mmengine_checkpoint_loader() -> None:
@@ -63,6 +63,14 @@ def use_gloo_without_cuda(cfg) -> bool:
     return True
 
 
+def amp_device_available() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` can run here (it asserts a CUDA, NPU, MLU or MUSA device)."""
+    from mmengine import device
+
+    checks = ('is_cuda_available', 'is_npu_available', 'is_mlu_available', 'is_musa_available')
+    return any(getattr(device, name, lambda: False)() for name in checks)
+
+
 def build_runner_cfg(
     config: str, work_dir=None, cfg_options=None, launcher: str = 'none', amp: bool = False, resume=None
 ):
@@ -86,6 +94,12 @@ def build_runner_cfg(
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {wrapper}')
+        if not amp_device_available():
+            raise RuntimeError(
+                "--amp: mmengine's AmpOptimWrapper needs a GPU (CUDA, NPU, MLU or MUSA) and none is visible on "
+                'this machine; train without --amp here. (The featup modules themselves run under '
+                "torch.autocast('cpu', dtype=torch.bfloat16): docs/ops.md#autocast)"
+            )
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     use_gloo_without_cuda(cfg)

@@ -141,6 +141,5 @@ def register_python_parts() -> None:
     torch.library.register_autograd(lib + 'local_correlation', _local_correlation_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'pac_forward', _pac_forward_backward, setup_context=_pac_forward_setup)
     torch.library.register_autograd(lib + 'pac_backward', _pac_backward_backward, setup_context=_pac_backward_setup)
-    # Autocast rules (issue 18) go here too: torch.library.register_autocast(lib + op, 'cuda', torch.float32) or
-    # the C++ AutocastCPU / AutocastCUDA keys.
+    # Autocast: applied in the Python entries (ops/_autocast.py), so that it also covers the fallback and export.
     _done.append(True)

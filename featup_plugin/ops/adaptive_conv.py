@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from ._autocast import autocast_args
 from .reference import adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps, local_correlation_unfold
 
 __all__ = ['adaptive_conv', 'local_correlation', 'adaptive_conv_reference', 'local_correlation_reference']
@@ -169,6 +170,10 @@ def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _to(out: torch.Tensor, dtype) -> torch.Tensor:
+    return out if dtype is None else out.to(dtype)
+
+
 def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Per-pixel ``k x k`` filtering of an already padded ``input`` with ``filters``:
     ``out[b,c,h,w] = sum_{i,j} filters[b,h,w,i,j] * input[b,c,h+i,w+j]``.
@@ -183,14 +188,18 @@ def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: wrong ndim, non-square or even windows, inconsistent sizes, empty tensors, different devices.
         TypeError: non-tensor, non-floating or mismatched dtypes.
+
+    Under ``torch.autocast`` the arguments may have different float dtypes; the result has the autocast dtype
+    (docs/ops.md#autocast).
     """
+    (input, filters), out_dtype = autocast_args(input, filters)
     k = _check_adaptive_conv(input, filters)
     if not _use_compiled(input):
-        return adaptive_conv_taps(input, filters)
+        return _to(adaptive_conv_taps(input, filters), out_dtype)
     b, h, w = filters.shape[:3]
     # A view (no copy) when filters is a permuted [B, k*k, H, W] tensor, as the JBU upsampler makes it.
     kernel = filters.permute(0, 3, 4, 1, 2).reshape(b, k * k, h, w)
-    return _like_input(torch.ops.featup.adaptive_conv(input, kernel), input)
+    return _to(_like_input(torch.ops.featup.adaptive_conv(input, kernel), input), out_dtype)
 
 
 def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
@@ -206,8 +215,12 @@ def local_correlation(center: torch.Tensor, padded: torch.Tensor) -> torch.Tenso
 
     Raises:
         ValueError, TypeError: as :func:`adaptive_conv`.
+
+    Under ``torch.autocast`` it computes and returns float32 (its sums over channels are logits that can overflow
+    float16; docs/ops.md#autocast).
     """
+    (center, padded), out_dtype = autocast_args(center, padded, float32=True)
     _check_local_correlation(center, padded)
     if not _use_compiled(center):
-        return local_correlation_taps(center, padded)
-    return torch.ops.featup.local_correlation(center, padded)
+        return _to(local_correlation_taps(center, padded), out_dtype)
+    return _to(torch.ops.featup.local_correlation(center, padded), out_dtype)

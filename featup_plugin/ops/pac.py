@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._autocast import autocast_args
 from .adaptive_conv import _use_compiled
 from .pac_reference import _out_size, _tap_view, pac_conv2d_taps, pac_conv2d_unfold
 
@@ -321,7 +322,16 @@ def pac_conv2d(
     shared_filters: bool = False,
 ) -> torch.Tensor:
     """PAC with a precomputed adapting kernel ``[B, kh*kw, Ho, Wo]`` and a Conv2d ``weight [O, C, kh, kw]``
-    (``[1, 1, kh, kw]`` with ``shared_filters``)."""
+    (``[1, 1, kh, kw]`` with ``shared_filters``). Autocast: docs/ops.md#autocast."""
+    (input, kernel, weight, bias), out_dtype = autocast_args(input, kernel, weight, bias)
+    return _to(_pac_conv2d(input, kernel, weight, bias, stride, padding, dilation, shared_filters), out_dtype)
+
+
+def _to(out: torch.Tensor, dtype) -> torch.Tensor:
+    return out if dtype is None else out.to(dtype)
+
+
+def _pac_conv2d(input, kernel, weight, bias, stride, padding, dilation, shared_filters) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError('pac_conv2d: weight must be a 4-D tensor [O, C, kh, kw]')
     k = _kernel_size(tuple(weight.shape[2:]))
@@ -348,10 +358,11 @@ def pac_pool2d(
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
 ) -> torch.Tensor:
-    """``out[b, c, p] = sum_t kernel[b, t, p] * input[b, c, src(p, t)]``."""
+    """``out[b, c, p] = sum_t kernel[b, t, p] * input[b, c, src(p, t)]``. Autocast: docs/ops.md#autocast."""
+    (input, kernel), out_dtype = autocast_args(input, kernel)
     k = _kernel_size(kernel_size)
     s, p, d = _pair(stride, 'stride', 1), _pair(padding, 'padding', 0), _pair(dilation, 'dilation', 1)
-    return _run('pac_pool2d', input, kernel, None, None, k, s, p, d)
+    return _to(_run('pac_pool2d', input, kernel, None, None, k, s, p, d), out_dtype)
 
 
 def _zero_insert(input: torch.Tensor, s: Pair, k: Pair, p: Pair, op: Pair, d: Pair) -> torch.Tensor:
@@ -394,6 +405,7 @@ def pac_conv_transpose2d(
     output resolution, tap ``t`` comparing output pixel ``i`` with output position ``i + (t - centre) * d``.
     Equals ``conv_transpose2d`` when ``kernel == 1``; never an unfold. Derivation: docs/pac.md#transposed-pac
     """
+    (input, kernel, weight, bias), out_dtype = autocast_args(input, kernel, weight, bias)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError('pac_conv_transpose2d: weight must be a 4-D tensor [C, O, kh, kw]')
     _check_float('pac_conv_transpose2d', input=input, weight=weight)
@@ -409,7 +421,7 @@ def pac_conv_transpose2d(
         )
     z = _zero_insert(input, s, k, p, op, d)
     w_eff = weight.flip(2, 3) if shared_filters else weight.transpose(0, 1).flip(2, 3)
-    return pac_conv2d(z, kernel, w_eff, bias, 1, 0, d, shared_filters=shared_filters)
+    return _to(_pac_conv2d(z, kernel, w_eff, bias, 1, 0, d, shared_filters), out_dtype)
 
 
 class _PacModule(nn.Module):

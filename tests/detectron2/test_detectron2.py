@@ -147,6 +147,29 @@ def test_semantic_segmentor_train_step_and_inference(synth_names):
     assert tuple(out[1]['sem_seg'].shape) == (10, 80, 100)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bfloat16', 'float16'])
+def test_semantic_segmentor_under_autocast(synth_names, dtype):
+    """The FeatUp backbone wrapper under CPU autocast (issue 18): loss close to float32, gradients finite."""
+    cfg = make_cfg(SEMSEG_YAML, 'INPUT.MIN_SIZE_TRAIN', (64,), 'INPUT.MAX_SIZE_TRAIN', 64)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    perturb(model.backbone.upsampler('res5'), scale=0.1)
+    mapper = DatasetMapper(cfg, is_train=True)
+    batch = [mapper(d) for d in DatasetCatalog.get(synth_names[0])[:2]]
+    model.eval()  # BN statistics fixed: float32 and autocast compute the same function
+    model.sem_seg_head.training = model.training = True  # ...but return the training loss
+    want = model(batch)['loss_sem_seg']
+    with torch.autocast('cpu', dtype=dtype):
+        got = model(batch)['loss_sem_seg']
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=1e-3)
+    got.backward()
+    up = model.backbone.upsampler('res5')
+    for n, p in up.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert up.up1.range_proj[0].weight.grad.abs().sum() > 0
+
+
 def test_freeze_options():
     bb = build_backbone(make_cfg(SEMSEG_YAML, 'MODEL.FEATUP.FREEZE_UPSAMPLER', True, 'MODEL.FEATUP.FREEZE_BASE', True))
     bb.train()

@@ -23,7 +23,7 @@ def test_gloo_only_for_distributed_runs_without_cuda(monkeypatch):
         assert cfg['env_cfg']['dist_cfg']['backend'] == 'gloo'
 
 
-def test_build_runner_cfg(tmp_path):
+def test_build_runner_cfg(tmp_path, monkeypatch):
     from featup_plugin.mmseg.engine import build_runner_cfg
 
     path = tmp_path / 'my_cfg.py'
@@ -31,6 +31,12 @@ def test_build_runner_cfg(tmp_path):
     cfg = build_runner_cfg(str(path), cfg_options={'model.depth': 18})
     assert cfg.work_dir.endswith('work_dirs/my_cfg') and cfg.model.depth == 18 and cfg.launcher == 'none'
     assert 'resume' not in cfg and cfg.optim_wrapper.type == 'OptimWrapper'
+    from featup_plugin.mmseg import engine
+
+    if not engine.amp_device_available():
+        with pytest.raises(RuntimeError, match='AmpOptimWrapper needs a GPU'):
+            build_runner_cfg(str(path), amp=True)
+        monkeypatch.setattr(engine, 'amp_device_available', lambda: True)  # the config as on a GPU machine
     cfg = build_runner_cfg(str(path), work_dir=str(tmp_path / 'w'), amp=True, resume='auto')
     assert cfg.work_dir == str(tmp_path / 'w') and cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic' and cfg.resume is True and cfg.load_from is None
