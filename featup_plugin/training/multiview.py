@@ -65,7 +65,7 @@ def multiview_loss(
     crf_weight: float = 0.001,
     filter_ent_weight: float = 0.0,
     upsample_per_view: bool = True,
-    crf_guidance: str = 'view',
+    crf_guidance: str = 'image',
     crf_samples: int = 1000,
 ) -> Dict[str, torch.Tensor]:
     """FeatUp's JBU training loss for a batch ``img [B, 3, H, W]``: ``{'loss_rec', ['loss_crf'], ['loss_tv'],
@@ -77,8 +77,8 @@ def multiview_loss(
     ``scale_net(extract_lr(t(img)))``; plain MSE if ``scale_net`` is None), ``P`` a fresh random projection per
     view and image to ``proj_dim`` dims (None/0: none); ``loss_rec`` is the mean over views.
     On the first view only: ``crf_weight`` times the sampled CRF loss of ``P t(hr)`` (``crf_samples`` pixels)
-    guided by ``t(img)`` (``crf_guidance='view'``) or, as FeatUp's code does, by the un-jittered ``img``
-    (``'image'``: misaligned with the view's features); ``tv_weight`` times the TV of ``|P t(hr)|^2``.
+    guided, as FeatUp's code does, by the un-jittered ``img`` (``crf_guidance='image'``, the default: misaligned
+    with the view's features) or by ``t(img)`` (``'view'``, aligned); ``tv_weight`` times the TV of ``|P t(hr)|^2``.
     ``filter_ent_weight`` subtracts that weight times the downsampler's kernel entropy once per view, as FeatUp
     (``downsampler.get_kernel()``: the blur downsampler only).
 

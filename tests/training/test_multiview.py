@@ -630,7 +630,7 @@ def test_trainer_defaults_are_featups_and_bad_values_fail_at_build_time():
         )
 
     model = build()
-    assert (model.crf_weight, model.crf_guidance, model.crf_samples) == (0.001, 'view', 1000)
+    assert (model.crf_weight, model.crf_guidance, model.crf_samples) == (0.001, 'image', 1000)
     assert model.upsample_per_view and model.filter_ent_weight == 0 and model.tv_weight == 0
     assert model.downsampler.attention_net[0].p == 0.2 and model.scale_net.min_scale == 1e-4
     losses = model(_generated_batch(2, 32)[:, :, :16, :16], mode='loss')

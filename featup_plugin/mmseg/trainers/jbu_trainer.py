@@ -49,8 +49,9 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         n_views, max_pad, max_zoom: the jitter (FeatUp: 5 views, 20 px, 2.0).
         proj_dim: random projection width, one matrix per image and view (FeatUp: 30; 0 or None: none).
         crf_weight: weight of the sampled CRF loss on the first view (FeatUp: 0.001); ``crf_guidance``:
-            ``'view'`` (the jittered image, aligned with the view's features) or ``'image'`` (FeatUp's code: the
-            un-jittered image); ``crf_samples``: pixels sampled (FeatUp: 1000).
+            ``'image'`` (FeatUp's code, the default: the un-jittered image, misaligned with the view's features) or
+            ``'view'`` (the jittered image, aligned; recommended: docs/training.md#multi-view-loss);
+            ``crf_samples``: pixels sampled (FeatUp: 1000).
         tv_weight: weight of the TV of ``|P t(F_hr)|^2`` on the first view (FeatUp: 0 for the JBU).
         filter_ent_weight: weight of the (subtracted) downsampler kernel entropy, per view (FeatUp: 0; blur
             downsampler only).
@@ -81,7 +82,7 @@ class FeatUpJBUTrainer(FrozenPartsMixin, BaseModel):
         max_zoom: float = 2.0,
         proj_dim: Optional[int] = 30,
         crf_weight: float = 0.001,
-        crf_guidance: str = 'view',
+        crf_guidance: str = 'image',
         crf_samples: int = 1000,
         tv_weight: float = 0.0,
         filter_ent_weight: float = 0.0,
