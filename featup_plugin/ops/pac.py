@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._autocast import autocast_args
+from ._autocast import autocast_args, autocast_dtype
 from .adaptive_conv import _use_compiled
 from .pac_reference import _out_size, _tap_view, pac_conv2d_taps, pac_conv2d_unfold
 
@@ -205,6 +205,8 @@ def pac_kernel2d(
             f'pac_kernel2d: guidance {tuple(guidance.shape)} is too small for kernel_size={k}, '
             f'padding={p}, dilation={d}'
         )
+    if autocast_dtype(guidance.device.type) is not None and guidance.dtype in (torch.float16, torch.bfloat16):
+        guidance = guidance.float()  # autocast: the kernel in float32 (exp of channel sums; docs/ops.md#autocast)
     gp = F.pad(guidance, [p[1], p[1], p[0], p[0]])
     cy, cx = (k[0] - 1) // 2, (k[1] - 1) // 2
     if smooth_kernel is None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Autocast accuracy and speed of the ops and modules, in one run: relative L2 error of the output and of the
-input gradient under ``torch.autocast`` (bfloat16, float16) against float32, and the time of a forward + backward
+"""Autocast accuracy and speed of the ops and modules (random init, eval mode), in one run: relative L2 error of the
+output and of the input gradient under ``torch.autocast`` (bfloat16, float16) against float32 (float32 inputs;
+float16 gradients with GradScaler's initial loss scale 2^16), and the time of a forward + backward
 under autocast as a ratio to float32 (same process, same inputs; median of ``--reps``).
 
     python3 tools/benchmarks/benchmark_autocast.py [--device cpu|cuda] [--reps 3] [--size 64]
@@ -59,8 +60,9 @@ def _step(fn, module, x, dev, dtype):
     x = x.clone().requires_grad_()
     with torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = fn(module, x)
-    out.float().square().mean().backward()
-    return out, x.grad
+    scale = 2.0**16 if dtype == torch.float16 else 1.0  # float16 is trained with a loss scale (GradScaler's init)
+    (scale * out.float().square().mean()).backward()
+    return out, x.grad / scale
 
 
 def _time(fn, module, x, dev, dtype, reps):
@@ -95,6 +97,8 @@ def main(argv=None):
     print('| case | dtype | out rel err | grad rel err | time vs fp32 |')
     print('|---|---|---|---|---|')
     for name, module, fn, x in _cases(dev, args.size):
+        if isinstance(module, nn.Module):
+            module.eval()  # no dropout: float32 and autocast compute the same function
         ref_out, ref_grad = _step(fn, module, x, dev, None)
         t32 = _time(fn, module, x, dev, None, args.reps)
         for dtype in (torch.bfloat16, torch.float16):
