@@ -49,9 +49,17 @@ struct Geometry {
   int64_t tiles(int rows) const { return B * tiles_x() * tiles_y(rows); }
 };
 
+// The kernels index rows and columns of a tile's window in 32 bits: up to h0 + tile height + k - 1, i.e. below
+// H + 2 * k + kThreadsY * 2 (two rows per thread at most), and likewise for columns. Checked with that margin.
+constexpr int64_t kIndexMargin = 2 * kThreadsX + 2 * kThreadsY * 2;
+
 Geometry make_geometry(int64_t B, int64_t C, int64_t H, int64_t W, int64_t k) {
-  TORCH_CHECK(B <= kIntMax && C <= kIntMax && H + k - 1 <= kIntMax && W + k - 1 <= kIntMax,
-              "featup CUDA adaptive conv: a dimension exceeds INT_MAX");
+  TORCH_CHECK(B <= kIntMax && C <= kIntMax, "featup CUDA adaptive conv: batch ", B, " or channels ", C,
+              " exceed INT_MAX");
+  TORCH_CHECK(H + 2 * k + kIndexMargin <= kIntMax && W + 2 * k + kIndexMargin <= kIntMax,
+              "featup CUDA adaptive conv: H=", H, ", W=", W, " with k=", k,
+              " is too large for the kernels' 32-bit row / column indices (need H, W + 2k + ", kIndexMargin,
+              " <= INT_MAX)");
   return {B, C, H, W, k};
 }
 

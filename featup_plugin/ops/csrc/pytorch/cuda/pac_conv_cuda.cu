@@ -1,5 +1,6 @@
 // Host launchers of the PAC tile kernels (common/cuda/pac_conv_cuda_kernel.cuh). float32 / float64 only: the
 // Python wrapper computes half / bfloat16 inputs in float32. Validation is done by pytorch/pac_conv.cpp.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -50,6 +51,12 @@ void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at:
   FEATUP_CHECK_CUDA_INPUT(dcol);
   FEATUP_CHECK_CUDA_INPUT(input);
   FEATUP_CHECK_CUDA_INPUT(kernel);
+  // The input-gradient scatter accumulates with atomicAdd (a source pixel is read by several taps), so its
+  // summation order varies between runs: an error under torch.use_deterministic_algorithms(True), a warning with
+  // warn_only=True, as PyTorch's own atomicAdd-based backward kernels do.
+  if (grad_input.defined()) {
+    at::globalContext().alertNotDeterministic("featup::pac_backward (CUDA, input gradient: atomicAdd scatter)");
+  }
   const c10::cuda::CUDAGuard guard(input.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const PacDevGeom dg = dev_geom(g, tile);
