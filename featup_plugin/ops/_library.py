@@ -8,6 +8,7 @@ CPU / CUDA kernels are registered in C++ (``csrc/pytorch/register_ops.cpp``); ``
     featup::pac_forward(input, kernel, weight?, bias?, geom, tile_bytes) -> [B,O,Ho,Wo]       (weight None: pooling)
     featup::pac_backward(grad_out, input, kernel, weight?, geom, need_input, need_kernel, need_weight, tile_bytes)
         -> (grad_input, grad_kernel, grad_weight)      (an empty [0] tensor for a gradient not requested)
+    featup::upsample2x_bicubic_pad(input [B,C,h,w], pad) -> [B,C,2h+2pad,2w+2pad]              (CPU kernel only)
 
 Derivation / details: docs/ops.md#registration-with-torchlibrary
 """
@@ -44,6 +45,12 @@ def _local_correlation_fake(center, padded):
     _check_pair('local_correlation', center, 'center', padded, 'padded')
     k = padded.shape[2] - center.shape[2] + 1
     return center.new_empty((center.shape[0], k * k, center.shape[2], center.shape[3]))
+
+
+def _upsample2x_bicubic_pad_fake(input, pad):
+    _check(input.dim() == 4, 'upsample2x_bicubic_pad', f'input must be 4-D, got {input.dim()}-D')
+    b, c, h, w = input.shape
+    return input.new_empty((b, c, 2 * h + 2 * pad, 2 * w + 2 * pad))
 
 
 def _pac_out_size(input, geom):
@@ -93,6 +100,27 @@ def _local_correlation_backward(ctx, grad):
     return grad_center, grad_padded
 
 
+def _upsample_setup(ctx, inputs, output):
+    ctx.in_shape, ctx.pad = tuple(inputs[0].shape), inputs[1]
+
+
+def _upsample_backward(ctx, grad):
+    # PyTorch's own backward of the plain formulation: reflect-pad backward, then bicubic backward.
+    b, c, h, w = ctx.in_shape
+    p = ctx.pad
+    if p > 0:
+        grad = torch.ops.aten.reflection_pad2d_backward(grad, grad.new_empty((b, c, 2 * h, 2 * w)), [p, p, p, p])
+    if all(type(v) is int for v in ctx.in_shape):
+        return torch.ops.aten.upsample_bicubic2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], False), None
+    # Symbolic sizes (AOT autograd with dynamic shapes): PyTorch's fake upsample_bicubic2d_backward refuses SymInt
+    # sizes (torch 2.13), so trace the vector-Jacobian product of the forward instead.
+    _, vjp = torch.func.vjp(
+        lambda t: torch.nn.functional.interpolate(t, (2 * h, 2 * w), mode='bicubic', align_corners=False),
+        grad.new_zeros((b, c, h, w)),
+    )
+    return vjp(grad)[0], None
+
+
 def _pac_forward_setup(ctx, inputs, output):
     input, kernel, weight, bias, geom, tile_bytes = inputs
     ctx.geom, ctx.tile_bytes, ctx.has_weight = list(geom), tile_bytes, weight is not None
@@ -137,6 +165,11 @@ def register_python_parts() -> None:
     torch.library.register_fake(lib + 'local_correlation', _local_correlation_fake)
     torch.library.register_fake(lib + 'pac_forward', _pac_forward_fake)
     torch.library.register_fake(lib + 'pac_backward', _pac_backward_fake)
+    if hasattr(torch.ops.featup, 'upsample2x_bicubic_pad'):  # not in modules built before it
+        torch.library.register_fake(lib + 'upsample2x_bicubic_pad', _upsample2x_bicubic_pad_fake)
+        torch.library.register_autograd(
+            lib + 'upsample2x_bicubic_pad', _upsample_backward, setup_context=_upsample_setup
+        )
     torch.library.register_autograd(lib + 'adaptive_conv', _adaptive_conv_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'local_correlation', _local_correlation_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'pac_forward', _pac_forward_backward, setup_context=_pac_forward_setup)
