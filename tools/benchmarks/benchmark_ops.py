@@ -101,6 +101,26 @@ def _sgemm_gflops(dev: str) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _copy_gbs(dev: str) -> float:
+    """Memory bandwidth: bytes read + written per second by a copy of a 256 MiB tensor into a reused buffer."""
+    import time
+
+    import torch
+
+    a = torch.randn(2**26, device=dev)
+    b = torch.empty_like(a)
+    best = float('inf')
+    for _ in range(4):
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        b.copy_(a)
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / best / 1e9
+
+
 def _best(fn, repeats: int, dev: str, setup=None) -> float:
     import time
 
@@ -129,6 +149,7 @@ def ratio_worker(spec: dict) -> dict:
     torch.manual_seed(0)
     dev, reps = spec['device'], spec['repeats']
     sgemm = [_sgemm_gflops(dev)]
+    copy = _copy_gbs(dev)
     rows = []
     for c in spec['channels']:
         for k in (3, 7):
@@ -157,9 +178,11 @@ def ratio_worker(spec: dict) -> dict:
 
                 t_bwd = _best(bwd, reps, dev, setup)
                 flop = 2 * k * k * c * s * s
-                rows.append(dict(op=name, C=c, k=k, size=s, fwd=t_fwd, bwd=t_bwd, flop=flop))
+                # the least memory traffic of one call: both inputs read once, the output written once (fp32)
+                nbytes = 4 * (sum(a.numel() for a in args) + (c if name == 'adaptive_conv' else k * k) * s * s)
+                rows.append(dict(op=name, C=c, k=k, size=s, fwd=t_fwd, bwd=t_bwd, flop=flop, bytes=nbytes))
     sgemm.append(_sgemm_gflops(dev))
-    return dict(sgemm=sgemm, rows=rows, backend=ops.backend_name(), threads=torch.get_num_threads())
+    return dict(sgemm=sgemm, copy=copy, rows=rows, backend=ops.backend_name(), threads=torch.get_num_threads())
 
 
 def stack_flops(c: int, stage_sizes, in_size, key_dim: int = 32, taps: int = 49, guidance: int = 3) -> dict:
@@ -189,14 +212,23 @@ def print_ratios(args) -> None:
         f'\nSGEMM (torch.mm 2048², {res["threads"]} threads): {sgemm:.0f} GFLOP/s '
         f'(before / after the op cases: {res["sgemm"][0]:.0f} / {res["sgemm"][1]:.0f}); op backend: {res["backend"]}\n'
     )
-    print('| op | C | k | out | fwd | fwd GFLOP/s | fwd % SGEMM | bwd | bwd GFLOP/s | bwd % SGEMM |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print(
+        f'memory: a 256 MiB copy moves {res["copy"]:.1f} GB/s (read + write). "fwd at 50%": the forward time at '
+        'half the SGEMM rate; "mem floor": the forward\'s least traffic (inputs read once, output written once) '
+        'at that copy rate\n'
+    )
+    print(
+        '| op | C | k | out | fwd | fwd GFLOP/s | fwd % SGEMM | bwd | bwd GFLOP/s | bwd % SGEMM | fwd at 50% '
+        '| mem floor |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in res['rows']:
         gf, gb = r['flop'] / r['fwd'] / 1e9, 2 * r['flop'] / r['bwd'] / 1e9
         print(
             f'| {r["op"]} | {r["C"]} | {r["k"]} | {r["size"]}² | {fmt_t(r["fwd"])} | {gf:.0f} '
             f'| {100 * gf / sgemm:.0f}% '
-            f'| {fmt_t(r["bwd"])} | {gb:.0f} | {100 * gb / sgemm:.0f}% |'
+            f'| {fmt_t(r["bwd"])} | {gb:.0f} | {100 * gb / sgemm:.0f}% | {fmt_t(r["flop"] / (0.5 * sgemm * 1e9))} '
+            f'| {fmt_t(r["bytes"] / (res["copy"] * 1e9))} |'
         )
     c = 64 if args.quick else 384
     from featup_plugin.upsamplers.jbu import plan_stage_sizes

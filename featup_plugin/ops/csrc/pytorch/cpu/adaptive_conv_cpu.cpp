@@ -110,10 +110,12 @@ FEATUP_INLINE void fwd_block_tail(const scalar_t* FEATUP_RESTRICT x, int64_t x_c
 // first output row) and column shift j the CB input vectors are loaded once and used by every output row r whose
 // tap row i = y - r is in [0, k); each kernel vector is used by the CB channels. Each accumulator still sums its
 // taps in the order i * k + j (y ascending gives i ascending), as the plain formulation does.
-template <typename scalar_t, int VBYTES, int CB, int RB>
+// KC > 0: k known at compile time (the loops unroll fully, the row tests fold away); KC = 0: k at run time.
+template <typename scalar_t, int VBYTES, int CB, int RB, int KC = 0>
 FEATUP_INLINE void fwd_tile_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
                                  const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, int64_t k_rs,
-                                 scalar_t* FEATUP_RESTRICT out, int64_t o_cs, int64_t o_rs, int k) {
+                                 scalar_t* FEATUP_RESTRICT out, int64_t o_cs, int64_t o_rs, int k_rt) {
+  const int k = KC > 0 ? KC : k_rt;
   using S = Simd<scalar_t, VBYTES>;
   using vec = typename S::vec;
   vec acc[RB][CB];
@@ -121,8 +123,10 @@ FEATUP_INLINE void fwd_tile_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 8
     for (int cb = 0; cb < CB; ++cb) acc[r][cb] = vec{};
+#pragma GCC unroll 16
   for (int y = 0; y < RB + k - 1; ++y) {
     const scalar_t* xr = x + y * x_rs;
+#pragma GCC unroll 8
     for (int j = 0; j < k; ++j) {
       vec xv[CB];
 #pragma GCC unroll 8
@@ -184,6 +188,13 @@ FEATUP_INLINE void fwd_rows_impl(const scalar_t* x, const scalar_t* kt, scalar_t
       const scalar_t* xb = x + r * Wp + w;
       scalar_t* ob = out + r * W + w;
       int64_t c = 0;
+      if (k == 3) {
+        for (; c + CB <= C; c += CB)
+          fwd_tile_simd<scalar_t, VBYTES, CB, RB, 3>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
+      } else if (k == 7) {
+        for (; c + CB <= C; c += CB)
+          fwd_tile_simd<scalar_t, VBYTES, CB, RB, 7>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
+      }
       for (; c + CB <= C; c += CB)
         fwd_tile_simd<scalar_t, VBYTES, CB, RB>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
       for (; c < C; ++c)
