@@ -199,7 +199,7 @@ def _reset_for_tests() -> None:
 
 @torch.compiler.assume_constant_result
 def has_fused_upsample() -> bool:
-    """Whether the loaded module has the CPU kernel of ``featup::upsample2x_bicubic_pad`` (older builds do not);
-    a graph constant under ``torch.compile``, as :func:`served_devices`."""
+    """Whether the loaded module has the CPU kernels of ``featup::upsample2x_bicubic_pad`` and its backward (older
+    builds do not); a graph constant under ``torch.compile``, as :func:`served_devices`."""
     get_ext()
-    return _state['ext'] is not None and hasattr(torch.ops.featup, 'upsample2x_bicubic_pad')
+    return _state['ext'] is not None and hasattr(torch.ops.featup, 'upsample2x_bicubic_pad_backward')

@@ -9,6 +9,7 @@ CPU / CUDA kernels are registered in C++ (``csrc/pytorch/register_ops.cpp``); ``
     featup::pac_backward(grad_out, input, kernel, weight?, geom, need_input, need_kernel, need_weight, tile_bytes)
         -> (grad_input, grad_kernel, grad_weight)      (an empty [0] tensor for a gradient not requested)
     featup::upsample2x_bicubic_pad(input [B,C,h,w], pad) -> [B,C,2h+2pad,2w+2pad]              (CPU kernel only)
+    featup::upsample2x_bicubic_pad_backward(grad [B,C,2h+2pad,2w+2pad], pad) -> [B,C,h,w]     (its transpose)
 
 Derivation / details: docs/ops.md#registration-with-torchlibrary
 """
@@ -51,6 +52,12 @@ def _upsample2x_bicubic_pad_fake(input, pad):
     _check(input.dim() == 4, 'upsample2x_bicubic_pad', f'input must be 4-D, got {input.dim()}-D')
     b, c, h, w = input.shape
     return input.new_empty((b, c, 2 * h + 2 * pad, 2 * w + 2 * pad))
+
+
+def _upsample2x_bicubic_pad_backward_fake(grad, pad):
+    _check(grad.dim() == 4, 'upsample2x_bicubic_pad_backward', f'grad must be 4-D, got {grad.dim()}-D')
+    b, c, hp, wp = grad.shape
+    return grad.new_empty((b, c, (hp - 2 * pad) // 2, (wp - 2 * pad) // 2))
 
 
 def _pac_out_size(input, geom):
@@ -101,24 +108,20 @@ def _local_correlation_backward(ctx, grad):
 
 
 def _upsample_setup(ctx, inputs, output):
-    ctx.in_shape, ctx.pad = tuple(inputs[0].shape), inputs[1]
+    ctx.pad = inputs[1]
 
 
 def _upsample_backward(ctx, grad):
-    # PyTorch's own backward of the plain formulation: reflect-pad backward, then bicubic backward.
-    b, c, h, w = ctx.in_shape
-    p = ctx.pad
-    if p > 0:
-        grad = torch.ops.aten.reflection_pad2d_backward(grad, grad.new_empty((b, c, 2 * h, 2 * w)), [p, p, p, p])
-    if all(type(v) is int for v in ctx.in_shape):
-        return torch.ops.aten.upsample_bicubic2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], False), None
-    # Symbolic sizes (AOT autograd with dynamic shapes): PyTorch's fake upsample_bicubic2d_backward refuses SymInt
-    # sizes (torch 2.13), so trace the vector-Jacobian product of the forward instead.
-    _, vjp = torch.func.vjp(
-        lambda t: torch.nn.functional.interpolate(t, (2 * h, 2 * w), mode='bicubic', align_corners=False),
-        grad.new_zeros((b, c, h, w)),
-    )
-    return vjp(grad)[0], None
+    return torch.ops.featup.upsample2x_bicubic_pad_backward(grad, ctx.pad), None
+
+
+def _upsample_backward_setup(ctx, inputs, output):
+    ctx.pad = inputs[1]
+
+
+def _upsample_backward_backward(ctx, grad):
+    # the backward is linear in grad: its own gradient is the forward op
+    return torch.ops.featup.upsample2x_bicubic_pad(grad, ctx.pad), None
 
 
 def _pac_forward_setup(ctx, inputs, output):
@@ -165,10 +168,16 @@ def register_python_parts() -> None:
     torch.library.register_fake(lib + 'local_correlation', _local_correlation_fake)
     torch.library.register_fake(lib + 'pac_forward', _pac_forward_fake)
     torch.library.register_fake(lib + 'pac_backward', _pac_backward_fake)
-    if hasattr(torch.ops.featup, 'upsample2x_bicubic_pad'):  # not in modules built before it
+    if hasattr(torch.ops.featup, 'upsample2x_bicubic_pad_backward'):  # not in modules built before it
         torch.library.register_fake(lib + 'upsample2x_bicubic_pad', _upsample2x_bicubic_pad_fake)
+        torch.library.register_fake(lib + 'upsample2x_bicubic_pad_backward', _upsample2x_bicubic_pad_backward_fake)
         torch.library.register_autograd(
             lib + 'upsample2x_bicubic_pad', _upsample_backward, setup_context=_upsample_setup
+        )
+        torch.library.register_autograd(
+            lib + 'upsample2x_bicubic_pad_backward',
+            _upsample_backward_backward,
+            setup_context=_upsample_backward_setup,
         )
     torch.library.register_autograd(lib + 'adaptive_conv', _adaptive_conv_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'local_correlation', _local_correlation_backward, setup_context=_save_inputs)

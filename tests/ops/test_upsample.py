@@ -1,5 +1,5 @@
 """The fused x2 bicubic + reflect pad (``torch.ops.featup.upsample2x_bicubic_pad``): equal to
-``F.pad(F.interpolate(x, 2x, 'bicubic'), reflect)`` in float64 and float32, its gradients (PyTorch's backward),
+``F.pad(F.interpolate(x, 2x, 'bicubic'), reflect)`` in float64 and float32, its backward op equal to PyTorch's,
 opcheck, the fallbacks, and the JBU stage through it equal to the plain formulation."""
 
 import os
@@ -71,6 +71,17 @@ def test_gradients_and_opcheck():
     torch.testing.assert_close(ours, plain, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize('shape, p', [((2, 3, 7, 9), 3), ((1, 1, 2, 3), 3), ((1, 2, 6, 5), 0), ((1, 1, 1, 1), 1)])
+def test_the_backward_op_equals_pytorchs_backward_float64(shape, p):
+    x = torch.randn(*shape, dtype=D, requires_grad=True)
+    out = _plain(x, p)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(out, x, g)[0]
+    torch.testing.assert_close(torch.ops.featup.upsample2x_bicubic_pad_backward(g, p), want, rtol=0, atol=1e-12)
+    res = torch.library.opcheck(torch.ops.featup.upsample2x_bicubic_pad_backward.default, (g.requires_grad_(), p))
+    assert all(v == 'SUCCESS' for v in res.values()), res
+
+
 def test_the_cpp_entry_point_checks_its_arguments():
     with pytest.raises(RuntimeError, match='reflect padding needs'):
         torch.ops.featup.upsample2x_bicubic_pad(torch.randn(1, 1, 2, 2), 4)
@@ -78,6 +89,8 @@ def test_the_cpp_entry_point_checks_its_arguments():
         torch.ops.featup.upsample2x_bicubic_pad(torch.randn(1, 1, 2, 2).half(), 1)
     with pytest.raises(RuntimeError, match='4-D'):
         torch.ops.featup.upsample2x_bicubic_pad(torch.randn(1, 2, 2), 1)
+    with pytest.raises(RuntimeError, match='is not a x2 map padded by'):
+        torch.ops.featup.upsample2x_bicubic_pad_backward(torch.randn(1, 1, 7, 8), 1)
 
 
 def test_the_fallbacks_and_the_dispatcher():

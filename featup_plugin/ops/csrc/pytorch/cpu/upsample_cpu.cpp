@@ -95,6 +95,44 @@ void upsample_plane(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p,
   }
 }
 
+// The transpose of upsample_plane (the input gradient): fold the reflected columns of each padded row into its
+// row, scatter the row into the 4 buffered rows it was formed from (transposed pass 2), then scatter each buffered
+// row into the input columns (transposed pass 1).
+template <typename T>
+void upsample_plane_backward(const T* g, T* dx, T* tmp, T* u, int64_t h, int64_t w, int64_t p, const T* we,
+                             const T* wo) {
+  const int64_t H = 2 * h, W = 2 * w, Wp = W + 2 * p;
+  std::fill(tmp, tmp + h * W, T(0));
+  for (int64_t py = 0; py < H + 2 * p; ++py) {
+    const T* gr = g + py * Wp;
+    for (int64_t X = 0; X < W; ++X) u[X] = gr[p + X];
+    for (int64_t q = 1; q <= p; ++q) {
+      u[q] += gr[p - q];
+      u[W - 1 - q] += gr[p + W - 1 + q];
+    }
+    const int64_t Y = reflecti(py - p, H), m = Y / 2;
+    const T* wy = (Y % 2 == 0) ? we : wo;
+    const int64_t y0 = (Y % 2 == 0) ? m - 2 : m - 1;
+    for (int a = 0; a < 4; ++a) {
+      T* FEATUP_RESTRICT tr = tmp + clampi(y0 + a, h) * W;
+      const T wa = wy[a];
+      for (int64_t X = 0; X < W; ++X) tr[X] += wa * u[X];
+    }
+  }
+  for (int64_t y = 0; y < h; ++y) {
+    const T* tr = tmp + y * W;
+    T* xr = dx + y * w;
+    std::fill(xr, xr + w, T(0));
+    for (int64_t m = 0; m < w; ++m) {
+      const T e = tr[2 * m], o = tr[2 * m + 1];
+      for (int a = 0; a < 4; ++a) {
+        xr[clampi(m - 2 + a, w)] += we[a] * e;
+        xr[clampi(m - 1 + a, w)] += wo[a] * o;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 at::Tensor upsample2x_bicubic_pad_cpu(const at::Tensor& input_, int64_t pad) {
@@ -123,6 +161,40 @@ at::Tensor upsample2x_bicubic_pad_cpu(const at::Tensor& input_, int64_t pad) {
     });
   });
   return out;
+}
+
+}  // namespace featup
+
+namespace featup {
+
+// grad [B, C, 2h+2pad, 2w+2pad] -> the input gradient [B, C, h, w] of upsample2x_bicubic_pad.
+at::Tensor upsample2x_bicubic_pad_backward_cpu(const at::Tensor& grad_, int64_t pad) {
+  TORCH_CHECK(grad_.dim() == 4, "upsample2x_bicubic_pad_backward: grad must be 4-D, got ", grad_.dim(), "-D");
+  FEATUP_CHECK_CPU(grad_);
+  TORCH_CHECK(grad_.scalar_type() == at::kFloat || grad_.scalar_type() == at::kDouble,
+              "upsample2x_bicubic_pad_backward: grad must be float32 or float64, got ", grad_.scalar_type());
+  const int64_t B = grad_.size(0), C = grad_.size(1), Hp = grad_.size(2), Wp = grad_.size(3);
+  TORCH_CHECK(pad >= 0 && (Hp - 2 * pad) % 2 == 0 && (Wp - 2 * pad) % 2 == 0 && Hp > 2 * pad && Wp > 2 * pad,
+              "upsample2x_bicubic_pad_backward: grad ", grad_.sizes(), " is not a x2 map padded by ", pad);
+  const int64_t h = (Hp - 2 * pad) / 2, w = (Wp - 2 * pad) / 2;
+  TORCH_CHECK(pad < 2 * std::min(h, w), "upsample2x_bicubic_pad_backward: reflect padding needs pad < the upsampled "
+              "size, got pad ", pad, " for grad ", grad_.sizes());
+  const at::Tensor grad = grad_.contiguous();
+  auto dx = at::empty({B, C, h, w}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "upsample2x_bicubic_pad_backward_cpu", [&] {
+    scalar_t we[4], wo[4];
+    cubic_weights<scalar_t>(we, scalar_t(0.75));
+    cubic_weights<scalar_t>(wo, scalar_t(0.25));
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* o = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> tmp(static_cast<size_t>(h * 2 * w)), u(static_cast<size_t>(2 * w));
+      for (int64_t plane = begin; plane < end; ++plane)
+        upsample_plane_backward<scalar_t>(g + plane * Hp * Wp, o + plane * h * w, tmp.data(), u.data(), h, w, pad, we,
+                                          wo);
+    });
+  });
+  return dx;
 }
 
 }  // namespace featup
