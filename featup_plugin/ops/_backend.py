@@ -195,3 +195,11 @@ def backend_name() -> str:
 def _reset_for_tests() -> None:
     with _lock:
         _state.clear()
+
+
+@torch.compiler.assume_constant_result
+def has_fused_upsample() -> bool:
+    """Whether the loaded module has the CPU kernels of ``featup::upsample2x_bicubic_pad`` and its backward (older
+    builds do not); a graph constant under ``torch.compile``, as :func:`served_devices`."""
+    get_ext()
+    return _state['ext'] is not None and hasattr(torch.ops.featup, 'upsample2x_bicubic_pad_backward')

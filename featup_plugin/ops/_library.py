@@ -8,6 +8,8 @@ CPU / CUDA kernels are registered in C++ (``csrc/pytorch/register_ops.cpp``); ``
     featup::pac_forward(input, kernel, weight?, bias?, geom, tile_bytes) -> [B,O,Ho,Wo]       (weight None: pooling)
     featup::pac_backward(grad_out, input, kernel, weight?, geom, need_input, need_kernel, need_weight, tile_bytes)
         -> (grad_input, grad_kernel, grad_weight)      (an empty [0] tensor for a gradient not requested)
+    featup::upsample2x_bicubic_pad(input [B,C,h,w], pad) -> [B,C,2h+2pad,2w+2pad]              (CPU kernel only)
+    featup::upsample2x_bicubic_pad_backward(grad [B,C,2h+2pad,2w+2pad], pad) -> [B,C,h,w]     (its transpose)
 
 Derivation / details: docs/ops.md#registration-with-torchlibrary
 """
@@ -44,6 +46,18 @@ def _local_correlation_fake(center, padded):
     _check_pair('local_correlation', center, 'center', padded, 'padded')
     k = padded.shape[2] - center.shape[2] + 1
     return center.new_empty((center.shape[0], k * k, center.shape[2], center.shape[3]))
+
+
+def _upsample2x_bicubic_pad_fake(input, pad):
+    _check(input.dim() == 4, 'upsample2x_bicubic_pad', f'input must be 4-D, got {input.dim()}-D')
+    b, c, h, w = input.shape
+    return input.new_empty((b, c, 2 * h + 2 * pad, 2 * w + 2 * pad))
+
+
+def _upsample2x_bicubic_pad_backward_fake(grad, pad):
+    _check(grad.dim() == 4, 'upsample2x_bicubic_pad_backward', f'grad must be 4-D, got {grad.dim()}-D')
+    b, c, hp, wp = grad.shape
+    return grad.new_empty((b, c, (hp - 2 * pad) // 2, (wp - 2 * pad) // 2))
 
 
 def _pac_out_size(input, geom):
@@ -93,6 +107,23 @@ def _local_correlation_backward(ctx, grad):
     return grad_center, grad_padded
 
 
+def _upsample_setup(ctx, inputs, output):
+    ctx.pad = inputs[1]
+
+
+def _upsample_backward(ctx, grad):
+    return torch.ops.featup.upsample2x_bicubic_pad_backward(grad, ctx.pad), None
+
+
+def _upsample_backward_setup(ctx, inputs, output):
+    ctx.pad = inputs[1]
+
+
+def _upsample_backward_backward(ctx, grad):
+    # the backward is linear in grad: its own gradient is the forward op
+    return torch.ops.featup.upsample2x_bicubic_pad(grad, ctx.pad), None
+
+
 def _pac_forward_setup(ctx, inputs, output):
     input, kernel, weight, bias, geom, tile_bytes = inputs
     ctx.geom, ctx.tile_bytes, ctx.has_weight = list(geom), tile_bytes, weight is not None
@@ -137,6 +168,17 @@ def register_python_parts() -> None:
     torch.library.register_fake(lib + 'local_correlation', _local_correlation_fake)
     torch.library.register_fake(lib + 'pac_forward', _pac_forward_fake)
     torch.library.register_fake(lib + 'pac_backward', _pac_backward_fake)
+    if hasattr(torch.ops.featup, 'upsample2x_bicubic_pad_backward'):  # not in modules built before it
+        torch.library.register_fake(lib + 'upsample2x_bicubic_pad', _upsample2x_bicubic_pad_fake)
+        torch.library.register_fake(lib + 'upsample2x_bicubic_pad_backward', _upsample2x_bicubic_pad_backward_fake)
+        torch.library.register_autograd(
+            lib + 'upsample2x_bicubic_pad', _upsample_backward, setup_context=_upsample_setup
+        )
+        torch.library.register_autograd(
+            lib + 'upsample2x_bicubic_pad_backward',
+            _upsample_backward_backward,
+            setup_context=_upsample_backward_setup,
+        )
     torch.library.register_autograd(lib + 'adaptive_conv', _adaptive_conv_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'local_correlation', _local_correlation_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'pac_forward', _pac_forward_backward, setup_context=_pac_forward_setup)

@@ -3,6 +3,13 @@
     python tools/benchmarks/benchmark_ops.py                 # CPU, the issue's table (the reference takes minutes)
     python tools/benchmarks/benchmark_ops.py --device cuda   # the same on a GPU
     python tools/benchmarks/benchmark_ops.py --quick         # small sizes only (a smoke run)
+    python tools/benchmarks/benchmark_ops.py --only ratios   # issue 16 §3: throughput as ratios of this run's SGEMM
+
+The ratio tables (printed first, also by a plain run): the SGEMM rate of this machine (``torch.mm`` 2048², all
+threads), each op's forward and backward at C ∈ {64, 384}, 224², k ∈ {3, 7} as % of it (2·k²·C·H·W FLOP per
+op call; a backward makes two such calls, the input and the filter gradient), and ``JBUStack(C)`` 14² → 224²
+forward and forward+backward as multiples of its FLOP floor (the itemised FLOP count at the SGEMM rate; the
+backward counted as twice the forward) with the forward's peak extra memory.
 
 Every case runs in a fresh subprocess so that its peak memory is its own: on CPU the resident-set high-water
 mark (VmHWM, reset once the inputs are made: ``ru_maxrss`` would carry the parent's peak across fork/exec) above
@@ -28,6 +35,8 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(0)
     dev = spec['device']
 
+    if spec['kind'] == 'ratios':
+        return ratio_worker(spec)
     if spec['kind'] == 'op':
         c, s, k = spec['C'], spec['size'], spec['k']
         x = torch.randn(1, c, s + k - 1, s + k - 1, device=dev)
@@ -73,13 +82,185 @@ def worker(spec: dict) -> dict:
     return dict(spec, seconds=best, peak_mib=peak, backend=backend, threads=torch.get_num_threads())
 
 
+def _sgemm_gflops(dev: str) -> float:
+    import time
+
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    best = float('inf')
+    for _ in range(6):
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _copy_gbs(dev: str) -> float:
+    """Memory bandwidth: bytes read + written per second by a copy of a 256 MiB tensor into a reused buffer."""
+    import time
+
+    import torch
+
+    a = torch.randn(2**26, device=dev)
+    b = torch.empty_like(a)
+    best = float('inf')
+    for _ in range(4):
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        b.copy_(a)
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / best / 1e9
+
+
+def _best(fn, repeats: int, dev: str, setup=None) -> float:
+    import time
+
+    import torch
+
+    best = float('inf')
+    for _ in range(repeats + 1):  # the first is a warm-up
+        state = setup() if setup is not None else None
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = fn(state)
+        if dev == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        del res, state
+    return best
+
+
+def ratio_worker(spec: dict) -> dict:
+    """All op cases of the ratio table in one process, with the SGEMM rate measured before and after."""
+    import torch
+
+    import featup_plugin.ops as ops
+
+    torch.manual_seed(0)
+    dev, reps = spec['device'], spec['repeats']
+    sgemm = [_sgemm_gflops(dev)]
+    copy = _copy_gbs(dev)
+    rows = []
+    for c in spec['channels']:
+        for k in (3, 7):
+            s = spec['size']
+            p = k - 1
+            x = torch.randn(1, c, s + p, s + p, device=dev)
+            g = torch.randn(1, c, s, s, device=dev)
+            f = torch.softmax(torch.randn(1, s, s, k * k, device=dev), -1).view(1, s, s, k, k)
+            go_conv = torch.randn(1, c, s, s, device=dev)
+            go_corr = torch.randn(1, k * k, s, s, device=dev)
+            cases = {
+                'adaptive_conv': (lambda a, b: ops.adaptive_conv(a, b), (x, f), go_conv),
+                'local_correlation': (lambda a, b: ops.local_correlation(a, b), (g, x), go_corr),
+            }
+            for name, (fn, args, go) in cases.items():
+                with torch.no_grad():
+                    t_fwd = _best(lambda _: fn(*args), reps, dev)
+
+                def setup(fn=fn, args=args):
+                    leaves = [a.detach().requires_grad_() for a in args]
+                    return leaves, fn(*leaves)
+
+                def bwd(state, go=go):
+                    leaves, out = state
+                    return torch.autograd.grad(out, leaves, go)
+
+                t_bwd = _best(bwd, reps, dev, setup)
+                flop = 2 * k * k * c * s * s
+                # the least memory traffic of one call: both inputs read once, the output written once (fp32)
+                nbytes = 4 * (sum(a.numel() for a in args) + (c if name == 'adaptive_conv' else k * k) * s * s)
+                rows.append(dict(op=name, C=c, k=k, size=s, fwd=t_fwd, bwd=t_bwd, flop=flop, bytes=nbytes))
+    sgemm.append(_sgemm_gflops(dev))
+    return dict(sgemm=sgemm, copy=copy, rows=rows, backend=ops.backend_name(), threads=torch.get_num_threads())
+
+
+def stack_flops(c: int, stage_sizes, in_size, key_dim: int = 32, taps: int = 49, guidance: int = 3) -> dict:
+    """FLOPs of a JBUStack(c) forward (fuse_fixup, the default): 2 per multiply-add, elementwise work excluded."""
+    items = dict.fromkeys(('range MLP', 'correlation', 'fixup convs', 'bicubic taps', 'adaptive conv', 'final 1x1'), 0)
+    prev = in_size
+    for h, w in stage_sizes:
+        hw = h * w
+        items['range MLP'] += 2 * hw * (guidance * key_dim + key_dim * key_dim)
+        items['correlation'] += 2 * hw * taps * key_dim
+        items['fixup convs'] += 2 * hw * ((taps + guidance) * taps + taps * taps)
+        items['bicubic taps'] += 2 * c * (prev[0] * 4 * w + 4 * hw)  # separable: 4 taps along W, then 4 along H
+        items['adaptive conv'] += 2 * hw * taps * c
+        prev = (h, w)
+    h, w = stage_sizes[-2] if len(stage_sizes) > 1 else in_size  # the fused fixup runs on the last stage's input
+    items['final 1x1'] = 2 * h * w * c * c
+    return items
+
+
+def print_ratios(args) -> None:
+    """Issue 16 §3: op and stack throughput as ratios of the SGEMM rate measured in this run."""
+    s = 112 if args.quick else 224
+    channels = [64] if args.quick else [64, 384]
+    res = run_case(__file__, dict(kind='ratios', device=args.device, repeats=args.repeats, size=s, channels=channels))
+    sgemm = max(res['sgemm'])
+    print(
+        f'\nSGEMM (torch.mm 2048², {res["threads"]} threads): {sgemm:.0f} GFLOP/s '
+        f'(before / after the op cases: {res["sgemm"][0]:.0f} / {res["sgemm"][1]:.0f}); op backend: {res["backend"]}\n'
+    )
+    print(
+        f'memory: a 256 MiB copy moves {res["copy"]:.1f} GB/s (read + write). "fwd at 50%": the forward time at '
+        'half the SGEMM rate; "mem floor": the forward\'s least traffic (inputs read once, output written once) '
+        'at that copy rate\n'
+    )
+    print(
+        '| op | C | k | out | fwd | fwd GFLOP/s | fwd % SGEMM | bwd | bwd GFLOP/s | bwd % SGEMM | fwd at 50% '
+        '| mem floor |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for r in res['rows']:
+        gf, gb = r['flop'] / r['fwd'] / 1e9, 2 * r['flop'] / r['bwd'] / 1e9
+        print(
+            f'| {r["op"]} | {r["C"]} | {r["k"]} | {r["size"]}² | {fmt_t(r["fwd"])} | {gf:.0f} '
+            f'| {100 * gf / sgemm:.0f}% '
+            f'| {fmt_t(r["bwd"])} | {gb:.0f} | {100 * gb / sgemm:.0f}% | {fmt_t(r["flop"] / (0.5 * sgemm * 1e9))} '
+            f'| {fmt_t(r["bytes"] / (res["copy"] * 1e9))} |'
+        )
+    c = 64 if args.quick else 384
+    from featup_plugin.upsamplers.jbu import plan_stage_sizes
+
+    sizes = plan_stage_sizes((14, 14), (224, 224))
+    items = stack_flops(c, sizes, (14, 14))
+    total = sum(items.values())
+    floor = total / (sgemm * 1e9)
+    print(f'\nJBUStack({c}) 14² → 224² forward FLOPs (stages {", ".join(f"{h}²" for h, _ in sizes)}):')
+    print(', '.join(f'{name} {v / 1e9:.3f}' for name, v in items.items()) + f'; total {total / 1e9:.2f} GFLOP')
+    print(f'floor at {sgemm:.0f} GFLOP/s: forward {fmt_t(floor)}, forward+backward (3× the forward) {fmt_t(3 * floor)}')
+    print()
+    print('| pass | time | × FLOP floor | target | peak extra |')
+    print('|---|---|---|---|---|')
+    for mode, mult, target in (('fwd', 1, 3), ('fwd+bwd', 3, 4)):
+        spec = dict(kind='stack', C=c, mode=mode, device=args.device, impl='ours', repeats=args.repeats)
+        r = run_case(__file__, spec)
+        x = r['seconds'] / (mult * floor)
+        print(
+            f'| {mode} | {fmt_t(r["seconds"])} | {x:.1f}× | ≤ {target}× {"met" if x <= target else "not met"} | '
+            f'{r["peak_mib"]:.0f} MiB |',
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='C=64 at 112^2 and a 64-channel stack only')
     ap.add_argument('--no-reference', action='store_true', help='time ours only')
-    ap.add_argument('--only', choices=['op', 'stack'], help='run one of the two tables')
+    ap.add_argument('--only', choices=['ratios', 'op', 'stack'], help='run one of the tables')
     ap.add_argument('--worker', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -87,6 +268,10 @@ def main() -> None:
         return
 
     print_header('featup_plugin op benchmark', args.device)
+    if args.only in (None, 'ratios'):
+        print_ratios(args)
+        if args.only == 'ratios':
+            return
     sizes = [(64, 112)] if args.quick else [(64, 112), (64, 224), (384, 112), (384, 224)]
     if args.only == 'stack':
         sizes = []

@@ -24,6 +24,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& gr
                                                             const c10::optional<at::Tensor>& weight,
                                                             at::IntArrayRef geom, bool need_input, bool need_kernel,
                                                             bool need_weight, int64_t tile_bytes);
+at::Tensor upsample2x_bicubic_pad_cpu(const at::Tensor& input, int64_t pad);
+at::Tensor upsample2x_bicubic_pad_backward_cpu(const at::Tensor& grad, int64_t pad);
 
 namespace {
 
@@ -41,6 +43,10 @@ void define_schemas(torch::Library& m) {
       "pac_backward(Tensor grad_out, Tensor input, Tensor kernel, Tensor? weight, int[] geom, bool need_input, "
       "bool need_kernel, bool need_weight, int tile_bytes) -> (Tensor, Tensor, Tensor)",
       tags);
+  // reflect_pad(bicubic x2 upsampling(input), pad): [B, C, h, w] -> [B, C, 2h+2pad, 2w+2pad] (CPU kernel only)
+  m.def("upsample2x_bicubic_pad(Tensor input, int pad) -> Tensor", tags);
+  // its input gradient (the transpose): grad [B, C, 2h+2pad, 2w+2pad] -> [B, C, h, w]
+  m.def("upsample2x_bicubic_pad_backward(Tensor grad, int pad) -> Tensor", tags);
 }
 
 // The entry points check their arguments and pick the device code themselves, so one function serves both keys.
@@ -60,6 +66,8 @@ void register_ops() {
     define_schemas(*defs);
     auto* cpu = new torch::Library(torch::Library::IMPL, "featup", c10::DispatchKey::CPU, __FILE__, __LINE__);
     impl_kernels(*cpu);
+    cpu->impl("upsample2x_bicubic_pad", TORCH_FN(upsample2x_bicubic_pad_cpu));
+    cpu->impl("upsample2x_bicubic_pad_backward", TORCH_FN(upsample2x_bicubic_pad_backward_cpu));
 #ifdef WITH_CUDA
     auto* cuda = new torch::Library(torch::Library::IMPL, "featup", c10::DispatchKey::CUDA, __FILE__, __LINE__);
     impl_kernels(*cuda);

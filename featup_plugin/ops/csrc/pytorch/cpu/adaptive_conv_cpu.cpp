@@ -1,21 +1,24 @@
 // CPU kernels for the adaptive convolution primitives.
 //
-// Layout: NCHW input, tap-major kernel [B, k*k, H, W]. Work is split over (batch, output row) with
-// at::parallel_for (ATen's OpenMP backend, so torch.set_num_threads applies). Inside a row the loops are
-// register-blocked: a block of kCB channels x WB columns of accumulators stays in vector registers while
-// all k*k taps are applied, so each loaded kernel value is reused across kCB channels and each loaded
-// input vector feeds one FMA per accumulator. Accumulation is in at::opmath_type (float for half/bf16).
+// Layout: NCHW input, tap-major kernel [B, k*k, H, W]. Work is split over (batch, channel / row tiles) with
+// at::parallel_for (ATen's OpenMP backend, so torch.set_num_threads applies). The loops are register-blocked.
+// Forward: CB channels x RB output rows x one vector of columns of accumulators; each loaded input vector feeds
+// the RB rows that use it and each kernel vector the CB channels (loads per FMA 1/RB + 1/CB instead of 1 + 1/CB).
+// Correlation: kJB taps x two vectors, the input vector of each channel reused by the taps.
+// Accumulation is in at::opmath_type (float for half/bf16).
 //
-// The row functions are compiled for several instruction sets (AVX-512, AVX2+FMA, baseline), each with block
-// sizes that keep 8 vector accumulators in registers, and the best one the CPU supports is picked at run time.
+// The kernels are compiled for several instruction sets (AVX-512, AVX2+FMA, baseline), each with block sizes that
+// fit its vector registers, and the best one the CPU supports is picked at run time.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "pytorch_cpp_helper.hpp"
 
@@ -38,8 +41,12 @@
 namespace featup {
 namespace {
 
-constexpr int kCB = 4;  // channels per register block (forward)
 constexpr int kJB = 4;  // taps of one kernel row per register block (correlation)
+// Cache tiling: a task covers up to kTileC channels x kTileH output rows. Within it, a column block's data
+// (kTileC x k input rows x one block, plus k*k kernel vectors) fits in L1/L2, and the input rows of the tile are
+// reused by its kTileH output rows.
+constexpr int64_t kTileC = 64;
+constexpr int64_t kTileH = 4;
 // Columns per register block: two vectors, so kCB (or kJB) x 2 = 8 vector accumulators.
 template <typename scalar_t, int VBYTES>
 constexpr int block_width() {
@@ -76,7 +83,7 @@ struct Simd {
 // ---------------------------------------------------------------------------------------------
 // adaptive conv forward: out[c, h, w] = sum_{i,j} kt[i*k+j, h, w] * x[c, h+i, w+j]
 // ---------------------------------------------------------------------------------------------
-// Scalar loops for the last, partial column block (n < WB columns); full blocks use fwd_block_simd below.
+// Scalar loops for rows narrower than one vector (n < WB columns); the others use fwd_tile_simd below.
 template <typename scalar_t, int WB, int CB>
 FEATUP_INLINE void fwd_block_tail(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
                                   const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
@@ -99,54 +106,108 @@ FEATUP_INLINE void fwd_block_tail(const scalar_t* FEATUP_RESTRICT x, int64_t x_c
     for (int w = 0; w < n; ++w) out[cb * o_cs + w] = static_cast<scalar_t>(acc[cb][w]);
 }
 
-// The same block for a full column block, in SIMD vectors: kernel vectors loaded once per tap and reused by
-// the CB channels; CB x 2 vector accumulators.
-template <typename scalar_t, int VBYTES, int CB>
-FEATUP_INLINE void fwd_block_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
-                                  const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, scalar_t* FEATUP_RESTRICT out,
-                                  int64_t o_cs, int k) {
+// RB output rows x CB channels x one vector of columns, acc[r][cb] in registers. For input row y (relative to the
+// first output row) and column shift j the CB input vectors are loaded once and used by every output row r whose
+// tap row i = y - r is in [0, k); each kernel vector is used by the CB channels. Each accumulator still sums its
+// taps in the order i * k + j (y ascending gives i ascending), as the plain formulation does.
+// KC > 0: k known at compile time (the loops unroll fully, the row tests fold away); KC = 0: k at run time.
+template <typename scalar_t, int VBYTES, int CB, int RB, int KC = 0>
+FEATUP_INLINE void fwd_tile_simd(const scalar_t* FEATUP_RESTRICT x, int64_t x_cs, int64_t x_rs,
+                                 const scalar_t* FEATUP_RESTRICT kt, int64_t k_ts, int64_t k_rs,
+                                 scalar_t* FEATUP_RESTRICT out, int64_t o_cs, int64_t o_rs, int k_rt) {
+  const int k = KC > 0 ? KC : k_rt;
   using S = Simd<scalar_t, VBYTES>;
   using vec = typename S::vec;
-  constexpr int L = S::lanes;
-  vec acc[CB][2];
-  for (int cb = 0; cb < CB; ++cb) acc[cb][0] = acc[cb][1] = vec{};
-  for (int i = 0; i < k; ++i) {
+  vec acc[RB][CB];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+    for (int cb = 0; cb < CB; ++cb) acc[r][cb] = vec{};
+#pragma GCC unroll 16
+  for (int y = 0; y < RB + k - 1; ++y) {
+    const scalar_t* xr = x + y * x_rs;
+#pragma GCC unroll 8
     for (int j = 0; j < k; ++j) {
-      const scalar_t* kr = kt + (i * k + j) * k_ts;
-      const vec k0 = S::load(kr), k1 = S::load(kr + L);
-      const scalar_t* xr = x + i * x_rs + j;
-      for (int cb = 0; cb < CB; ++cb) {
-        acc[cb][0] += k0 * S::load(xr + cb * x_cs);
-        acc[cb][1] += k1 * S::load(xr + cb * x_cs + L);
+      vec xv[CB];
+#pragma GCC unroll 8
+      for (int cb = 0; cb < CB; ++cb) xv[cb] = S::load(xr + cb * x_cs + j);
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) {
+        const int i = y - r;
+        if (i < 0 || i >= k) continue;
+        const vec kv = S::load(kt + (i * k + j) * k_ts + r * k_rs);
+#pragma GCC unroll 8
+        for (int cb = 0; cb < CB; ++cb) acc[r][cb] += kv * xv[cb];
       }
     }
   }
-  for (int cb = 0; cb < CB; ++cb) {
-    S::store(out + cb * o_cs, acc[cb][0]);
-    S::store(out + cb * o_cs + L, acc[cb][1]);
-  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+    for (int cb = 0; cb < CB; ++cb) S::store(out + cb * o_cs + r * o_rs, acc[r][cb]);
 }
 
-// One output row (fixed b, h) for C channels. Pointers are at (b, c0, h, 0). Column blocks are the outer loop so
-// the block's k*k kernel vectors stay in L1 while every channel of the tile passes through.
-template <typename scalar_t, int VBYTES>
-FEATUP_INLINE void fwd_row_impl(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t C, int64_t H, int64_t W,
-                                int64_t Hp, int64_t Wp, int k) {
-  constexpr int WB = block_width<scalar_t, VBYTES>();
+// Copies the k*k x rb kernel vectors of one column block into kp, contiguous: at H*W a multiple of 1024 (224^2)
+// the taps of the kernel lie a multiple of 4 KiB apart and all fall into one L1 set, evicting each other.
+template <typename scalar_t, int L>
+FEATUP_INLINE void pack_kernel(const scalar_t* kt, int64_t hw, int64_t W, int taps, int rb, scalar_t* kp) {
+  for (int t = 0; t < taps; ++t)
+    for (int r = 0; r < rb; ++r) std::memcpy(kp + (t * rb + r) * L, kt + t * hw + r * W, L * sizeof(scalar_t));
+}
+
+// Output rows [0, nrows) of C channels; pointers at (b, c0, h0, 0). Column blocks are one vector wide; when W is
+// not a multiple of it the last block overlaps the previous one (its columns are recomputed identically), so only
+// rows narrower than one vector take the scalar loops. Column blocks, then row groups of RB, then channel groups:
+// the group's k*k*RB kernel vectors (packed) stay in L1 while the tile's channels pass through.
+template <typename scalar_t, int VBYTES, int CB, int RB>
+FEATUP_INLINE void fwd_rows_impl(const scalar_t* x, const scalar_t* kt, scalar_t* out, int64_t C, int64_t nrows,
+                                 int64_t H, int64_t W, int64_t Hp, int64_t Wp, int k) {
+  constexpr int L = Simd<scalar_t, VBYTES>::lanes;
   const int64_t x_cs = Hp * Wp, hw = H * W;
-  for (int64_t w = 0; w < W; w += WB) {
-    const int n = static_cast<int>(std::min<int64_t>(WB, W - w));
-    int64_t c = 0;
-    if (n == WB) {
-      for (; c + kCB <= C; c += kCB)
-        fwd_block_simd<scalar_t, VBYTES, kCB>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k);
+  if (W < L) {
+    for (int64_t r = 0; r < nrows; ++r) {
+      int64_t c = 0;
+      for (; c + CB <= C; c += CB)
+        fwd_block_tail<scalar_t, L, CB>(x + c * x_cs + r * Wp, x_cs, Wp, kt + r * W, hw, out + c * hw + r * W, hw, k,
+                                        static_cast<int>(W));
       for (; c < C; ++c)
-        fwd_block_simd<scalar_t, VBYTES, 1>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k);
-    } else {
-      for (; c + kCB <= C; c += kCB)
-        fwd_block_tail<scalar_t, WB, kCB>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+        fwd_block_tail<scalar_t, L, 1>(x + c * x_cs + r * Wp, x_cs, Wp, kt + r * W, hw, out + c * hw + r * W, hw, k,
+                                       static_cast<int>(W));
+    }
+    return;
+  }
+  const int taps = k * k;
+  std::vector<scalar_t> kbuf(static_cast<size_t>(taps * RB * L) + 64 / sizeof(scalar_t));
+  scalar_t* kp = kbuf.data();
+  while (reinterpret_cast<uintptr_t>(kp) % 64) ++kp;  // one cache line per vector
+  for (int64_t w0 = 0; w0 < W; w0 += L) {
+    const int64_t w = std::min<int64_t>(w0, W - L);
+    int64_t r = 0;
+    for (; r + RB <= nrows; r += RB) {
+      pack_kernel<scalar_t, L>(kt + r * W + w, hw, W, taps, RB, kp);
+      const scalar_t* xb = x + r * Wp + w;
+      scalar_t* ob = out + r * W + w;
+      int64_t c = 0;
+      if (k == 3) {
+        for (; c + CB <= C; c += CB)
+          fwd_tile_simd<scalar_t, VBYTES, CB, RB, 3>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
+      } else if (k == 7) {
+        for (; c + CB <= C; c += CB)
+          fwd_tile_simd<scalar_t, VBYTES, CB, RB, 7>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
+      }
+      for (; c + CB <= C; c += CB)
+        fwd_tile_simd<scalar_t, VBYTES, CB, RB>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
       for (; c < C; ++c)
-        fwd_block_tail<scalar_t, WB, 1>(x + c * x_cs + w, x_cs, Wp, kt + w, hw, out + c * hw + w, hw, k, n);
+        fwd_tile_simd<scalar_t, VBYTES, 1, RB>(xb + c * x_cs, x_cs, Wp, kp, RB * L, L, ob + c * hw, hw, W, k);
+    }
+    for (; r < nrows; ++r) {
+      pack_kernel<scalar_t, L>(kt + r * W + w, hw, W, taps, 1, kp);
+      const scalar_t* xb = x + r * Wp + w;
+      scalar_t* ob = out + r * W + w;
+      int64_t c = 0;
+      for (; c + CB <= C; c += CB)
+        fwd_tile_simd<scalar_t, VBYTES, CB, 1>(xb + c * x_cs, x_cs, Wp, kp, L, L, ob + c * hw, hw, W, k);
+      for (; c < C; ++c) fwd_tile_simd<scalar_t, VBYTES, 1, 1>(xb + c * x_cs, x_cs, Wp, kp, L, L, ob + c * hw, hw, W, k);
     }
   }
 }
@@ -227,8 +288,12 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
                                  int64_t Hp, int64_t Wp, int64_t h, int k, bool acc) {
   constexpr int WB = block_width<scalar_t, VBYTES>();
   const int64_t hw = H * W, x_cs = Hp * Wp;
+  // The block's centre vectors of the C <= kTileC channels, packed: at H*W a multiple of 1024 the channels lie a
+  // multiple of 4 KiB apart, one L1 set.
+  alignas(64) scalar_t gp[kTileC * WB];
   for (int64_t w = 0; w < W; w += WB) {
     const int n = static_cast<int>(std::min<int64_t>(WB, W - w));
+    for (int64_t c = 0; c < C; ++c) std::memcpy(gp + c * WB, g + c * hw + w, n * sizeof(scalar_t));
     for (int i = 0; i < k; ++i) {
       const scalar_t* xr = x + (h + i) * Wp + w;
       for (int j0 = 0; j0 < k; j0 += kJB) {
@@ -236,16 +301,16 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
         const scalar_t* xs = xr + j0;
         switch (std::min(kJB, k - j0)) {
           case 4:
-            corr_taps<scalar_t, VBYTES, 4>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            corr_taps<scalar_t, VBYTES, 4>(gp, WB, xs, x_cs, o, hw, C, n, acc);
             break;
           case 3:
-            corr_taps<scalar_t, VBYTES, 3>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            corr_taps<scalar_t, VBYTES, 3>(gp, WB, xs, x_cs, o, hw, C, n, acc);
             break;
           case 2:
-            corr_taps<scalar_t, VBYTES, 2>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            corr_taps<scalar_t, VBYTES, 2>(gp, WB, xs, x_cs, o, hw, C, n, acc);
             break;
           default:
-            corr_taps<scalar_t, VBYTES, 1>(g + w, hw, xs, x_cs, o, hw, C, n, acc);
+            corr_taps<scalar_t, VBYTES, 1>(gp, WB, xs, x_cs, o, hw, C, n, acc);
             break;
         }
       }
@@ -254,11 +319,11 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
 }
 
 // ISA entry points: the same templates compiled for each instruction set with its own block width.
-#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES)                                                                        \
+#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES, CB, RB)                                                                \
   template <typename T>                                                                                              \
-  ATTR void fwd_row_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
-                           int k) {                                                                                  \
-    fwd_row_impl<T, VBYTES>(x, kt, out, C, H, W, Hp, Wp, k);                                                         \
+  ATTR void fwd_rows_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t nrows, int64_t H, int64_t W,         \
+                            int64_t Hp, int64_t Wp, int k) {                                                         \
+    fwd_rows_impl<T, VBYTES, CB, RB>(x, kt, out, C, nrows, H, W, Hp, Wp, k);                                         \
   }                                                                                                                  \
   template <typename T>                                                                                              \
   ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
@@ -266,12 +331,14 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
     corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                 \
   }
 
-FEATUP_DEFINE_ISA(base, , 16)
+// Forward register blocks: CB x RB vector accumulators plus CB input vectors and one kernel vector, within the
+// 16 vector registers of SSE / AVX2 and the 32 of AVX-512.
+FEATUP_DEFINE_ISA(base, , 16, 2, 4)
 #if FEATUP_X86_DISPATCH
-FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32)
+FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32, 2, 4)
 FEATUP_DEFINE_ISA(
     avx512, FEATUP_TARGET("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,tune=skylake-avx512,prefer-vector-width=512"),
-    64)
+    64, 4, 4)
 #endif
 #undef FEATUP_DEFINE_ISA
 
@@ -294,16 +361,17 @@ std::atomic<int>& isa_in_use() {
 }
 
 template <typename T>
-void fwd_row(const T* x, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int k) {
+void fwd_rows(const T* x, const T* kt, T* out, int64_t C, int64_t nrows, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
+              int k) {
   switch (isa_in_use().load(std::memory_order_relaxed)) {
 #if FEATUP_X86_DISPATCH
     case kAvx512:
-      return fwd_row_avx512<T>(x, kt, out, C, H, W, Hp, Wp, k);
+      return fwd_rows_avx512<T>(x, kt, out, C, nrows, H, W, Hp, Wp, k);
     case kAvx2:
-      return fwd_row_avx2<T>(x, kt, out, C, H, W, Hp, Wp, k);
+      return fwd_rows_avx2<T>(x, kt, out, C, nrows, H, W, Hp, Wp, k);
 #endif
     default:
-      return fwd_row_base<T>(x, kt, out, C, H, W, Hp, Wp, k);
+      return fwd_rows_base<T>(x, kt, out, C, nrows, H, W, Hp, Wp, k);
   }
 }
 
@@ -322,16 +390,18 @@ void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, i
   }
 }
 
-// Cache tiling: a task covers up to kTileC channels x kTileH output rows. Within it, a column block's data
-// (kTileC x k input rows x one block, plus k*k kernel vectors) fits in L1/L2, and the input rows of the tile are
-// reused by its kTileH output rows.
-constexpr int64_t kTileC = 64;
-constexpr int64_t kTileH = 4;
 struct Tiles {
   int64_t ct, ht;
 };
 
 Tiles choose_tiles(int64_t C, int64_t H) { return {std::min(C, kTileC), std::min(H, kTileH)}; }
+
+// Forward tiles (tuning knobs FEATUP_FWD_TILE_C / _H read once; development only).
+Tiles fwd_tiles(int64_t C, int64_t H) {
+  static const int64_t tc = [] { const char* e = std::getenv("FEATUP_FWD_TILE_C"); return e ? std::atoll(e) : 64; }();
+  static const int64_t th = [] { const char* e = std::getenv("FEATUP_FWD_TILE_H"); return e ? std::atoll(e) : 8; }();
+  return {std::min(C, tc), std::min(H, th)};
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -355,22 +425,22 @@ at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& 
   FEATUP_CHECK_CPU_INPUT(kernel);
   const int64_t B = input.size(0), C = input.size(1), Hp = input.size(2), Wp = input.size(3);
   const int64_t H = kernel.size(2), W = kernel.size(3);
-  auto out = at::empty({B, C, H, W}, input.options());
-  const Tiles t = choose_tiles(C, H);
+  auto out = empty_output({B, C, H, W}, input.options());
+  const Tiles t = fwd_tiles(C, H);
   const int64_t nct = ceil_div(C, t.ct), nht = ceil_div(H, t.ht);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "adaptive_conv_forward_cpu", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* kt = kernel.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    // Tasks ordered (b, row tile, channel tile): neighbouring tasks share kernel rows.
+    // Tasks ordered (b, channel tile, row tile): a thread's consecutive tasks are neighbouring row tiles of the
+    // same channels, so the k-1 input rows they share are still in L2.
     at::parallel_for(0, B * nht * nct, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / (nht * nct), th = (task / nct) % nht, tc = task % nct;
+        const int64_t b = task / (nht * nct), tc = (task / nht) % nct, th = task % nht;
         const int64_t c0 = tc * t.ct, nc = std::min(t.ct, C - c0);
         const int64_t h0 = th * t.ht, h1 = std::min(H, h0 + t.ht);
-        for (int64_t h = h0; h < h1; ++h)
-          fwd_row(x + ((b * C + c0) * Hp + h) * Wp, kt + b * k * k * H * W + h * W, o + ((b * C + c0) * H + h) * W, nc,
-                  H, W, Hp, Wp, static_cast<int>(k));
+        fwd_rows(x + ((b * C + c0) * Hp + h0) * Wp, kt + b * k * k * H * W + h0 * W, o + ((b * C + c0) * H + h0) * W,
+                 nc, h1 - h0, H, W, Hp, Wp, static_cast<int>(k));
       }
     });
   });
@@ -382,7 +452,7 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
   FEATUP_CHECK_CPU_INPUT(padded);
   const int64_t B = center.size(0), C = center.size(1), H = center.size(2), W = center.size(3);
   const int64_t Hp = padded.size(2), Wp = padded.size(3);
-  auto out = at::empty({B, k * k, H, W}, center.options());
+  auto out = empty_output({B, k * k, H, W}, center.options());
   const Tiles t = choose_tiles(C, H);
   const int64_t nht = ceil_div(H, t.ht);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, center.scalar_type(), "local_correlation_forward_cpu", [&] {
