@@ -95,3 +95,32 @@ def test_preset_fcn8s_trains_with_torchvisions_inplace_relus():
     assert torch.isfinite(log['loss']).all()
     changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert any('features.28' in n for n in changed)
+
+
+def _load_tool():
+    import importlib.util
+    import os
+
+    from tests import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        '_pac_hotswap_tool', os.path.join(ROOT, 'tools', 'model_converters', 'pac_hotswap.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_pac_hotswap_tool_preset(tmp_path, capsys):
+    """tools/model_converters/pac_hotswap.py --preset fcn8s (dry run: builds the wrapped model, lists the swaps)."""
+    cfg = tmp_path / 'vgg_fcn.py'
+    cfg.write_text(f'model = {vgg_segmentor()!r}\n')
+    tool = _load_tool()
+    tool.main([str(cfg), 'none', '--preset', 'fcn8s', '--dry-run', '--work-dir', str(tmp_path / 'w')])
+    assert 'swapped: backbone.features.14, backbone.features.21, backbone.features.28' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='unknown --preset'):
+        tool.main([str(cfg), 'none', '--preset', 'fcn16', '--dry-run'])
+    with pytest.raises(SystemExit, match='fixes the guidance'):
+        tool.main([str(cfg), 'none', '--preset', 'fcn8s', '--guidance', 'backbone:input', '--dry-run'])
+    with pytest.raises(SystemExit):  # argparse: --targets and --preset are exclusive, one is required
+        tool.main([str(cfg), 'none', '--dry-run'])
