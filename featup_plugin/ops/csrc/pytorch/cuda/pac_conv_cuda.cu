@@ -39,9 +39,13 @@ void pac_gather_cuda(const at::Tensor& input, const at::Tensor& kernel, at::Tens
   const PacDevGeom dg = dev_geom(g, tile);
   const int64_t total = g.C * g.taps() * tile.cols();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pac_gather_cuda", [&] {
-    pac_gather_cuda_kernel<scalar_t><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), dg,
-        total);
+    auto launch = [&](auto index_type) {
+      using I = decltype(index_type);
+      pac_gather_cuda_kernel<scalar_t, I><<<pac_blocks(total), kPacThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), dg,
+          total);
+    };
+    pac_index_fits_32(dg, total) ? launch(uint32_t{}) : launch(int64_t{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -64,17 +68,25 @@ void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at:
     if (grad_input.defined()) {
       FEATUP_CHECK_CUDA_INPUT(grad_input);
       const int64_t total = g.C * g.taps() * tile.cols();
-      pac_scatter_input_cuda_kernel<scalar_t><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-          dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-          dg, total);
+      auto launch = [&](auto index_type) {
+        using I = decltype(index_type);
+        pac_scatter_input_cuda_kernel<scalar_t, I><<<pac_blocks(total), kPacThreads, 0, stream>>>(
+            dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
+            grad_input.mutable_data_ptr<scalar_t>(), dg, total);
+      };
+      pac_index_fits_32(dg, total) ? launch(uint32_t{}) : launch(int64_t{});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_kernel.defined()) {
       FEATUP_CHECK_CUDA_INPUT(grad_kernel);
       const int64_t total = g.taps() * tile.cols();
-      pac_scatter_kernel_cuda_kernel<scalar_t><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-          dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), grad_kernel.mutable_data_ptr<scalar_t>(),
-          dg, total);
+      auto launch = [&](auto index_type) {
+        using I = decltype(index_type);
+        pac_scatter_kernel_cuda_kernel<scalar_t, I><<<pac_blocks(total), kPacThreads, 0, stream>>>(
+            dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+            grad_kernel.mutable_data_ptr<scalar_t>(), dg, total);
+      };
+      pac_index_fits_32(dg, total) ? launch(uint32_t{}) : launch(int64_t{});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
