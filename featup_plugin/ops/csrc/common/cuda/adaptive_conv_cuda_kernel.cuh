@@ -27,8 +27,9 @@
 // of one tile then read the same weights while they are in L2). When B * tiles is small the channels are
 // split over `splits` groups to fill the GPU: adaptive conv groups write disjoint output channels;
 // correlation groups write opmath partial sums to a workspace [splits, B, k*k, H, W] that the host reduces
-// (no atomics). 64-bit offsets wherever a tensor index can exceed 2^31. Windows too large for 48 KiB of
-// shared memory use the direct (non-tiled) kernels.
+// (no atomics). 64-bit offsets wherever a tensor index can exceed 2^31. Windows above 48 KiB of shared
+// memory opt in to the device's larger per-block limit (cudaFuncSetAttribute); only windows too large for that
+// use the direct (non-tiled) kernels.
 #pragma once
 
 #include <ATen/OpMathType.h>

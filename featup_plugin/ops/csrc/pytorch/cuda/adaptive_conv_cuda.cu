@@ -24,7 +24,7 @@ namespace {
 
 constexpr int64_t kMinChannelsPerSplit = 16;     // never split the channels into groups smaller than this
 constexpr int64_t kBlocksPerSM = 4;              // aim for this many tiled blocks per SM
-constexpr int64_t kStaticSmemLimit = 48 * 1024;  // dynamic shared memory usable without opt-in
+constexpr int64_t kStaticSmemLimit = 48 * 1024;  // dynamic shared memory usable without opt-in (above: allow_smem)
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -40,6 +40,29 @@ int64_t sm_count() {
     if (cached) cache[dev].store(n, std::memory_order_relaxed);
   }
   return std::max(n, 1);
+}
+
+// Dynamic shared memory a block of the current device may use after opting in (cudaFuncSetAttribute), at least
+// the 48 KiB every device allows without; cached per device.
+int64_t smem_optin_limit() {
+  static std::atomic<int> cache[C10_COMPILE_TIME_MAX_GPUS] = {};
+  const c10::DeviceIndex dev = c10::cuda::current_device();
+  const bool cached = dev >= 0 && dev < C10_COMPILE_TIME_MAX_GPUS;
+  int n = cached ? cache[dev].load(std::memory_order_relaxed) : 0;
+  if (n <= 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (cached) cache[dev].store(n, std::memory_order_relaxed);
+  }
+  return std::max<int64_t>(n, kStaticSmemLimit);
+}
+
+// Lets `kernel` launch with `smem` bytes of dynamic shared memory (opt-in above 48 KiB; the caller checked
+// smem <= smem_optin_limit()).
+template <typename Kernel>
+void allow_smem(Kernel kernel, int64_t smem) {
+  if (smem > kStaticSmemLimit) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
 }
 
 struct Geometry {
@@ -130,10 +153,11 @@ template <typename scalar_t>
 void launch_adaptive_conv_other(const scalar_t* x, const scalar_t* kt, scalar_t* out, const Geometry& g,
                                 cudaStream_t stream) {
   const int64_t smem = window_bytes<scalar_t>(g.k, kChunkGeneric);
-  if (smem <= kStaticSmemLimit) {
+  if (smem <= smem_optin_limit()) {
     const Split s = split_channels(g.tiles(1), g.C, kChunkGeneric);
     const dim3 block(kThreadsX, kThreadsY);
     const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * s.count)));
+    allow_smem(adaptive_conv_forward_generic_cuda_kernel<scalar_t, kChunkGeneric>, smem);
     adaptive_conv_forward_generic_cuda_kernel<scalar_t, kChunkGeneric><<<grid, block, smem, stream>>>(
         x, kt, out, static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.k),
         static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)), static_cast<int>(s.count),
@@ -189,13 +213,14 @@ template <typename scalar_t>
 at::Tensor launch_local_correlation_other(const at::Tensor& center, const scalar_t* gc, const scalar_t* xp,
                                           const Geometry& g, cudaStream_t stream) {
   const int64_t smem = window_bytes<scalar_t>(g.k, kChunkGeneric);
-  if (smem <= kStaticSmemLimit) {
+  if (smem <= smem_optin_limit()) {
     const int64_t tap_groups = ceil_div(g.k * g.k, kTapGroup);
     const Split s = split_channels(g.tiles(1) * tap_groups, g.C, kChunkGeneric);
     const dim3 block(kThreadsX, kThreadsY);
     const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * tap_groups * s.count)));
     return run_correlation_splits<scalar_t>(center, g, s, [&](auto* out, const Split& sp) {
       using out_t = std::remove_pointer_t<decltype(out)>;
+      allow_smem(local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric>, smem);
       local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric><<<grid, block, smem, stream>>>(
           gc, xp, out, static_cast<int>(g.B), static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
           static_cast<int>(g.k), static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)),
