@@ -108,6 +108,10 @@ class ProbeBenchConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f'ProbeBenchConfig.{name} must be a positive number, got {v!r}')
+        if self.image_size % 8:
+            raise ValueError(
+                f'ProbeBenchConfig.image_size must be a multiple of the patch size 8, got {self.image_size}'
+            )
         if self.upsampler_crop > self.image_size or self.upsampler_crop % 8:
             raise ValueError(
                 f'ProbeBenchConfig.upsampler_crop must be a multiple of 8 and <= image_size ({self.image_size}), '
@@ -115,10 +119,6 @@ class ProbeBenchConfig:
             )
         if self.max_zoom < 1:
             raise ValueError(f'ProbeBenchConfig.max_zoom must be >= 1, got {self.max_zoom}')
-        if self.image_size % 8:
-            raise ValueError(
-                f'ProbeBenchConfig.image_size must be a multiple of the patch size 8, got {self.image_size}'
-            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f'ProbeBenchConfig.methods must be distinct names from {METHODS}, got {self.methods!r}')
@@ -324,8 +324,8 @@ def _check_disjoint(cfg: ProbeBenchConfig, pretrain_meta: dict, n_check: int = 2
 
 def ensure_checkpoint(path: str, quick: bool = False, log=print) -> Dict[str, object]:
     """The pretrained backbone file at ``path``, made with :func:`~.pretrain.pretrain_backbone` when missing
-    (defaults: ~7 min on 2 idle cores, ~22 min on a loaded machine; ``quick``: a few seconds, meaningless
-    features). Returns ``dict(path, created, seconds)``."""
+    (defaults: 1323 s measured on 2 loaded cores; ``quick``: a few seconds, meaningless features).
+    Returns ``dict(path, created, seconds)``."""
     if os.path.isfile(path):
         return dict(path=path, created=False, seconds=0.0)
     from .pretrain import pretrain_backbone, save_pretrained
