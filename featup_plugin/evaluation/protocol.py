@@ -423,7 +423,7 @@ def run_probe_benchmark(
             seconds=time.perf_counter() - t0,
         )
         if log is not None:
-            log(f'{method}: ' + ', '.join(f'{a}.{b} {v:.2f}' for a, d in methods[method].items() for b, v in d.items()))
+            log(f'{method}: ' + ', '.join(f'{a}.{b} {v:.3f}' for a, d in methods[method].items() for b, v in d.items()))
         del f_train, f_val
 
     deltas = {}
