@@ -207,7 +207,8 @@ FEATUP_INLINE void fwd_rows_impl(const scalar_t* x, const scalar_t* kt, scalar_t
       int64_t c = 0;
       for (; c + CB <= C; c += CB)
         fwd_tile_simd<scalar_t, VBYTES, CB, 1>(xb + c * x_cs, x_cs, Wp, kp, L, L, ob + c * hw, hw, W, k);
-      for (; c < C; ++c) fwd_tile_simd<scalar_t, VBYTES, 1, 1>(xb + c * x_cs, x_cs, Wp, kp, L, L, ob + c * hw, hw, W, k);
+      for (; c < C; ++c)
+        fwd_tile_simd<scalar_t, VBYTES, 1, 1>(xb + c * x_cs, x_cs, Wp, kp, L, L, ob + c * hw, hw, W, k);
     }
   }
 }
@@ -398,8 +399,14 @@ Tiles choose_tiles(int64_t C, int64_t H) { return {std::min(C, kTileC), std::min
 
 // Forward tiles (tuning knobs FEATUP_FWD_TILE_C / _H read once; development only).
 Tiles fwd_tiles(int64_t C, int64_t H) {
-  static const int64_t tc = [] { const char* e = std::getenv("FEATUP_FWD_TILE_C"); return e ? std::atoll(e) : 64; }();
-  static const int64_t th = [] { const char* e = std::getenv("FEATUP_FWD_TILE_H"); return e ? std::atoll(e) : 8; }();
+  static const int64_t tc = [] {
+    const char* e = std::getenv("FEATUP_FWD_TILE_C");
+    return e ? std::atoll(e) : 64;
+  }();
+  static const int64_t th = [] {
+    const char* e = std::getenv("FEATUP_FWD_TILE_H");
+    return e ? std::atoll(e) : 8;
+  }();
   return {std::min(C, tc), std::min(H, th)};
 }
 

@@ -177,8 +177,10 @@ at::Tensor upsample2x_bicubic_pad_backward_cpu(const at::Tensor& grad_, int64_t 
   TORCH_CHECK(pad >= 0 && (Hp - 2 * pad) % 2 == 0 && (Wp - 2 * pad) % 2 == 0 && Hp > 2 * pad && Wp > 2 * pad,
               "upsample2x_bicubic_pad_backward: grad ", grad_.sizes(), " is not a x2 map padded by ", pad);
   const int64_t h = (Hp - 2 * pad) / 2, w = (Wp - 2 * pad) / 2;
-  TORCH_CHECK(pad < 2 * std::min(h, w), "upsample2x_bicubic_pad_backward: reflect padding needs pad < the upsampled "
-              "size, got pad ", pad, " for grad ", grad_.sizes());
+  TORCH_CHECK(pad < 2 * std::min(h, w),
+              "upsample2x_bicubic_pad_backward: reflect padding needs pad < the upsampled "
+              "size, got pad ",
+              pad, " for grad ", grad_.sizes());
   const at::Tensor grad = grad_.contiguous();
   auto dx = at::empty({B, C, h, w}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "upsample2x_bicubic_pad_backward_cpu", [&] {

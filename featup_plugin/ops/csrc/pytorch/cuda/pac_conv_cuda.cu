@@ -71,8 +71,8 @@ void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at:
       auto launch = [&](auto index_type) {
         using I = decltype(index_type);
         pac_scatter_input_cuda_kernel<scalar_t, I><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-            dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
-            grad_input.mutable_data_ptr<scalar_t>(), dg, total);
+            dcol.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+            dg, total);
       };
       pac_index_fits_32(dg, total) ? launch(uint32_t{}) : launch(int64_t{});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -83,8 +83,8 @@ void pac_scatter_cuda(const at::Tensor& dcol, const at::Tensor& input, const at:
       auto launch = [&](auto index_type) {
         using I = decltype(index_type);
         pac_scatter_kernel_cuda_kernel<scalar_t, I><<<pac_blocks(total), kPacThreads, 0, stream>>>(
-            dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-            grad_kernel.mutable_data_ptr<scalar_t>(), dg, total);
+            dcol.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), grad_kernel.mutable_data_ptr<scalar_t>(),
+            dg, total);
       };
       pac_index_fits_32(dg, total) ? launch(uint32_t{}) : launch(int64_t{});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
