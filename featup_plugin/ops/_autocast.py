@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ['autocast_dtype', 'autocast_args']
+__all__ = ['autocast_dtype', 'autocast_args', 'cast_result']
 
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -49,3 +49,8 @@ def autocast_args(*tensors, float32: bool = False) -> Tuple[tuple, Optional[torc
         for t in tensors
     )
     return cast, dtype
+
+
+def cast_result(out: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """``out`` in the autocast dtype that :func:`autocast_args` returned (unchanged when that is None)."""
+    return out if dtype is None else out.to(dtype)

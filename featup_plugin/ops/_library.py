@@ -5,6 +5,7 @@ CPU / CUDA kernels are registered in C++ (``csrc/pytorch/register_ops.cpp``); ``
 
     featup::adaptive_conv(input [B,C,H+k-1,W+k-1], kernel [B,k*k,H,W]) -> [B,C,H,W]          (kernel tap-major)
     featup::local_correlation(center [B,C,H,W], padded [B,C,H+k-1,W+k-1]) -> [B,k*k,H,W]
+    featup::adaptive_conv_transpose(grad [B,C,H,W], kernel [B,k*k,H,W]) -> [B,C,H+k-1,W+k-1]  (adaptive_conv's dX)
     featup::pac_forward(input, kernel, weight?, bias?, geom, tile_bytes) -> [B,O,Ho,Wo]       (weight None: pooling)
     featup::pac_backward(grad_out, input, kernel, weight?, geom, need_input, need_kernel, need_weight, tile_bytes)
         -> (grad_input, grad_kernel, grad_weight)      (an empty [0] tensor for a gradient not requested)
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive_conv import _transpose
+from .adaptive_conv import _enable_transpose_op, _taps_k, _transpose
 
 __all__ = ['register_python_parts', 'OPS']
 
-OPS = ('adaptive_conv', 'local_correlation', 'pac_forward', 'pac_backward')
+OPS = ('adaptive_conv', 'local_correlation', 'adaptive_conv_transpose', 'pac_forward', 'pac_backward')
 _done = []
 
 
@@ -46,6 +47,12 @@ def _local_correlation_fake(center, padded):
     _check_pair('local_correlation', center, 'center', padded, 'padded')
     k = padded.shape[2] - center.shape[2] + 1
     return center.new_empty((center.shape[0], k * k, center.shape[2], center.shape[3]))
+
+
+def _adaptive_conv_transpose_fake(grad, kernel):
+    _check_pair('adaptive_conv_transpose', grad, 'grad', kernel, 'kernel')
+    k = _taps_k(kernel.shape[1])
+    return grad.new_empty((grad.shape[0], grad.shape[1], grad.shape[2] + k - 1, grad.shape[3] + k - 1))
 
 
 def _upsample2x_bicubic_pad_fake(input, pad):
@@ -105,6 +112,14 @@ def _local_correlation_backward(ctx, grad):
     grad_center = torch.ops.featup.adaptive_conv(padded, grad) if ctx.needs_input_grad[0] else None
     grad_padded = _transpose(center, grad, k) if ctx.needs_input_grad[1] else None
     return grad_center, grad_padded
+
+
+def _adaptive_conv_transpose_backward(ctx, up):
+    # linear in each argument: d/dgrad = adaptive_conv(up, kernel), d/dkernel = local_correlation(grad, up)
+    grad, kernel = ctx.saved_tensors
+    d_grad = torch.ops.featup.adaptive_conv(up, kernel) if ctx.needs_input_grad[0] else None
+    d_kernel = torch.ops.featup.local_correlation(grad, up) if ctx.needs_input_grad[1] else None
+    return d_grad, d_kernel
 
 
 def _upsample_setup(ctx, inputs, output):
@@ -181,6 +196,12 @@ def register_python_parts() -> None:
         )
     torch.library.register_autograd(lib + 'adaptive_conv', _adaptive_conv_backward, setup_context=_save_inputs)
     torch.library.register_autograd(lib + 'local_correlation', _local_correlation_backward, setup_context=_save_inputs)
+    if hasattr(torch.ops.featup, 'adaptive_conv_transpose'):  # not in modules built before it
+        torch.library.register_fake(lib + 'adaptive_conv_transpose', _adaptive_conv_transpose_fake)
+        torch.library.register_autograd(
+            lib + 'adaptive_conv_transpose', _adaptive_conv_transpose_backward, setup_context=_save_inputs
+        )
+        _enable_transpose_op()
     torch.library.register_autograd(lib + 'pac_forward', _pac_forward_backward, setup_context=_pac_forward_setup)
     torch.library.register_autograd(lib + 'pac_backward', _pac_backward_backward, setup_context=_pac_backward_setup)
     # Autocast: applied in the Python entries (ops/_autocast.py), so that it also covers the fallback and export.

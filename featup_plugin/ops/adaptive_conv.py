@@ -8,6 +8,7 @@ Derivation / details: docs/ops.md#adaptive-convolution-and-local-correlation
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._autocast import autocast_args
+from ._autocast import cast_result as _to
 from .reference import adaptive_conv_taps, adaptive_conv_unfold, local_correlation_taps, local_correlation_unfold
 
 __all__ = ['adaptive_conv', 'local_correlation', 'adaptive_conv_reference', 'local_correlation_reference']
@@ -126,8 +128,28 @@ def _flip_taps_sliced(kernel: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([rows[:, :, j, :, j : j + wp] for j in range(k)], 2).reshape(b, t, hp, wp)
 
 
+#: Whether the compiled module registers ``featup::adaptive_conv_transpose`` (set by ``_library``; modules built
+#: before it have only the two forward ops, and the transposed op then runs as the forward on flipped copies).
+_HAS_TRANSPOSE_OP = False
+
+
+def _enable_transpose_op() -> None:
+    global _HAS_TRANSPOSE_OP
+    _HAS_TRANSPOSE_OP = True
+
+
+def _taps_k(taps: int) -> int:
+    k = math.isqrt(int(taps))
+    if k * k != taps or k % 2 == 0:
+        raise ValueError(f'kernel must have k*k taps for an odd k, got {taps}')
+    return k
+
+
 def _transpose(grad: torch.Tensor, kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """``dX[b,c,y,x] = sum_{i,j} K[b,i*k+j,y-i,x-j] * grad[b,c,y-i,x-j]``: the input gradient of the op."""
+    """``dX[b,c,y,x] = sum_{i,j} K[b,i*k+j,y-i,x-j] * grad[b,c,y-i,x-j]``: the input gradient of the op, by the
+    transposed kernel (taps read in place); without it, the forward on ``pad(grad)`` and :func:`flip_taps`."""
+    if _HAS_TRANSPOSE_OP:
+        return torch.ops.featup.adaptive_conv_transpose(grad, kernel)
     p = k - 1
     return torch.ops.featup.adaptive_conv(F.pad(grad, [p, p, p, p]), flip_taps(kernel, k))
 
@@ -168,10 +190,6 @@ def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return out.contiguous(memory_format=torch.channels_last)
     return out
-
-
-def _to(out: torch.Tensor, dtype) -> torch.Tensor:
-    return out if dtype is None else out.to(dtype)
 
 
 def adaptive_conv(input: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._autocast import autocast_args, autocast_dtype
+from ._autocast import cast_result as _to
 from .adaptive_conv import _use_compiled
 from .pac_reference import _out_size, _tap_view, pac_conv2d_taps, pac_conv2d_unfold
 
@@ -327,10 +328,6 @@ def pac_conv2d(
     (``[1, 1, kh, kw]`` with ``shared_filters``). Autocast: docs/ops.md#autocast."""
     (input, kernel, weight, bias), out_dtype = autocast_args(input, kernel, weight, bias)
     return _to(_pac_conv2d(input, kernel, weight, bias, stride, padding, dilation, shared_filters), out_dtype)
-
-
-def _to(out: torch.Tensor, dtype) -> torch.Tensor:
-    return out if dtype is None else out.to(dtype)
 
 
 def _pac_conv2d(input, kernel, weight, bias, stride, padding, dilation, shared_filters) -> torch.Tensor:

@@ -401,3 +401,102 @@ def test_setup_and_jit_build_share_flags(monkeypatch):
     args = ext.extra_compile_args
     assert (args['cxx'] if isinstance(args, dict) else args) == _build_flags.CXX_FLAGS
     assert ext.extra_link_args == _build_flags.LD_FLAGS
+
+
+# ------------------------------------------------------------------------------- the transposed op (backward)
+def _transpose_by_flip(grad, kern, k):
+    """The plain formulation of the op's input gradient: the forward on pad(grad) with the flipped taps."""
+    p = k - 1
+    return adaptive_conv_unfold(
+        torch.nn.functional.pad(grad, [p, p, p, p]),
+        flip_taps(kern, k).view(kern.shape[0], k, k, grad.shape[2] + p, grad.shape[3] + p).permute(0, 3, 4, 1, 2),
+    )
+
+
+def _transposed_op():
+    if _backend.get_ext() is None or not hasattr(torch.ops.featup, 'adaptive_conv_transpose'):
+        pytest.skip('no compiled module with featup::adaptive_conv_transpose (reference backend or an old build)')
+    return torch.ops.featup.adaptive_conv_transpose
+
+
+@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
+def test_transposed_op_equals_the_flipped_forward(isa):
+    op = _transposed_op()
+    ext = _backend.get_ext()
+    before = ext.cpu_isa()
+    try:
+        ext.set_cpu_isa(isa)
+    except RuntimeError:
+        pytest.skip(f'this CPU has no {isa} path')
+    try:
+        # narrow (W < k, W < one vector), exactly one vector of interior, odd sizes, channels not a multiple of CB
+        shapes = [(1, 1, 1, 1, 3), (2, 3, 5, 6, 3), (1, 5, 4, 2, 7), (1, 7, 9, 23, 7), (2, 9, 13, 70, 5)]
+        shapes += [(1, 3, 6, 40, 9), (1, 2, 3, 4, 1), (1, 6, 17, 33, 3)]
+        for b, c, h, w, k in shapes:
+            grad = torch.randn(b, c, h, w, dtype=torch.float64)
+            kern = torch.randn(b, k * k, h, w, dtype=torch.float64)
+            ref = _transpose_by_flip(grad, kern, k)
+            torch.testing.assert_close(op(grad, kern), ref, rtol=1e-12, atol=1e-12)
+            tol = 1e-5 * k * k
+            torch.testing.assert_close(op(grad.float(), kern.float()).double(), ref, rtol=tol, atol=tol)
+            bf = op(grad.bfloat16(), kern.bfloat16())
+            assert bf.dtype == torch.bfloat16
+            ref_bf = _transpose_by_flip(grad.bfloat16().double(), kern.bfloat16().double(), k)
+            torch.testing.assert_close(bf.double(), ref_bf, rtol=2e-2, atol=2e-2 * k)
+    finally:
+        ext.set_cpu_isa(before)
+
+
+def test_transposed_op_checks_and_non_contiguous_inputs():
+    op = _transposed_op()
+    grad = torch.randn(1, 4, 6, 7, dtype=torch.float64)
+    kern = torch.randn(1, 9, 6, 7, dtype=torch.float64)
+    ref = op(grad, kern)
+    cl = grad.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(op(cl, kern.transpose(2, 3).contiguous().transpose(2, 3)), ref, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match='k\\*k taps'):
+        op(grad, torch.randn(1, 8, 6, 7, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match='same spatial size'):
+        op(grad, torch.randn(1, 9, 5, 7, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match='same dtype'):
+        op(grad, kern.float())
+
+
+def test_backward_uses_the_transposed_op_and_matches_the_reference():
+    _transposed_op()
+    import importlib
+
+    ac_module = importlib.import_module('featup_plugin.ops.adaptive_conv')
+
+    assert ac_module._HAS_TRANSPOSE_OP
+    x, f = make(2, 5, 9, 11, 7, requires_grad=True)
+    out = adaptive_conv(x, f)
+    go = torch.randn_like(out)
+    gx, gf = torch.autograd.grad(out, (x, f), go)
+    x2, f2 = x.detach().requires_grad_(), f.detach().requires_grad_()
+    rx, rf = torch.autograd.grad(adaptive_conv_unfold(x2, f2), (x2, f2), go)
+    torch.testing.assert_close(gx, rx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gf, rf, rtol=1e-12, atol=1e-12)
+    # local_correlation's gradient w.r.t. its padded input is the same transposed op
+    g = torch.randn(2, 5, 9, 11, dtype=torch.float64, requires_grad=True)
+    corr = local_correlation(g, x)
+    gc = torch.randn_like(corr)
+    (gp,) = torch.autograd.grad(corr, x, gc)
+    (rp,) = torch.autograd.grad(local_correlation_unfold(g, x2), x2, gc)
+    torch.testing.assert_close(gp, rp, rtol=1e-12, atol=1e-12)
+    # and its own gradients (double backward of the op)
+    kern = torch.randn(1, 9, 4, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(torch.ops.featup.adaptive_conv_transpose, (grad, kern), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype, tol', [(torch.float64, 1e-12), (torch.float32, 1e-4), (torch.bfloat16, 8e-2)])
+def test_cuda_transposed_op_matches_cpu(dtype, tol):
+    op = _transposed_op()
+    for b, c, h, w, k in [(1, 1, 1, 1, 3), (2, 5, 9, 23, 7), (1, 3, 4, 2, 9), (2, 17, 31, 30, 5)]:
+        grad = torch.randn(b, c, h, w, dtype=torch.float64)
+        kern = torch.randn(b, k * k, h, w, dtype=torch.float64).softmax(1)
+        ref = _transpose_by_flip(grad.to(dtype).double(), kern.to(dtype).double(), k)
+        out = op(grad.to(dtype).cuda(), kern.to(dtype).cuda()).double().cpu()
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol)

@@ -70,6 +70,10 @@ OPCHECK_CASES = {
     'adaptive_conv': lambda g: _acc_args(g),
     'adaptive_conv_k1_float32': lambda g: (torch.randn(1, 4, 3, 5, requires_grad=g), torch.randn(1, 1, 3, 5)),
     'local_correlation': lambda g: (torch.randn(2, 3, 5, 6, dtype=D, requires_grad=g), _acc_args(g)[0]),
+    'adaptive_conv_transpose': lambda g: (
+        torch.randn(2, 3, 5, 6, dtype=D, requires_grad=g),
+        torch.randn(2, 9, 5, 6, dtype=D, requires_grad=g),
+    ),
     'pac_forward_conv': lambda g: _pac_args(g),
     'pac_forward_conv_no_bias': lambda g: _pac_args(g, with_bias=False),
     'pac_forward_pool': lambda g: _pac_args(g, with_weight=False),

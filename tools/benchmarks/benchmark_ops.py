@@ -4,6 +4,8 @@
     python tools/benchmarks/benchmark_ops.py --device cuda   # the same on a GPU
     python tools/benchmarks/benchmark_ops.py --quick         # small sizes only (a smoke run)
     python tools/benchmarks/benchmark_ops.py --only ratios   # issue 16 §3: throughput as ratios of this run's SGEMM
+    python tools/benchmarks/benchmark_ops.py --only transpose   # the op's input gradient: transposed kernel vs
+                                                                # the forward on flipped / padded copies
 
 The ratio tables (printed first, also by a plain run): the SGEMM rate of this machine (``torch.mm`` 2048², all
 threads), each op's forward and backward at C ∈ {64, 384}, 224², k ∈ {3, 7} as % of it (2·k²·C·H·W FLOP per
@@ -37,7 +39,24 @@ def worker(spec: dict) -> dict:
 
     if spec['kind'] == 'ratios':
         return ratio_worker(spec)
-    if spec['kind'] == 'op':
+    if spec['kind'] == 'transpose':  # dX of the op alone: the transposed kernel or the flipped-copy formulation
+        import importlib
+
+        ac = importlib.import_module('featup_plugin.ops.adaptive_conv')  # the module, not the function
+        from featup_plugin.ops import _backend
+
+        _backend.get_ext()  # loads and registers the compiled module (which sets _HAS_TRANSPOSE_OP)
+        if spec['impl'] == 'flip':
+            ac._HAS_TRANSPOSE_OP = False
+        elif not ac._HAS_TRANSPOSE_OP:
+            raise RuntimeError('the loaded module has no featup::adaptive_conv_transpose (rebuild the extension)')
+        b, c, s, k = spec['B'], spec['C'], spec['size'], spec['k']
+        go = torch.randn(b, c, s, s, device=dev)
+        kern = torch.softmax(torch.randn(b, k * k, s, s, device=dev), 1)
+
+        def run():
+            return ac._transpose(go, kern, k)
+    elif spec['kind'] == 'op':
         c, s, k = spec['C'], spec['size'], spec['k']
         x = torch.randn(1, c, s + k - 1, s + k - 1, device=dev)
         f = torch.softmax(torch.randn(1, s, s, k * k, device=dev), -1).view(1, s, s, k, k)
@@ -57,6 +76,13 @@ def worker(spec: dict) -> dict:
         if spec['impl'] == 'unfold':  # FeatUp's formulation: unfold both the keys and the features
             jbu.adaptive_conv = reference.adaptive_conv_unfold
             jbu.local_correlation = reference.local_correlation_unfold
+        if spec.get('flip'):  # the input gradients by the forward on flipped / padded copies (before the transposed op)
+            import importlib
+
+            from featup_plugin.ops import _backend
+
+            _backend.get_ext()
+            importlib.import_module('featup_plugin.ops.adaptive_conv')._HAS_TRANSPOSE_OP = False
         c = spec['C']
         stack = JBUStack(c).to(dev).eval()
         src = torch.randn(1, c, 14, 14, device=dev)
@@ -254,13 +280,50 @@ def print_ratios(args) -> None:
         )
 
 
+def print_transpose(args) -> None:
+    """The op's input gradient T(G, K) (adaptive_conv's dX; also local_correlation's d/dpadded): the transposed
+    kernel reading the taps in place vs the forward kernel on pad(G) and flip_taps(K), time and peak extra memory
+    (above the inputs; the [B, C, H+k-1, W+k-1] result is part of both)."""
+    cases = [(1, 64, 112, 7)] if args.quick else [(1, 64, 224, 3), (1, 64, 224, 7), (1, 384, 224, 3), (1, 384, 224, 7)]
+    cases += [] if args.quick else [(4, 384, 224, 7)]
+    print(
+        '\n| B | C | size | k | transposed | flip + pad | time ratio | transposed peak | flip peak | result | '
+        'memory ratio |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    for b, c, s, k in cases:
+        base = dict(kind='transpose', B=b, C=c, size=s, k=k, device=args.device, repeats=args.repeats)
+        ours = run_case(__file__, dict(base, impl='transposed'))
+        flip = run_case(__file__, dict(base, impl='flip'))
+        result = b * c * (s + k - 1) ** 2 * 4 / 2**20
+        print(
+            f'| {b} | {c} | {s}² | {k} | {fmt_t(ours["seconds"])} | {fmt_t(flip["seconds"])} | '
+            f'{flip["seconds"] / ours["seconds"]:.2f}× | {ours["peak_mib"]:.0f} MiB | {flip["peak_mib"]:.0f} MiB | '
+            f'{result:.0f} MiB | {flip["peak_mib"] / max(ours["peak_mib"], 1):.2f}× |',
+            flush=True,
+        )
+    c = 64 if args.quick else 384
+    base = dict(kind='stack', C=c, mode='fwd+bwd', device=args.device, impl='ours', repeats=args.repeats)
+    ours = run_case(__file__, base)
+    flip = run_case(__file__, dict(base, flip=True))
+    print(f'\nJBUStack({c}) 14² → 224², forward + backward:\n')
+    print('| input gradients by | time | peak extra |')
+    print('|---|---|---|')
+    print(f'| the transposed op | {fmt_t(ours["seconds"])} | {ours["peak_mib"]:.0f} MiB |')
+    print(f'| flip_taps + padded copy | {fmt_t(flip["seconds"])} | {flip["peak_mib"]:.0f} MiB |')
+    print(
+        f'\nflip / transposed: time {flip["seconds"] / ours["seconds"]:.2f}×, '
+        f'peak {flip["peak_mib"] / max(ours["peak_mib"], 1):.2f}×; op backend: {ours["backend"]}'
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='C=64 at 112^2 and a 64-channel stack only')
     ap.add_argument('--no-reference', action='store_true', help='time ours only')
-    ap.add_argument('--only', choices=['ratios', 'op', 'stack'], help='run one of the tables')
+    ap.add_argument('--only', choices=['ratios', 'op', 'stack', 'transpose'], help='run one of the tables')
     ap.add_argument('--worker', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -268,6 +331,9 @@ def main() -> None:
         return
 
     print_header('featup_plugin op benchmark', args.device)
+    if args.only == 'transpose':
+        print_transpose(args)
+        return
     if args.only in (None, 'ratios'):
         print_ratios(args)
         if args.only == 'ratios':

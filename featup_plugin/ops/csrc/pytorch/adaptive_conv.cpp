@@ -4,6 +4,9 @@
 //     out[b, c, h, w] = sum_{i, j < k} kernel[b, i * k + j, h, w] * input[b, c, h + i, w + j]
 //   local_correlation_forward(center, padded):
 //     out[b, i * k + j, h, w] = sum_c center[b, c, h, w] * padded[b, c, h + i, w + j]
+//   adaptive_conv_transpose(grad, kernel):   (the forward's input gradient, [B, C, H+k-1, W+k-1])
+//     out[b, c, y, x] = sum_{i, j < k} kernel[b, i * k + j, y - i, x - j] * grad[b, c, y - i, x - j]
+//     over the taps whose source pixel lies inside the H x W maps
 //
 // Each is (up to a re-indexing) the gradient of the other; the autograd formulas registered in Python
 // (featup_plugin/ops/_library.py) build the backward passes from these two kernels. Both are registered as
@@ -16,7 +19,9 @@ namespace featup {
 
 at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& kernel, int64_t k);
 at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Tensor& padded, int64_t k);
+at::Tensor adaptive_conv_transpose_cpu(const at::Tensor& grad, const at::Tensor& kernel, int64_t k);
 #ifdef WITH_CUDA
+at::Tensor adaptive_conv_transpose_cuda(const at::Tensor& grad, const at::Tensor& kernel, int64_t k);
 at::Tensor adaptive_conv_forward_cuda(const at::Tensor& input, const at::Tensor& kernel, int64_t k);
 at::Tensor local_correlation_forward_cuda(const at::Tensor& center, const at::Tensor& padded, int64_t k);
 #endif
@@ -75,6 +80,25 @@ at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor&
 #endif
   }
   return local_correlation_forward_cpu(g, x, k);
+}
+
+at::Tensor adaptive_conv_transpose(const at::Tensor& grad, const at::Tensor& kernel) {
+  check_common(grad, "grad", kernel, "kernel");
+  const int64_t taps = kernel.size(1);
+  const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
+  TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
+  TORCH_CHECK(grad.size(2) == kernel.size(2) && grad.size(3) == kernel.size(3),
+              "grad and kernel must have the same spatial size: grad ", grad.sizes(), ", kernel ", kernel.sizes());
+  auto g = grad.contiguous();
+  auto kt = kernel.contiguous();
+  if (g.is_cuda()) {
+#ifdef WITH_CUDA
+    return adaptive_conv_transpose_cuda(g, kt, k);
+#else
+    TORCH_CHECK(false, "featup_plugin was built without CUDA support");
+#endif
+  }
+  return adaptive_conv_transpose_cpu(g, kt, k);
 }
 
 bool with_cuda() {

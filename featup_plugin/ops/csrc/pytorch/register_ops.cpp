@@ -17,6 +17,7 @@ namespace featup {
 
 at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel);
 at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor& padded);
+at::Tensor adaptive_conv_transpose(const at::Tensor& grad, const at::Tensor& kernel);
 at::Tensor pac_forward(const at::Tensor& input, const at::Tensor& kernel, const c10::optional<at::Tensor>& weight,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef geom, int64_t tile_bytes);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pac_backward(const at::Tensor& grad_out, const at::Tensor& input,
@@ -35,6 +36,8 @@ void define_schemas(torch::Library& m) {
   m.def("adaptive_conv(Tensor input, Tensor kernel) -> Tensor", tags);
   // center [B, C, H, W], padded [B, C, H+k-1, W+k-1] -> [B, k*k, H, W]
   m.def("local_correlation(Tensor center, Tensor padded) -> Tensor", tags);
+  // grad [B, C, H, W], kernel [B, k*k, H, W] -> [B, C, H+k-1, W+k-1]: adaptive_conv's input gradient
+  m.def("adaptive_conv_transpose(Tensor grad, Tensor kernel) -> Tensor", tags);
   // geom = [kh, kw, sh, sw, ph, pw, dh, dw]; weight None: PAC pooling
   m.def("pac_forward(Tensor input, Tensor kernel, Tensor? weight, Tensor? bias, int[] geom, int tile_bytes) -> Tensor",
         tags);
@@ -53,6 +56,7 @@ void define_schemas(torch::Library& m) {
 void impl_kernels(torch::Library& m) {
   m.impl("adaptive_conv", TORCH_FN(adaptive_conv_forward));
   m.impl("local_correlation", TORCH_FN(local_correlation_forward));
+  m.impl("adaptive_conv_transpose", TORCH_FN(adaptive_conv_transpose));
   m.impl("pac_forward", TORCH_FN(pac_forward));
   m.impl("pac_backward", TORCH_FN(pac_backward));
 }

@@ -404,6 +404,41 @@ __global__ void __launch_bounds__(kDirectThreads)
   }
 }
 
+// The transposed op (adaptive_conv's input gradient), one thread per output pixel of [B, C, H+k-1, W+k-1]:
+// out[b,c,y,x] = sum_{i,j} kernel[b,i*k+j,y-i,x-j] * grad[b,c,y-i,x-j] over the taps whose source pixel lies in
+// the H x W maps. The taps are read where they lie (no flipped / padded copies); neighbouring threads read
+// neighbouring columns, so the loads coalesce; no atomics (deterministic).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kDirectThreads)
+    adaptive_conv_transpose_direct_cuda_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ kernel,
+                                               scalar_t* __restrict__ output, int64_t total, int C, int H, int W,
+                                               int k) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int Hp = H + k - 1, Wp = W + k - 1;
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  const int64_t plane = static_cast<int64_t>(Hp) * Wp;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int x = static_cast<int>(idx % Wp);
+    const int y = static_cast<int>((idx / Wp) % Hp);
+    const int64_t bc = idx / plane;
+    const int64_t b = bc / C;
+    const int i_lo = max(0, y - (H - 1)), i_hi = min(k - 1, y);
+    const int j_lo = max(0, x - (W - 1)), j_hi = min(k - 1, x);
+    const scalar_t* g = grad + bc * HW;
+    const scalar_t* kt = kernel + b * k * k * HW;
+    acc_t acc = acc_t(0);
+    for (int i = i_lo; i <= i_hi; ++i) {
+      const int64_t row = static_cast<int64_t>(y - i) * W;
+      for (int j = j_lo; j <= j_hi; ++j) {
+        const int64_t src = row + (x - j);
+        acc += static_cast<acc_t>(kt[(i * k + j) * HW + src]) * static_cast<acc_t>(g[src]);
+      }
+    }
+    output[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kDirectThreads)
     local_correlation_forward_direct_cuda_kernel(const scalar_t* __restrict__ center,

@@ -319,6 +319,94 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// transposed adaptive conv (the forward's input gradient; also the correlation's gradient w.r.t. its padded input):
+//   out[c, y, x] = sum_{i,j} kt[i*k+j, y-i, x-j] * g[c, y-i, x-j]   over taps with (y-i, x-j) in [0, H) x [0, W),
+// out [C, H+k-1, W+k-1]. Gather form: each output pixel sums its own taps (no atomics, any thread count gives the
+// same bits), reading the taps where they lie: no flipped copy of the kernel and no padded copy of g.
+// ---------------------------------------------------------------------------------------------
+// RB output rows (from y0) x CB channels x one vector of interior columns (from x), acc[rb][cb] in registers. For a
+// source row r and column shift j the CB vectors g[c, r, x-j..] are loaded once and used by every output row
+// y0+rb whose tap row i = y0+rb-r is in [0, k); each kernel vector kt[i*k+j, r, x-j..] by the CB channels (loads
+// per FMA 1/RB + 1/CB, as the forward). Rows y0+rb >= y_end are computed but not stored.
+template <typename scalar_t, int VBYTES, int CB, int RB>
+FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kt,
+                                scalar_t* FEATUP_RESTRICT out, int64_t H, int64_t W, int64_t y0, int64_t y_end,
+                                int64_t x, int k) {
+  using S = Simd<scalar_t, VBYTES>;
+  using vec = typename S::vec;
+  const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
+  vec acc[RB][CB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int cb = 0; cb < CB; ++cb) acc[rb][cb] = vec{};
+  const int64_t r_lo = std::max<int64_t>(0, y0 - (k - 1)), r_hi = std::min<int64_t>(H - 1, y0 + RB - 1);
+  for (int64_t r = r_lo; r <= r_hi; ++r) {
+    const scalar_t* FEATUP_RESTRICT gr = g + r * W + x;
+    const scalar_t* FEATUP_RESTRICT kr = kt + r * W + x;
+    for (int j = 0; j < k; ++j) {
+      vec gv[CB];
+      for (int cb = 0; cb < CB; ++cb) gv[cb] = S::load(gr + cb * HW - j);
+      for (int rb = 0; rb < RB; ++rb) {
+        const int64_t i = y0 + rb - r;
+        if (i < 0 || i >= k) continue;
+        const vec kv = S::load(kr + (i * k + j) * HW - j);
+        for (int cb = 0; cb < CB; ++cb) acc[rb][cb] += kv * gv[cb];
+      }
+    }
+  }
+  for (int rb = 0; rb < RB; ++rb) {
+    if (y0 + rb >= y_end) break;
+    for (int cb = 0; cb < CB; ++cb) S::store(out + cb * P + (y0 + rb) * Wp + x, acc[rb][cb]);
+  }
+}
+
+// Output rows [y0, y1) of C channels; g at (b, c0, 0, 0), kt at (b, 0, 0, 0), out at (b, c0, 0, 0). Interior
+// columns x in [k-1, W) (every j valid) take tr_tile_simd (the last block overlaps the previous one); the k-1
+// border columns on each side, and rows whose interior is narrower than a vector, take the scalar loop with the
+// tap ranges clipped.
+template <typename scalar_t, int VBYTES, int CB, int RB>
+FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kt,
+                                scalar_t* FEATUP_RESTRICT out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1,
+                                int k) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int L = Simd<scalar_t, VBYTES>::lanes;
+  const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
+  const int64_t x_lo = k - 1, x_hi = W;  // interior columns [x_lo, x_hi)
+  const bool simd = x_hi - x_lo >= L;
+  if (simd) {
+    for (int64_t xb = x_lo; xb < x_hi; xb += L) {
+      const int64_t x = std::min(xb, x_hi - L);
+      for (int64_t y = y0; y < y1; y += RB) {
+        int64_t c = 0;
+        for (; c + CB <= C; c += CB)
+          tr_tile_simd<scalar_t, VBYTES, CB, RB>(g + c * HW, kt, out + c * P, H, W, y, y1, x, k);
+        for (; c < C; ++c) tr_tile_simd<scalar_t, VBYTES, 1, RB>(g + c * HW, kt, out + c * P, H, W, y, y1, x, k);
+      }
+    }
+  }
+  for (int64_t y = y0; y < y1; ++y) {
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, y - (H - 1)));
+    const int i_hi = static_cast<int>(std::min<int64_t>(k - 1, y));
+    scalar_t* FEATUP_RESTRICT orow = out + y * Wp;
+    for (int64_t x = 0; x < Wp; ++x) {
+      if (simd && x == x_lo) x = x_hi;  // the interior is done
+      if (x >= Wp) break;
+      const int j_lo = static_cast<int>(std::max<int64_t>(0, x - (W - 1)));
+      const int j_hi = static_cast<int>(std::min<int64_t>(k - 1, x));
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t acc = acc_t(0);
+        for (int i = i_lo; i <= i_hi; ++i) {
+          const int64_t r = y - i;
+          for (int j = j_lo; j <= j_hi; ++j)
+            acc += static_cast<acc_t>(kt[(i * k + j) * HW + r * W + x - j]) *
+                   static_cast<acc_t>(g[c * HW + r * W + x - j]);
+        }
+        orow[c * P + x] = static_cast<scalar_t>(acc);
+      }
+    }
+  }
+}
+
 // ISA entry points: the same templates compiled for each instruction set with its own block width.
 #define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES, CB, RB)                                                                \
   template <typename T>                                                                                              \
@@ -330,6 +418,11 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
   ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
                             int64_t h, int k, bool acc) {                                                            \
     corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                 \
+  }                                                                                                                  \
+  template <typename T>                                                                                              \
+  ATTR void tr_rows_##NAME(const T* g, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1, \
+                           int k) {                                                                                  \
+    tr_rows_impl<T, VBYTES, CB, RB>(g, kt, out, C, H, W, y0, y1, k);                                                 \
   }
 
 // Forward register blocks: CB x RB vector accumulators plus CB input vectors and one kernel vector, within the
@@ -388,6 +481,20 @@ void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, i
 #endif
     default:
       return corr_row_base<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+  }
+}
+
+template <typename T>
+void tr_rows(const T* g, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1, int k) {
+  switch (isa_in_use().load(std::memory_order_relaxed)) {
+#if FEATUP_X86_DISPATCH
+    case kAvx512:
+      return tr_rows_avx512<T>(g, kt, out, C, H, W, y0, y1, k);
+    case kAvx2:
+      return tr_rows_avx2<T>(g, kt, out, C, H, W, y0, y1, k);
+#endif
+    default:
+      return tr_rows_base<T>(g, kt, out, C, H, W, y0, y1, k);
   }
 }
 
@@ -476,6 +583,31 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
             corr_row(g + ((b * C + c0) * H + h) * W, x + (b * C + c0) * Hp * Wp, o + b * k * k * H * W + h * W, nc, H,
                      W, Hp, Wp, h, static_cast<int>(k), c0 > 0);
         }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor adaptive_conv_transpose_cpu(const at::Tensor& grad, const at::Tensor& kernel, int64_t k) {
+  FEATUP_CHECK_CPU_INPUT(grad);
+  FEATUP_CHECK_CPU_INPUT(kernel);
+  const int64_t B = grad.size(0), C = grad.size(1), H = grad.size(2), W = grad.size(3);
+  const int64_t Hp = H + k - 1, Wp = W + k - 1;
+  auto out = empty_output({B, C, Hp, Wp}, grad.options());
+  const Tiles t = fwd_tiles(C, Hp);
+  const int64_t nct = ceil_div(C, t.ct), nht = ceil_div(Hp, t.ht);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "adaptive_conv_transpose_cpu", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* kt = kernel.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * nht * nct, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / (nht * nct), tc = (task / nht) % nct, th = task % nht;
+        const int64_t c0 = tc * t.ct, nc = std::min(t.ct, C - c0);
+        const int64_t y0 = th * t.ht, y1 = std::min(Hp, y0 + t.ht);
+        tr_rows(g + (b * C + c0) * H * W, kt + b * k * k * H * W, o + (b * C + c0) * Hp * Wp, nc, H, W, y0, y1,
+                static_cast<int>(k));
       }
     });
   });

@@ -298,4 +298,23 @@ at::Tensor local_correlation_forward_cuda(const at::Tensor& center, const at::Te
   return out;
 }
 
+at::Tensor adaptive_conv_transpose_cuda(const at::Tensor& grad, const at::Tensor& kernel, int64_t k) {
+  FEATUP_CHECK_CUDA_INPUT(grad);
+  FEATUP_CHECK_CUDA_INPUT(kernel);
+  const c10::cuda::CUDAGuard device_guard(grad.device());
+  // the size checks of the forward (32-bit rows / columns), on the padded output's geometry
+  const Geometry g = make_geometry(grad.size(0), grad.size(1), grad.size(2), grad.size(3), k);
+  at::Tensor out = at::empty({g.B, g.C, g.H + k - 1, g.W + k - 1}, grad.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t total = out.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "adaptive_conv_transpose_cuda", [&] {
+    adaptive_conv_transpose_direct_cuda_kernel<scalar_t>
+        <<<static_cast<unsigned>(direct_grid(total)), kDirectThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), total,
+            static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(k));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace featup
