@@ -210,4 +210,4 @@ def test_generated_data_configs_run_as_configured(path, tmp_path):
     prepare_generated_datasets(cfg)
     runner = _train_one_iteration(cfg)
     metrics = runner.val_loop.run()
-    assert {'mIoU', 'bF'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
+    assert {'mIoU', 'thin_iou', 'small_iou', 'bF'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
