@@ -12,7 +12,7 @@ pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
 from tests import ROOT  # noqa: E402
 
-CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_featup-synth-128x128.py')
+CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py')
 
 
 def _small_run_options(data_root, iters):
