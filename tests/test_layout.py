@@ -152,7 +152,7 @@ for name in ('FeatUpJBU', 'ResizeNeck', 'GuidedEncoderDecoder', 'SFTGuidedHead',
              'Detectron2Backbone', 'FeatUpJBUTrainer', 'PacHotSwap', 'PacCRFHead', 'PacJointUpsampler'):
     assert MODELS.get(name) is not None, name
 assert DATASETS.get('FeatUpSyntheticDataset') and DATASETS.get('ImageFolderDataset')
-assert METRICS.get('BoundaryFScore')
+assert METRICS.get('BoundaryFScore') and METRICS.get('GroupIoUMetric')
 print('ok')
 """)
     assert out.strip().endswith('ok')

@@ -51,7 +51,7 @@ def build_cfg(args):
     if args.out is not None:
         cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
         for ev in cfg.test_evaluator:
-            if ev.get('type') == 'IoUMetric':
+            if ev.get('type') in ('IoUMetric', 'GroupIoUMetric'):  # the latter: IoUMetric + class groups
                 ev['output_dir'] = args.out
                 ev['keep_results'] = True
     if args.tta:

@@ -8,7 +8,7 @@ mmseg is (or gets) imported.
 from . import backbones, datasets, evaluation, heads, necks, segmentors, trainers
 from .backbones import Detectron2Backbone, TimmViT
 from .datasets import FeatUpSyntheticDataset, ImageFolderDataset
-from .evaluation import BoundaryFScore
+from .evaluation import BoundaryFScore, GroupIoUMetric
 from .heads import LinearProbeHead, PacCRFHead, SFTGuidedHead
 from .necks import FeatUpJBU, PacJointUpsamplerNeck, ResizeNeck
 from .segmentors import GuidedEncoderDecoder, GuidedFeatures, build_pac_hot_swap
@@ -27,6 +27,7 @@ __all__ = [
     'FeatUpSyntheticDataset',
     'ImageFolderDataset',
     'BoundaryFScore',
+    'GroupIoUMetric',
     'LinearProbeHead',
     'SFTGuidedHead',
     'PacCRFHead',

@@ -1,4 +1,6 @@
-"""Boundary F-score: the framework-free function and the mmengine metric BoundaryFScore."""
+"""Boundary F-score (the framework-free function and the mmengine metric BoundaryFScore) and GroupIoUMetric."""
+
+import os
 
 import numpy as np
 import pytest
@@ -230,3 +232,62 @@ def test_metric_needs_the_number_of_classes(mm):
     assert metric.evaluate(1)['bF'] == 75.0
     with pytest.raises(ValueError, match='tolerance'):
         mm.build(dict(type='BoundaryFScore', tolerance=-2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GroupIoUMetric: IoUMetric + the mean IoU of groups of classes (thin_iou next to mIoU in the main job)
+
+
+def test_group_iou_is_the_mean_of_its_classes_ious(mm):
+    from mmengine.evaluator import Evaluator
+
+    classes = ('a', 'b', 'c', 'd')
+    # hand-made 2 x 4 labels over two images; per-class IoU (intersection / union over both images):
+    #   a: I 3, U 4 -> 0.75   b: I 1, U 3 -> 1/3   c: I 2, U 2 -> 1.0   d: I 0, U 1 -> 0.0
+    gt1 = np.array([[0, 0, 1, 1], [0, 2, 2, 3]])
+    pr1 = np.array([[0, 0, 1, 0], [0, 2, 2, 1]])
+    gt2 = np.array([[255, 255, 255, 255], [255, 255, 255, 255]])  # all ignored
+    pr2 = np.array([[3, 3, 3, 3], [1, 1, 1, 1]])
+    ious = {'a': 3 / 4, 'b': 1 / 3, 'c': 1.0, 'd': 0.0}
+    evaluator = Evaluator(
+        [
+            dict(type='GroupIoUMetric', iou_metrics=['mIoU'], class_groups=dict(thin=['b', 'c', 'd'], ab=[0, 'b'])),
+            dict(type='BoundaryFScore', tolerance=2),
+        ]
+    )
+    evaluator.dataset_meta = dict(classes=classes, palette=[[0, 0, 0]] * len(classes))
+    evaluator.process([make_sample(pr1, gt1), make_sample(pr2, gt2)])
+    res = evaluator.evaluate(2)
+    assert res['thin_iou'] == pytest.approx(100 * (ious['b'] + ious['c'] + ious['d']) / 3, abs=0.005)
+    assert res['ab_iou'] == pytest.approx(100 * (ious['a'] + ious['b']) / 2, abs=0.005)
+    assert res['mIoU'] == pytest.approx(100 * sum(ious.values()) / 4, abs=0.005)
+    assert 'bF' in res and 'aAcc' in res
+    keys = list(res)
+    assert keys.index('thin_iou') == keys.index('mIoU') + 1  # printed next to mIoU
+
+
+def test_group_iou_skips_absent_classes_and_checks_names(mm):
+    metric = mm.build(dict(type='GroupIoUMetric', class_groups=dict(g=['a', 'c'], none=['c'])))
+    metric.dataset_meta = dict(classes=('a', 'b', 'c'))
+    # class c is in neither the label nor the prediction: left out of the mean, as mIoU leaves it out
+    metric.process({}, [make_sample(np.array([[0, 1], [1, 1]]), np.array([[0, 0], [1, 1]])).to_dict()])
+    res = metric.evaluate(1)
+    assert res['g_iou'] == pytest.approx(50.0) and np.isnan(res['none_iou'])
+    bad = mm.build(dict(type='GroupIoUMetric', class_groups=dict(g=['wire'])))
+    bad.dataset_meta = dict(classes=('a', 'b'))
+    bad.process({}, [make_sample(np.zeros((2, 2)), np.zeros((2, 2))).to_dict()])
+    with pytest.raises(ValueError, match='unknown class'):
+        bad.evaluate(1)
+    with pytest.raises(ValueError, match='non-empty'):
+        mm.build(dict(type='GroupIoUMetric', class_groups=dict(g='wire')))
+
+
+def test_the_synthetic_dataset_config_reports_thin_iou():
+    Config = pytest.importorskip('mmengine.config').Config
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = Config.fromfile(os.path.join(root, 'configs', '_base_', 'datasets', 'featup_synth.py'))
+    (group,) = [e for e in cfg.val_evaluator if e['type'] == 'GroupIoUMetric']
+    assert group['class_groups']['thin'] == ['wire', 'pole', 'vine']
+    assert group['class_groups']['small'] == ['pebble', 'marker']
+    assert {CLASSES[i] for i in (5, 6, 7)} == set(group['class_groups']['thin'])

@@ -22,7 +22,7 @@ from tests.mmseg.test_sft_head import model_cfg as sft_model_cfg  # noqa: E402
 from tests.ops.test_autocast import CASES, IDS  # noqa: E402
 from tests.training.test_multiview import _generated_batch, _TinyBackbone  # noqa: E402
 
-MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_featup-synth-128x128.py')
+MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py')
 LOSS_RTOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 

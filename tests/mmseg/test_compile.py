@@ -17,7 +17,7 @@ from featup_plugin.ops import _backend  # noqa: E402
 from tests import ROOT  # noqa: E402
 from tests.mmseg.test_configs import _on_generated_data  # noqa: E402
 
-MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_featup-synth-128x128.py')
+MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py')
 
 needs_ops = pytest.mark.skipif(
     os.environ.get('FEATUP_OPS', 'auto') == 'reference' or _backend.get_ext() is None,

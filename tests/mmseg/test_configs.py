@@ -23,6 +23,10 @@ import featup_plugin  # noqa: E402,F401
 from featup_plugin.data.synthetic import CLASSES  # noqa: E402
 from tests import ROOT  # noqa: E402
 
+# the README's main job (class-balanced cross-entropy) and its bilinear twin
+MAIN_JOB = 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py'
+MAIN_JOB_TWIN = 'fcn-cb_r18_bilinear_1xb8-600i_featup-synth-128x128.py'
+
 register_all_modules()
 
 # detectron2/: tests/detectron2/test_detectron2.py; jbu_*: upsampler-training configs, tests/training/test_multiview.py
@@ -210,4 +214,30 @@ def test_generated_data_configs_run_as_configured(path, tmp_path):
     prepare_generated_datasets(cfg)
     runner = _train_one_iteration(cfg)
     metrics = runner.val_loop.run()
-    assert {'mIoU', 'bF'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
+    assert {'mIoU', 'thin_iou', 'small_iou', 'bF'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
+
+
+def test_main_job_class_weights_are_the_training_splits_median_frequency_weights():
+    """The class-balanced main job's class_weight is what tools/analysis_tools/class_weights.py computes from the
+    generated training split (median-frequency, rescaled to a pixel-weighted mean of 1), to the 3 decimals kept."""
+    import importlib.util
+
+    import numpy as np
+
+    from featup_plugin.data.synthetic import generate_scene, scene_seed
+
+    spec = importlib.util.spec_from_file_location(
+        'class_weights', os.path.join(ROOT, 'tools', 'analysis_tools', 'class_weights.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for name in (MAIN_JOB, MAIN_JOB_TWIN):
+        cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'synthetic', name))
+        data = cfg.synthetic_data
+        counts = np.zeros(cfg.num_classes, np.int64)
+        for i in range(data.num_train):
+            lab = generate_scene(scene_seed(data.seed, 'train', i), data.size)[1]
+            counts += np.bincount(lab.ravel(), minlength=cfg.num_classes)
+        expected = tool.class_weights(counts, 'median')
+        got = np.array(cfg.model.decode_head.loss_decode.class_weight)
+        assert np.abs(got - expected).max() <= 0.0005 + 1e-9, (name, got, expected.round(3))

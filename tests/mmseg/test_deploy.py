@@ -22,7 +22,7 @@ from tests import ROOT  # noqa: E402
 from tests.featurizers.helpers import SMALL  # noqa: E402
 from tests.mmseg.helpers import data_preprocessor, fcn_head  # noqa: E402  (registers the modules)
 
-MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_featup-synth-128x128.py')
+MAIN_JOB = os.path.join(ROOT, 'configs', 'synthetic', 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py')
 HOTSWAP = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_pac-hotswap_1xb8-200i_featup-synth-128x128.py')
 
 

@@ -12,7 +12,7 @@ pytest.importorskip('mmseg', reason='MMSegmentation is not installed')
 
 from tests import ROOT  # noqa: E402
 
-CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'fcn_r18_featup_1xb8-400i_featup-synth-128x128.py')
+CONFIG = os.path.join(ROOT, 'configs', 'synthetic', 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py')
 
 
 def _small_run_options(data_root, iters):
@@ -55,7 +55,7 @@ def test_train_generates_data_trains_evaluates_then_test_tool(tmp_path):
         cwd=str(tmp_path),
     )
     assert os.path.isfile(os.path.join(data_root, 'meta.json'))  # generated because it was absent
-    assert 'mIoU' in out and 'bF' in out
+    assert 'mIoU' in out and 'thin_iou' in out and 'bF' in out
     ckpt = os.path.join(work, 'iter_2.pth')
     assert os.path.isfile(ckpt)
 
@@ -135,3 +135,32 @@ def test_dump_configs_tool_finds_a_changed_config(tmp_path):
     assert tool.compare(first, tool.dump(str(tmp_path))) == []
     cfg.write_text("model = dict(type='X', depth=34)\n")
     assert tool.compare(first, tool.dump(str(tmp_path))) == ['differs: configs/a.py']
+
+
+def test_class_weights_tool(tmp_path):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        'class_weights', os.path.join(ROOT, 'tools', 'analysis_tools', 'class_weights.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # counts 60 / 30 / 10 / 0: frequencies 0.6 / 0.3 / 0.1, median 0.3
+    w = tool.class_weights([60, 30, 10, 0], 'median')
+    raw = np.array([0.5, 1.0, 3.0, 0.0])
+    assert np.allclose(w, raw / (np.array([0.6, 0.3, 0.1, 0]) * raw).sum())
+    for method in tool.METHODS:
+        w = tool.class_weights([60, 30, 10, 0], method)
+        assert np.dot([0.6, 0.3, 0.1, 0], w) == pytest.approx(1.0) and w[3] == 0
+        assert w[0] < w[1] < w[2]
+    assert np.allclose(tool.class_weights([1, 4], 'invsqrt'), np.array([1, 0.5]) / (0.2 * 1 + 0.8 * 0.5))
+    with pytest.raises(ValueError, match='method'):
+        tool.class_weights([1, 2], 'log')
+    # from label maps, 255 ignored
+    (tmp_path / 'ann').mkdir()
+    Image.fromarray(np.array([[0, 0, 1, 255]], np.uint8), 'L').save(tmp_path / 'ann' / 'a.png')
+    Image.fromarray(np.array([[2, 0, 0, 0]], np.uint8), 'L').save(tmp_path / 'ann' / 'b.png')
+    assert tool.pixel_counts(str(tmp_path / 'ann'), 3).tolist() == [5, 1, 1]

@@ -1,14 +1,18 @@
 """What the FeatUp neck buys and costs in segmentation, against its bilinear twin (ResizeNeck).
 
     python3 tools/benchmarks/benchmark_seg.py                       # both parts, CPU
+    python3 tools/benchmarks/benchmark_seg.py --only quality --cases fcn_featup,fcn_bilinear   # the main job and twin
     python3 tools/benchmarks/benchmark_seg.py --only quality --iters 400
     python3 tools/benchmarks/benchmark_seg.py --only quality --cases sft,sft_featup,fcn_featup
     python3 tools/benchmarks/benchmark_seg.py --only overhead --device cuda --batch 2
 
 quality:  on the generated dataset, train the CPU configs of configs/synthetic with equal iterations, data
           order and seed (each in a fresh process), then report mIoU and the boundary F-score (bF, tolerance
-          2 px) on the validation split: the difference FeatUp exists for. Cases (--cases): fcn_featup (FCN
-          head after FeatUpJBU: the FeatUp neck alone), fcn_bilinear (its bilinear twin: the plain FCN head),
+          2 px), the thin-class IoU (thin_iou: mean IoU of wire, pole, vine), small_iou (pebble, marker) and
+          the per-class IoU on the validation split: the difference FeatUp exists for. Cases (--cases):
+          fcn_featup (the README's main job: FCN head after FeatUpJBU, class-balanced cross-entropy),
+          fcn_bilinear (its bilinear twin, same recipe), fcn_featup_ce / fcn_bilinear_ce (the same pair with
+          the plain cross-entropy, the recipe the SFT cases below inherit),
           sft (SFTGuidedHead, the SFT-guided decoder, without neck), sft_featup (FeatUpJBU + SFTGuidedHead),
           sft_prior (SFTGuidedHead conditioned on its own coarse segmentation prior instead of the image),
           sft_prior_image (conditioned on that prior and the image).
@@ -35,9 +39,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH_DIR = os.path.join(ROOT, 'configs', 'synthetic')
+MAIN_JOB = 'fcn-cb_r18_featup_1xb8-600i_featup-synth-128x128.py'  # the README's main job
+MAIN_JOB_TWIN = 'fcn-cb_r18_bilinear_1xb8-600i_featup-synth-128x128.py'
 QUALITY_CASES = {  # name: (config, what it is)
-    'fcn_featup': ('fcn_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FCN + FeatUpJBU'),
-    'fcn_bilinear': ('fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py', 'FCN + bilinear (ResizeNeck)'),
+    'fcn_featup': (MAIN_JOB, 'FCN + FeatUpJBU'),
+    'fcn_bilinear': (MAIN_JOB_TWIN, 'FCN + bilinear (ResizeNeck)'),
+    'fcn_featup_ce': ('fcn_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FCN + FeatUpJBU, plain CE'),
+    'fcn_bilinear_ce': ('fcn_r18_bilinear_1xb8-400i_featup-synth-128x128.py', 'FCN + bilinear, plain CE'),
     'sft': ('sft_r18_1xb8-400i_featup-synth-128x128.py', 'SFTGuidedHead (no neck)'),
     'sft_featup': ('sft_r18_featup_1xb8-400i_featup-synth-128x128.py', 'FeatUpJBU + SFTGuidedHead'),
     'sft_prior': ('sft-prior_r18_1xb8-400i_featup-synth-128x128.py', "SFTGuidedHead, condition='prior'"),
@@ -49,12 +57,15 @@ QUALITY_CASES = {  # name: (config, what it is)
 # differences printed when both cases ran: (a, b) -> "a - b"
 QUALITY_DIFFS = [
     ('fcn_featup', 'fcn_bilinear'),
-    ('sft', 'fcn_bilinear'),
-    ('sft', 'fcn_featup'),
-    ('sft_featup', 'fcn_featup'),
+    ('fcn_featup_ce', 'fcn_bilinear_ce'),
+    ('fcn_featup', 'fcn_featup_ce'),
+    ('fcn_bilinear', 'fcn_bilinear_ce'),
+    ('sft', 'fcn_bilinear_ce'),
+    ('sft', 'fcn_featup_ce'),
+    ('sft_featup', 'fcn_featup_ce'),
     ('sft_featup', 'sft'),
     ('sft_prior', 'sft'),
-    ('sft_prior', 'fcn_bilinear'),
+    ('sft_prior', 'fcn_bilinear_ce'),
     ('sft_prior_image', 'sft'),
 ]
 VIT = {
@@ -96,7 +107,7 @@ def quality_worker(spec: dict) -> dict:
     cfg.synthetic_data.update(root=root, num_train=spec['num_train'], num_val=spec['num_val'], size=spec['size'])
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         loader.dataset.data_root = root
-    iters = spec['iters']
+    iters = spec['iters'] or cfg.train_cfg.max_iters  # None: the config's own schedule
     cfg.train_cfg.max_iters = iters
     cfg.train_cfg.val_interval = iters + 1  # evaluate once, below
     cfg.param_scheduler[-1].end = iters
@@ -105,6 +116,11 @@ def quality_worker(spec: dict) -> dict:
     cfg.default_hooks.checkpoint.interval = iters + 1
     cfg.default_hooks.logger.interval = max(1, iters // 10)
     cfg.randomness = dict(seed=spec['seed'])
+    for ev in cfg.val_evaluator:  # per-class IoU in the metrics: one group per class next to thin / small
+        if ev['type'] == 'GroupIoUMetric':
+            from featup_plugin.data.synthetic import CLASSES
+
+            ev['class_groups'] = dict(ev.get('class_groups') or {}, **{c: [c] for c in CLASSES})
     cfg.work_dir = spec['work_dir']
     prepare_generated_datasets(cfg)
     runner = Runner.from_cfg(cfg)
@@ -112,7 +128,13 @@ def quality_worker(spec: dict) -> dict:
     runner.train()
     train_s = time.perf_counter() - t0
     metrics = runner.val_loop.run()
-    return dict(mIoU=float(metrics['mIoU']), bF=float(metrics['bF']), train_s=train_s, iters=iters)
+    out = dict(mIoU=float(metrics['mIoU']), bF=float(metrics['bF']), train_s=train_s, iters=iters)
+    for k in ('thin_iou', 'small_iou'):
+        out[k] = float(metrics.get(k, float('nan')))
+    out['class_iou'] = {
+        c: float(metrics.get(f'{c}_iou', float('nan'))) for c in runner.val_loop.dataloader.dataset.metainfo['classes']
+    }
+    return out
 
 
 # -- overhead ---------------------------------------------------------------------------------------------
@@ -196,7 +218,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--only', choices=['quality', 'overhead'])
     p.add_argument('--device', default='cpu')
-    p.add_argument('--iters', type=int, default=400, help='training iterations per model (quality)')
+    p.add_argument(
+        '--iters', type=int, default=None, help="training iterations per model (quality; default: each config's own)"
+    )
     p.add_argument(
         '--cases',
         default=','.join(QUALITY_CASES),
@@ -232,9 +256,10 @@ def main() -> None:
     if args.only in (None, 'quality'):
         print(
             f'\n## quality: generated dataset ({args.num_train} train / {args.num_val} val, '
-            f'{args.image_size}^2), {args.iters} iterations, seed {args.seed}'
+            f'{args.image_size}^2), {args.iters or "the configured"} iterations, seed {args.seed}'
         )
-        print('| model | mIoU | bF (2 px) | train time |\n|---|---|---|---|')
+        print('| model | iterations | mIoU | thin IoU | small IoU | bF (2 px) | train time |')
+        print('|---|---|---|---|---|---|---|')
         res = {}
         for case in args.cases:
             config, name = QUALITY_CASES[case]
@@ -251,14 +276,24 @@ def main() -> None:
                     work_dir=os.path.join(args.work_dir, case),
                 ),
             )
-            print(f'| {name} | {r["mIoU"]:.2f} | {r["bF"]:.2f} | {r["train_s"]:.0f} s |', flush=True)
+            print(
+                f'| {name} | {r["iters"]} | {r["mIoU"]:.2f} | {r["thin_iou"]:.2f} | {r["small_iou"]:.2f} '
+                f'| {r["bF"]:.2f} | {r["train_s"]:.0f} s |',
+                flush=True,
+            )
+        print('\nper-class IoU:')
+        classes = list(next(iter(res.values()))['class_iou'])
+        print('| model | ' + ' | '.join(classes) + ' |\n|---|' + '---|' * len(classes))
+        for case, r in res.items():
+            print(f'| {QUALITY_CASES[case][1]} | ' + ' | '.join(f'{r["class_iou"][c]:.2f}' for c in classes) + ' |')
         print()
         for a, b in QUALITY_DIFFS:
             if a in res and b in res:
                 x, y = res[a], res[b]
                 print(
                     f'{QUALITY_CASES[a][1]} - {QUALITY_CASES[b][1]}: mIoU {x["mIoU"] - y["mIoU"]:+.2f}, '
-                    f'bF {x["bF"] - y["bF"]:+.2f}; train time ratio {x["train_s"] / y["train_s"]:.2f}x'
+                    f'thin IoU {x["thin_iou"] - y["thin_iou"]:+.2f}, bF {x["bF"] - y["bF"]:+.2f}; '
+                    f'train time ratio {x["train_s"] / y["train_s"]:.2f}x'
                 )
     if args.only in (None, 'overhead'):
         print(f'\n## overhead: ViT-S/16 at {args.size}^2, batch {args.batch}, {args.device}, median of {args.repeats}')

@@ -55,8 +55,13 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
+# mIoU, next to it thin_iou (mean IoU of wire, pole, vine) and small_iou (pebble, marker), then the boundary F-score
 val_evaluator = [
-    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(
+        type='GroupIoUMetric',
+        iou_metrics=['mIoU'],
+        class_groups=dict(thin=['wire', 'pole', 'vine'], small=['pebble', 'marker']),
+    ),
     dict(type='BoundaryFScore', tolerance=2),
 ]
 test_evaluator = val_evaluator
