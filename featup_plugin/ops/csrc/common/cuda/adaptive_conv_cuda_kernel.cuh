@@ -20,7 +20,7 @@
 //    instead and reads each weight once per channel chunk from global memory (L1-resident).
 //  * local correlation: a thread keeps k*k accumulators per pixel in registers (fast paths K = 3, 5, 7)
 //    and loops over the channels; its center values are one coalesced load per channel, prefetched before
-//    the chunk's barrier. The generic kernel gives each block a group of kTapGroup taps.
+//    the chunk's barrier. The generic kernel gives each block a group of taps (8, or 32 / 16 from k = 9).
 //
 // Grid: one-dimensional, block id = ((b * tiles_y + tile_y) * tiles_x + tile_x) * splits + split, so
 // there is no gridDim.y/z limit and blocks sharing a tile are adjacent in launch order (the channel groups
@@ -45,8 +45,15 @@ constexpr int kThreadsY = 8;                     // tile height (output rows per
 constexpr int kThreads = kThreadsX * kThreadsY;  // threads per block
 constexpr int kChunkFast = 8;                    // channels staged per barrier, K = 3, 5, 7 kernels
 constexpr int kChunkGeneric = 4;                 // channels staged per barrier, generic-k kernels
-constexpr int kTapGroup = 8;                     // taps per block in the generic correlation kernel
-constexpr int kDirectThreads = 256;              // block size of the direct kernels
+// Taps per block of the generic correlation kernel: each block restages its window once per channel chunk, so the
+// window is staged ceil(k*k / TG) times per channel. TG = 32 (16 with double accumulators, to stay within the
+// registers of 2 resident blocks) from k = 9 on: 3 stagings for k = 9 (11 with 8-tap groups), 8 for k = 15 (29).
+constexpr int kTapGroup = 8;
+template <typename acc_t>
+constexpr int wide_tap_group() {
+  return sizeof(acc_t) > 4 ? 16 : 32;
+}
+constexpr int kDirectThreads = 256;  // block size of the direct kernels
 
 // Decoded position of a tiled block: batch, tile origin, and the split (channel group / tap group).
 struct TileCoord {
@@ -307,10 +314,10 @@ __global__ void __launch_bounds__(kThreads, sizeof(at::opmath_type<scalar_t>) ==
 }
 
 // -------------------------------------------------------------------------------------------------
-// local correlation, any odd k: a block handles kTapGroup taps [tg * kTapGroup, ...) of one channel split;
+// local correlation, any odd k: a block handles TG taps [tg * TG, ...) of one channel split;
 // the block's split index encodes (split, tap group) as split * tap_groups + tg.
 // -------------------------------------------------------------------------------------------------
-template <typename scalar_t, typename out_t, int CS>
+template <typename scalar_t, typename out_t, int CS, int TG>
 __global__ void __launch_bounds__(kThreads)
     local_correlation_forward_generic_cuda_kernel(const scalar_t* __restrict__ center,
                                                   const scalar_t* __restrict__ padded, out_t* __restrict__ output,
@@ -324,7 +331,7 @@ __global__ void __launch_bounds__(kThreads)
   const int SH = kThreadsY + k - 1, SW = kThreadsX + k - 1, per = SH * SW;
   const TileCoord tc = decode_block(tiles_x, tiles_y, splits * tap_groups, kThreadsY);
   const int split = tc.split / tap_groups;
-  const int t0 = (tc.split - split * tap_groups) * kTapGroup;
+  const int t0 = (tc.split - split * tap_groups) * TG;
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
   const int h = tc.h0 + threadIdx.y, w = tc.w0 + threadIdx.x;
   const bool active = h < H && w < W;
@@ -334,10 +341,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pix = static_cast<int64_t>(h) * W + w;
 
   // Shared-memory offset of each tap of the group (taps past k*k point at offset 0 and are not stored).
-  int off[kTapGroup];
-  acc_t acc[kTapGroup];
+  int off[TG];
+  acc_t acc[TG];
 #pragma unroll
-  for (int q = 0; q < kTapGroup; ++q) {
+  for (int q = 0; q < TG; ++q) {
     const int t = t0 + q;
     off[q] = t < KK ? (t / k) * SW + (t % k) : 0;
     acc[q] = acc_t(0);
@@ -362,7 +369,8 @@ __global__ void __launch_bounds__(kThreads)
         if (c < nch) {
           const acc_t* s = win + c * per;
 #pragma unroll
-          for (int q = 0; q < kTapGroup; ++q) acc[q] += g[c] * s[off[q]];
+          for (int q = 0; q < TG; ++q)
+            if (t0 + q < KK) acc[q] += g[c] * s[off[q]];  // uniform per block: the last group's spare taps
         }
       }
     }
@@ -372,7 +380,7 @@ __global__ void __launch_bounds__(kThreads)
   if (active) {
     out_t* op = output + (static_cast<int64_t>(split) * B + tc.b) * KK * HW + pix;
 #pragma unroll
-    for (int q = 0; q < kTapGroup; ++q)
+    for (int q = 0; q < TG; ++q)
       if (t0 + q < KK) op[(t0 + q) * HW] = static_cast<out_t>(acc[q]);
   }
 }

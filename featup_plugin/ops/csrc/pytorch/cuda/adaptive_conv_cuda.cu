@@ -209,24 +209,32 @@ at::Tensor launch_local_correlation_fast(const at::Tensor& center, const scalar_
   });
 }
 
+template <typename scalar_t, int TG>
+at::Tensor launch_local_correlation_generic(const at::Tensor& center, const scalar_t* gc, const scalar_t* xp,
+                                            const Geometry& g, int64_t smem, cudaStream_t stream) {
+  const int64_t tap_groups = ceil_div(g.k * g.k, TG);
+  const Split s = split_channels(g.tiles(1) * tap_groups, g.C, kChunkGeneric);
+  const dim3 block(kThreadsX, kThreadsY);
+  const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * tap_groups * s.count)));
+  return run_correlation_splits<scalar_t>(center, g, s, [&](auto* out, const Split& sp) {
+    using out_t = std::remove_pointer_t<decltype(out)>;
+    allow_smem(local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric, TG>, smem);
+    local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric, TG><<<grid, block, smem, stream>>>(
+        gc, xp, out, static_cast<int>(g.B), static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
+        static_cast<int>(g.k), static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)),
+        static_cast<int>(sp.count), static_cast<int>(sp.size), static_cast<int>(tap_groups));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 template <typename scalar_t>
 at::Tensor launch_local_correlation_other(const at::Tensor& center, const scalar_t* gc, const scalar_t* xp,
                                           const Geometry& g, cudaStream_t stream) {
   const int64_t smem = window_bytes<scalar_t>(g.k, kChunkGeneric);
   if (smem <= smem_optin_limit()) {
-    const int64_t tap_groups = ceil_div(g.k * g.k, kTapGroup);
-    const Split s = split_channels(g.tiles(1) * tap_groups, g.C, kChunkGeneric);
-    const dim3 block(kThreadsX, kThreadsY);
-    const dim3 grid(static_cast<unsigned>(checked_grid(g.tiles(1) * tap_groups * s.count)));
-    return run_correlation_splits<scalar_t>(center, g, s, [&](auto* out, const Split& sp) {
-      using out_t = std::remove_pointer_t<decltype(out)>;
-      allow_smem(local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric>, smem);
-      local_correlation_forward_generic_cuda_kernel<scalar_t, out_t, kChunkGeneric><<<grid, block, smem, stream>>>(
-          gc, xp, out, static_cast<int>(g.B), static_cast<int>(g.C), static_cast<int>(g.H), static_cast<int>(g.W),
-          static_cast<int>(g.k), static_cast<int>(g.tiles_x()), static_cast<int>(g.tiles_y(1)),
-          static_cast<int>(sp.count), static_cast<int>(sp.size), static_cast<int>(tap_groups));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    constexpr int wide = wide_tap_group<at::opmath_type<scalar_t>>();
+    if (g.k * g.k > kTapGroup) return launch_local_correlation_generic<scalar_t, wide>(center, gc, xp, g, smem, stream);
+    return launch_local_correlation_generic<scalar_t, kTapGroup>(center, gc, xp, g, smem, stream);
   }
   at::Tensor out = at::empty({g.B, g.k * g.k, g.H, g.W}, center.options());
   const int64_t total = out.numel();
