@@ -8,8 +8,9 @@ stack: ``JBUStack(--channels)`` forward + backward (train mode), ``--feat`` x ``
        guided by a random image, eager vs ``torch.compile(stack, fullgraph=True)`` (inductor); then the same stack
        in eval mode, forward only under ``torch.no_grad()`` (inference).
 main:  one ``train_step`` (data preprocessor, forward, loss, backward, AdamW step) of the main job's model
-       (configs/synthetic/fcn_r18_featup_1xb8-400i_featup-synth-128x128.py: half-width ResNet-18 + FeatUpJBU + FCN,
-       batch 8 of 128x128), eager vs ``torch.compile(model.train_step)``: what mmengine's ``compile=True`` does
+       (configs/synthetic/fcn_r18_featup_1xb8-400i_featup-synth-128x128.py, the plain-CE base of the main job: the
+       same half-width ResNet-18 + FeatUpJBU + FCN, batch 8 of 128x128; the main job only adds class weights),
+       eager vs ``torch.compile(model.train_step)``: what mmengine's ``compile=True`` does
        (graph breaks allowed, default options).
 
 Eager and compiled calls alternate (one of each per repeat) so that load from other processes on a shared machine
