@@ -95,6 +95,31 @@ def test_same_probe_budget_seed_and_data_order_for_all(tiny_results):
     assert protocol.probe_order_digest(3, 8, 2, 3) != protocol.probe_order_digest(3, 8, 2, 4)
 
 
+def test_probe_pixels_and_diagnostics_recorded(tiny_results):
+    probe = tiny_results['probe']
+    assert probe['lowres']['pixels_per_image'] == 'all'  # 6x6 < 2048: full maps
+    assert all(probe[m]['pixels_per_image'] == 2048 for m in protocol.METHODS[1:])  # 48x48 = 2304 > 2048
+    diag = tiny_results['diagnostics']
+    assert set(diag) == set(protocol.METHODS) - {'lowres'}
+    for rec in diag.values():
+        assert rec['edge_pixels'] > 0 and rec['edge_ratio'] > 0
+
+
+def test_edge_alignment_prefers_features_that_change_at_label_edges():
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :, 8:] = 5  # wire (a thin class) on the right half
+    step = (labels[:, None].float() > 0).float().repeat(1, 3, 1, 1)  # changes exactly at the label edge
+    smooth = F.avg_pool2d(step, 7, stride=1, padding=3, count_include_pad=False)  # the same edge, blurred
+    sharp, blurred = protocol.edge_alignment(step, labels), protocol.edge_alignment(smooth, labels)
+    assert sharp['edge_pixels'] == 16
+    # every change of the step is on the edge: ratio = all pixels / edge pixels = 256 / 16
+    assert math.isclose(sharp['edge_ratio'], 16.0, rel_tol=1e-6)
+    assert math.isclose(sharp['thin_edge_ratio'], 16.0, rel_tol=1e-6)
+    assert 1.0 < blurred['edge_ratio'] < sharp['edge_ratio']
+    with pytest.raises(ValueError, match='labels size'):
+        protocol.edge_alignment(step[..., :8], labels)
+
+
 def test_jbu_is_trained_by_the_multiview_loss(tiny_checkpoint):
     backbone, _, _ = pretrain.load_pretrained(tiny_checkpoint)
     imgs, _ = pretrain.pretraining_scenes(4, 48, seed=9)
