@@ -33,7 +33,7 @@ from ..training.implicit import fit_implicit
 from ..training.losses import UncertaintyHead
 from ..training.multiview import clip_early_gradients, multiview_loss
 from ..upsamplers.downsamplers import build_downsampler
-from ..upsamplers.jbu import JBUStack, num_x2_stages, plan_stage_sizes
+from ..upsamplers.jbu import JBUStack, num_x2_stages, plan_stage_sizes, resize_guidance
 from .pretrain import load_pretrained, normalize_images, pretrain_seed
 from .probe import cam_drop_increase, depth_metrics, predict_probe, seg_metrics, train_probe
 
@@ -49,6 +49,7 @@ __all__ = [
     'probe_order_digest',
     'THIN_CLASSES',
     'edge_alignment',
+    'jbu_kernel_stats',
     'run_probe_benchmark',
     'format_table',
 ]
@@ -289,6 +290,69 @@ def probe_order_digest(n: int, steps: int, batch_size: int, seed: int) -> str:
 THIN_CLASSES = ('wire', 'pole', 'vine')
 
 
+def _edge_masks(lab: torch.Tensor, ignore_index: int = 255):
+    """``(valid, edge, thin_edge)`` masks of a label map ``[H, W]``: labelled pixels, those whose right or lower
+    neighbour has another (labelled) class, and the edges with a thin class on one side."""
+    thin = torch.tensor([CLASSES.index(c) for c in THIN_CLASSES])
+    right = F.pad(lab[:, 1:], (0, 1), value=-1)
+    down = F.pad(lab[1:], (0, 0, 0, 1), value=-1)
+    valid = lab != ignore_index
+    edge = torch.zeros_like(valid)
+    edge_thin = torch.zeros_like(valid)
+    for nb in (right, down):
+        e = valid & (nb >= 0) & (nb != ignore_index) & (nb != lab)
+        edge |= e
+        edge_thin |= e & (torch.isin(lab, thin) | torch.isin(nb, thin))
+    return valid, edge, edge_thin
+
+
+@torch.no_grad()
+def jbu_kernel_stats(net: JBUStack, images: torch.Tensor, labels: torch.Tensor, lr_size, ignore_index: int = 255):
+    """Per stage of a trained :class:`JBUStack` on normalised ``images [N, 3, H, W]`` with ``labels [N, H, W]``
+    (resized nearest to each stage's size): the learned ``range_temp`` (exp) and ``sigma_spatial``, and of the
+    normalised range x spatial kernel (before the fixup) over the pixels of all / label-edge / thin-class-edge
+    pixels: ``entropy_*`` (normalised by log(k*k); the spatial kernel alone has ``entropy_spatial``) and
+    ``same_label_*``, the kernel mass on taps with the centre pixel's label (the spatial kernel alone:
+    ``same_label_spatial_*``). An edge-aware kernel puts more mass on the same label than the spatial one."""
+    out = []
+    sizes = plan_stage_sizes(tuple(lr_size), tuple(images.shape[-2:]), net.num_stages)
+    for stage, size in zip(net.stages, sizes):
+        spatial = stage.get_spatial_kernel().float()
+        spatial = spatial / spatial.sum(1, keepdim=True)
+        taps, r = spatial.shape[1], stage.radius
+        acc = {}
+        for img, lab in zip(images.split(4), labels.split(4)):
+            g = resize_guidance(img, size)
+            k = stage.get_range_kernel(g) * spatial
+            k = k / k.sum(1, keepdim=True).clamp_min(1e-12)
+            ent = -(k * k.clamp_min(1e-12).log()).sum(1) / math.log(taps)
+            lab_s = F.interpolate(lab[:, None].float(), size=size, mode='nearest')[:, 0].long()
+            win = F.unfold(F.pad(lab_s[:, None].float(), (r,) * 4, value=-1), stage.diameter).view(
+                lab_s.shape[0], taps, *size
+            )
+            same = (win == lab_s[:, None].float()).float()
+            mass, mass_sp = (k * same).sum(1), (spatial * same).sum(1)
+            for i in range(lab_s.shape[0]):
+                valid, edge, thin = _edge_masks(lab_s[i], ignore_index)
+                for name, m in (('all', valid), ('edge', edge), ('thin_edge', thin)):
+                    a = acc.setdefault(name, [0.0, 0.0, 0.0, 0])
+                    a[0] += float(ent[i][m].sum())
+                    a[1] += float(mass[i][m].sum())
+                    a[2] += float(mass_sp[i][m].sum())
+                    a[3] += int(m.sum())
+        rec = dict(
+            size=list(size),
+            range_temp=float(stage.range_temp.exp()),
+            sigma_spatial=float(stage.sigma_spatial),
+            entropy_spatial=float(-(spatial * spatial.log()).sum() / math.log(taps)),
+        )
+        for name, (e, ms, msp, n) in acc.items():
+            n = max(n, 1)
+            rec.update({f'entropy_{name}': e / n, f'same_label_{name}': ms / n, f'same_label_spatial_{name}': msp / n})
+        out.append(rec)
+    return out
+
+
 @torch.no_grad()
 def edge_alignment(features: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> Dict[str, float]:
     """How much of the features' spatial change sits on the label edges: with ``G`` the per-pixel norm (over
@@ -302,7 +366,6 @@ def edge_alignment(features: torch.Tensor, labels: torch.Tensor, ignore_index: i
             f'edge_alignment: features [N, C, H, W] at the labels size, got {tuple(features.shape)} '
             f'and {tuple(labels.shape)}'
         )
-    thin = torch.tensor([CLASSES.index(c) for c in THIN_CLASSES])
     g_all = g_edge = g_thin = 0.0
     n_all = n_edge = n_thin = 0
     for f, lab in zip(features, labels):
@@ -310,15 +373,7 @@ def edge_alignment(features: torch.Tensor, labels: torch.Tensor, ignore_index: i
         dx = F.pad(f[:, :, 1:] - f[:, :, :-1], (0, 1))
         dy = F.pad(f[:, 1:] - f[:, :-1], (0, 0, 0, 1))
         g = (dx.square() + dy.square()).sum(0).sqrt()
-        right = F.pad(lab[:, 1:], (0, 1), value=-1)
-        down = F.pad(lab[1:], (0, 0, 0, 1), value=-1)
-        valid = lab != ignore_index
-        edge = torch.zeros_like(valid)
-        edge_thin = torch.zeros_like(valid)
-        for nb in (right, down):
-            e = valid & (nb >= 0) & (nb != ignore_index) & (nb != lab)
-            edge |= e
-            edge_thin |= e & (torch.isin(lab, thin) | torch.isin(nb, thin))
+        valid, edge, edge_thin = _edge_masks(lab, ignore_index)
         g_all += float(g[valid].sum())
         n_all += int(valid.sum())
         g_edge += float(g[edge].sum())
@@ -442,6 +497,9 @@ def run_probe_benchmark(
             seconds=time.perf_counter() - t0,
         )
 
+    if learned:  # kept for later inspection (kernels, features); not read back by the benchmark
+        torch.save({k: m.state_dict() for k, m in learned.items()}, os.path.join(root, 'upsamplers.pth'))
+
     cam_img, cam_cls = _cam_pairs(val['classes'])
     order = probe_order_digest(cfg.num_train, cfg.probe_steps, cfg.probe_batch, cfg.seed)
     methods, probe_info, diagnostics = {}, {}, {}
@@ -498,6 +556,12 @@ def run_probe_benchmark(
             )
         del f_train, f_val
 
+    if 'jbu' in learned:
+        lr_size = (cfg.image_size // stride, cfg.image_size // stride)
+        diagnostics['jbu_kernels'] = jbu_kernel_stats(learned['jbu'], x_val, val['labels'], lr_size)
+        if log is not None:
+            for i, rec in enumerate(diagnostics['jbu_kernels']):
+                log(f'jbu stage {i + 1} kernels: ' + ', '.join(f'{k} {v}' for k, v in rec.items()))
     deltas = {}
     if 'bilinear' in methods:
         base = methods['bilinear']

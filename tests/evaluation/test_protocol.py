@@ -99,7 +99,8 @@ def test_probe_pixels_and_diagnostics_recorded(tiny_results):
     probe = tiny_results['probe']
     assert probe['lowres']['pixels_per_image'] == 'all'  # 6x6 < 2048: full maps
     assert all(probe[m]['pixels_per_image'] == 2048 for m in protocol.METHODS[1:])  # 48x48 = 2304 > 2048
-    diag = tiny_results['diagnostics']
+    diag = dict(tiny_results['diagnostics'])
+    assert len(diag.pop('jbu_kernels')) == 3  # one record per JBU stage
     assert set(diag) == set(protocol.METHODS) - {'lowres'}
     for rec in diag.values():
         assert rec['edge_pixels'] > 0 and rec['edge_ratio'] > 0
@@ -118,6 +119,37 @@ def test_edge_alignment_prefers_features_that_change_at_label_edges():
     assert 1.0 < blurred['edge_ratio'] < sharp['edge_ratio']
     with pytest.raises(ValueError, match='labels size'):
         protocol.edge_alignment(step[..., :8], labels)
+
+
+def test_jbu_kernel_stats_see_an_edge_aware_range_kernel():
+    torch.manual_seed(0)
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, :, 16:] = 6  # pole on the right half
+    images = torch.where(labels[:, None] > 0, -1.0, 1.0).repeat(1, 3, 1, 1)
+    net = protocol.JBUStack(4, num_stages=3).eval()
+    with torch.no_grad():
+        for stage in net.stages:  # a flat range kernel: logits 0, the spatial kernel alone
+            for m in stage.range_proj:
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.zero_()
+                    m.bias.zero_()
+    flat = protocol.jbu_kernel_stats(net, images, labels, (4, 4))
+    assert [r['size'] for r in flat] == [[8, 8], [16, 16], [32, 32]]
+    for r in flat:
+        assert math.isclose(r['entropy_all'], r['entropy_spatial'], rel_tol=1e-5)
+        assert math.isclose(r['same_label_edge'], r['same_label_spatial_edge'], rel_tol=1e-5)
+        assert r['same_label_edge'] < 1.0  # the spatial kernel reaches across the edge
+    with torch.no_grad():
+        for stage in net.stages:  # keys = GELU(5 * colour): pixels on the bright side attend to their own side
+            conv1, conv2 = stage.range_proj[0], stage.range_proj[3]
+            conv1.weight[:3, :, 0, 0] = 5 * torch.eye(3)
+            conv2.weight[:3, :3, 0, 0] = torch.eye(3)
+    sharp = protocol.jbu_kernel_stats(net, images, labels, (4, 4))
+    for r in sharp:
+        # the edge pixels (left of the edge, bright side) keep their kernel mass on their own label
+        assert r['same_label_edge'] > r['same_label_spatial_edge'] + 0.1
+        assert r['entropy_edge'] < r['entropy_spatial']
+        assert r['same_label_thin_edge'] == r['same_label_edge']  # every edge borders the pole
 
 
 def test_jbu_is_trained_by_the_multiview_loss(tiny_checkpoint):
