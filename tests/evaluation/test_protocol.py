@@ -236,3 +236,26 @@ def test_cli_quick_pretrains_when_missing(tmp_path):
     data = json.loads(out.read_text())
     assert list(data['methods']) == ['lowres', 'bilinear', 'jbu'] and data['settings']['preset'] == 'quick'
     assert '| jbu |' in res.stdout
+
+
+def test_per_class_tool_reproduces_the_run(tiny_results, tmp_path, capsys):
+    # tools/analysis_tools/probe_per_class.py reloads the saved upsamplers and retrains the seg probes: the
+    # recomputed mIoU must be the run's
+    import importlib.util
+
+    path = str(tmp_path / 'res.json')
+    with open(path, 'w') as f:
+        json.dump(tiny_results, f)
+    spec = importlib.util.spec_from_file_location(
+        'probe_per_class', os.path.join(ROOT, 'tools', 'analysis_tools', 'probe_per_class.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([path, '--methods', 'bilinear,jbu']) == 0
+    out = capsys.readouterr().out
+    assert out.count('jbu stage ') == 3
+    rows = [line for line in out.splitlines() if line.startswith('| bilinear |') or line.startswith('| jbu |')]
+    assert len(rows) == 2
+    for row in rows:
+        recomputed, run = (float(v) for v in row.rsplit('|', 2)[1].split('/'))
+        assert recomputed == pytest.approx(run, abs=1e-6), row
