@@ -58,11 +58,14 @@ def _targets_at(targets: torch.Tensor, size, task: str) -> torch.Tensor:
     return F.adaptive_avg_pool2d(targets[:, None], size)[:, 0]
 
 
-def probe_loss(out: torch.Tensor, tgt: torch.Tensor, task: str, ignore_index: int = 255) -> torch.Tensor:
+def probe_loss(
+    out: torch.Tensor, tgt: torch.Tensor, task: str, ignore_index: int = 255, class_weight=None
+) -> torch.Tensor:
     """The probe's training loss on outputs ``out [B, K, ...]`` against ``tgt [B, ...]`` (any spatial layout:
-    a full map or sampled pixels): CE (ignoring ``ignore_index``) for ``seg``, L1 on log-depth for ``depth``."""
+    a full map or sampled pixels): CE (ignoring ``ignore_index``; ``class_weight [K]`` as in
+    ``F.cross_entropy``) for ``seg``, L1 on log-depth for ``depth``."""
     if task == 'seg':
-        return F.cross_entropy(out, tgt, ignore_index=ignore_index)
+        return F.cross_entropy(out, tgt, weight=class_weight, ignore_index=ignore_index)
     return (out[:, 0] - tgt.clamp_min(1e-3).log()).abs().mean()
 
 
@@ -86,6 +89,7 @@ def train_probe(
     ignore_index: int = 255,
     seed: int = 0,
     pixels: Optional[int] = None,
+    class_weight: Optional[torch.Tensor] = None,
 ) -> LinearProbe:
     """Trains a :class:`LinearProbe` on frozen ``features [N, C, h, w]`` (Adam, FeatUp's lr 1e-3).
 
@@ -98,7 +102,9 @@ def train_probe(
     uniformly (with replacement) from a second generator seeded by ``seed`` alone (so every method with the same
     feature size sees the same pixels in the same order, and the batch order is unchanged). A 1x1 probe is
     per-pixel, so this is an unbiased estimate of the full-map loss (the dropout masks are per image and
-    channel, as on the full map) at ``pixels / (h * w)`` of the cost. ``None`` (or ``>= h * w``): full maps."""
+    channel, as on the full map) at ``pixels / (h * w)`` of the cost. ``None`` (or ``>= h * w``): full maps.
+    ``class_weight``: per-class CE weights for ``seg`` (default: none, FeatUp's plain CE; the benchmark uses
+    none, the analysis tool can try balanced weights)."""
     if task not in ('seg', 'depth'):
         raise ValueError(f"train_probe: task must be 'seg' or 'depth', got {task!r}")
     if features.dim() != 4 or targets.dim() != 3 or features.shape[0] != targets.shape[0]:
@@ -128,9 +134,9 @@ def train_probe(
         if sampled:
             pix = torch.randint(0, hw, (idx.numel(), pixels), generator=pix_gen)
             out = probe(gather_pixels(flat, idx, pix).float())
-            loss = probe_loss(out, gather_pixels(flat_tgt, idx, pix), task, ignore_index)
+            loss = probe_loss(out, gather_pixels(flat_tgt, idx, pix), task, ignore_index, class_weight)
         else:
-            loss = probe_loss(probe(features[idx].float()), tgt[idx], task, ignore_index)
+            loss = probe_loss(probe(features[idx].float()), tgt[idx], task, ignore_index, class_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

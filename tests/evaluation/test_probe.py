@@ -97,6 +97,17 @@ def test_gathered_pixels_give_the_full_map_loss():
     assert torch.allclose(full, sampled, atol=1e-6)
 
 
+def test_probe_loss_class_weight_is_a_weighted_mean():
+    torch.manual_seed(2)
+    out, tgt = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
+    tgt[0, 0, 0] = 255
+    w = torch.tensor([0.5, 2.0, 1.0])
+    nll = -out.log_softmax(1).gather(1, tgt.clamp_max(2)[:, None])[:, 0]
+    valid = tgt != 255
+    ref = (w[tgt.clamp_max(2)] * nll)[valid].sum() / w[tgt.clamp_max(2)][valid].sum()
+    assert torch.allclose(probe_loss(out, tgt, 'seg', class_weight=w), ref, atol=1e-6)
+
+
 def test_pixel_sampled_probe_learns_and_is_deterministic():
     torch.manual_seed(0)
     labels = torch.randint(0, 4, (12, 8, 8)).repeat_interleave(4, 1).repeat_interleave(4, 2)  # 32x32 maps

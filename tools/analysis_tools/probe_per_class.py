@@ -29,6 +29,12 @@ def main(argv=None) -> int:
     p.add_argument('--methods', default='bilinear,jbu')
     p.add_argument('--retrain', action='store_true', help='retrain the upsamplers when upsamplers.pth is missing')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument(
+        '--balanced',
+        action='store_true',
+        help='also train each seg probe with inverse-frequency class weights (train-split pixel counts, normalised '
+        "to mean 1): not the benchmark's probe, a check of what plain CE leaves out",
+    )
     args = p.parse_args(argv)
     import numpy as np
     import torch
@@ -84,33 +90,46 @@ def main(argv=None) -> int:
             )
 
     k = len(CLASSES)
-    print('| method | ' + ' | '.join(CLASSES) + ' | mIoU (recomputed / run) |')
-    print('|' + '---|' * (k + 2))
+    gt = val['labels']
+    counts = torch.bincount(train['labels'][train['labels'] != 255], minlength=k).double()
+    freq_val = torch.bincount(gt[gt != 255], minlength=k).double()
+    print('val pixel share (%): ' + ', '.join(f'{c} {100 * v / freq_val.sum():.2f}' for c, v in zip(CLASSES, freq_val)))
+    weight = None
+    if args.balanced:
+        inv = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+        weight = (inv / inv[counts > 0].mean()).float()
+    print('| method | ' + ' | '.join(CLASSES) + ' | mIoU (recomputed / run) | BF |')
+    print('|' + '---|' * (k + 3))
     for method in methods:
         f_train = P._features(method, x_train, extract_lr, learned, cfg, None)
         f_val = P._features(method, x_val, extract_lr, learned, cfg, None)
-        probe = train_probe(
-            f_train,
-            train['labels'],
-            'seg',
-            num_classes=k,
-            steps=cfg.probe_steps,
-            batch_size=cfg.probe_batch,
-            lr=cfg.probe_lr,
-            seed=cfg.seed,
-            pixels=cfg.probe_pixels,
-        )
-        pred = predict_probe(probe, f_val, tuple(val['labels'].shape[-2:]), 'seg')
-        gt = val['labels']
-        valid = gt != 255
-        ious = []
-        for c in range(k):
-            pc, gc = (pred == c) & valid, (gt == c) & valid
-            union = int((pc | gc).sum())
-            ious.append(100 * int((pc & gc).sum()) / union if union else float('nan'))
-        miou = seg_metrics(pred, gt, k)['miou']
-        run = res['methods'].get(method, {}).get('seg', {}).get('miou', float('nan'))
-        print(f'| {method} | ' + ' | '.join(f'{v:.1f}' for v in ious) + f' | {miou:.2f} / {run:.2f} |')
+        for tag, w in (('', None), (' (balanced CE)', weight)) if args.balanced else (('', None),):
+            probe = train_probe(
+                f_train,
+                train['labels'],
+                'seg',
+                num_classes=k,
+                steps=cfg.probe_steps,
+                batch_size=cfg.probe_batch,
+                lr=cfg.probe_lr,
+                seed=cfg.seed,
+                pixels=cfg.probe_pixels,
+                class_weight=w,
+            )
+            pred = predict_probe(probe, f_val, tuple(gt.shape[-2:]), 'seg')
+            valid = gt != 255
+            ious = []
+            for c in range(k):
+                pc, gc = (pred == c) & valid, (gt == c) & valid
+                union = int((pc | gc).sum())
+                ious.append(100 * int((pc & gc).sum()) / union if union else float('nan'))
+            m = seg_metrics(pred, gt, k)
+            run = res['methods'].get(method, {}).get('seg', {}).get('miou', float('nan')) if not tag else float('nan')
+            print(
+                f'| {method}{tag} | '
+                + ' | '.join(f'{v:.1f}' for v in ious)
+                + f' | {m["miou"]:.2f} / {run:.2f} | {m["bf"]:.2f} |'
+            )
     return 0
 
 
