@@ -214,12 +214,14 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         (['--out', str(tmp_path / 'r.json'), '--seed', '-2'], '--seed must be >= 0'),
         (['--out', str(tmp_path / 'r.json'), '--methods', 'jbu,foo'], '--methods must be'),
         (['--out', str(tmp_path / 'r.json'), '--threads', '0'], '--threads must be >= 1'),
+        (['--out', str(tmp_path / 'r.json'), '--upsampler-steps', '0'], '--upsampler-steps must be >= 1'),
         (['--out', str(tmp_path / 'r.json'), '--checkpoint', str(tmp_path)], 'is a directory'),
         (['--seed', '0'], '--out'),
     ):
         with pytest.raises(SystemExit):
             benchmark_probe.parse_args(argv)
         assert match in capsys.readouterr().err
+    assert benchmark_probe.parse_args(['--out', 'r.json', '--upsampler-steps', '400']).upsampler_steps == 400
 
 
 @pytest.mark.slow
@@ -227,7 +229,7 @@ def test_cli_quick_pretrains_when_missing(tmp_path):
     out, ckpt = tmp_path / 'r.json', tmp_path / 'ckpt.pth'
     res = subprocess.run(
         [sys.executable, 'tools/benchmark_probe.py', '--quick', '--out', str(out), '--checkpoint', str(ckpt),
-         '--work-dir', str(tmp_path / 'work'), '--methods', 'lowres,bilinear,jbu'],
+         '--work-dir', str(tmp_path / 'work'), '--methods', 'lowres,bilinear,jbu', '--upsampler-steps', '5'],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PYTHONPATH=ROOT),
     )  # fmt: skip
@@ -235,6 +237,7 @@ def test_cli_quick_pretrains_when_missing(tmp_path):
     assert ckpt.is_file() and 'is missing: pretraining' in res.stdout
     data = json.loads(out.read_text())
     assert list(data['methods']) == ['lowres', 'bilinear', 'jbu'] and data['settings']['preset'] == 'quick'
+    assert data['settings']['upsampler_steps'] == 5 and len(data['upsamplers']['jbu']['losses']) == 5
     assert '| jbu |' in res.stdout
 
 
