@@ -3,7 +3,7 @@
 frozen-feature linear probes (segmentation, depth) and CAM faithfulness for every upsampling method.
 
 python3 tools/benchmark_probe.py --seed S --out results.json [--quick] [--checkpoint FILE] [--work-dir DIR]
-    [--methods lowres,bilinear,...] [--threads N]
+    [--methods lowres,bilinear,...] [--threads N] [--upsampler-steps N]
 
 Prints FeatUp-Table-1-style rows (method | mIoU | acc | BF | RMSE | δ1 | A.D | A.I) and the deltas vs bilinear,
 and writes the settings and numbers to ``--out``. The checkpoint (default work_dirs/pretrain/vit-t8_synth.pth;
@@ -32,11 +32,19 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', default='work_dirs/benchmark_probe', help='where the generated data goes')
     p.add_argument('--methods', default=None, help='comma-separated subset of the methods (default: all)')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument(
+        '--upsampler-steps',
+        type=int,
+        default=None,
+        help="override the preset's upsampler training steps (a study, not the documented benchmark)",
+    )
     args = p.parse_args(argv)
     from featup_plugin.evaluation.protocol import METHODS
 
     if args.seed < 0:
         p.error(f'--seed must be >= 0, got {args.seed}')
+    if args.upsampler_steps is not None and args.upsampler_steps < 1:
+        p.error(f'--upsampler-steps must be >= 1, got {args.upsampler_steps}')
     if args.threads is not None and args.threads < 1:
         p.error(f'--threads must be >= 1, got {args.threads}')
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -76,6 +84,8 @@ def main(argv=None) -> int:
     kw = dict(PRESETS['quick' if args.quick else 'full'], seed=args.seed)
     if args.methods:
         kw['methods'] = args.methods
+    if args.upsampler_steps is not None:
+        kw['upsampler_steps'] = args.upsampler_steps
     cfg = ProbeBenchConfig(**kw).validate()
     made = ensure_checkpoint(args.checkpoint, quick=args.quick)
     results = run_probe_benchmark(cfg, args.work_dir, args.checkpoint)

@@ -15,8 +15,15 @@ import torch.nn.functional as F
 
 from .boundary import boundary_counts, scores_from_counts
 
+#: the pixel-sampling generator of :func:`train_probe` is seeded ``seed + PIXEL_SEED_OFFSET`` (its batch order
+#: generator ``seed``), so the two streams differ and sampling pixels leaves the batch order unchanged
+PIXEL_SEED_OFFSET = 7919
+
 __all__ = [
     'LinearProbe',
+    'PIXEL_SEED_OFFSET',
+    'probe_loss',
+    'gather_pixels',
     'train_probe',
     'predict_probe',
     'seg_metrics',
@@ -51,6 +58,25 @@ def _targets_at(targets: torch.Tensor, size, task: str) -> torch.Tensor:
     return F.adaptive_avg_pool2d(targets[:, None], size)[:, 0]
 
 
+def probe_loss(
+    out: torch.Tensor, tgt: torch.Tensor, task: str, ignore_index: int = 255, class_weight=None
+) -> torch.Tensor:
+    """The probe's training loss on outputs ``out [B, K, ...]`` against ``tgt [B, ...]`` (any spatial layout:
+    a full map or sampled pixels): CE (ignoring ``ignore_index``; ``class_weight [K]`` as in
+    ``F.cross_entropy``) for ``seg``, L1 on log-depth for ``depth``."""
+    if task == 'seg':
+        return F.cross_entropy(out, tgt, weight=class_weight, ignore_index=ignore_index)
+    return (out[:, 0] - tgt.clamp_min(1e-3).log()).abs().mean()
+
+
+def gather_pixels(flat: torch.Tensor, idx: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """Sampled pixels of channel-last maps ``flat [N, h*w, ...]``: image ``idx[b]``, pixels ``pix[b, :]``, as a
+    ``[B, C, P, 1]`` map (``[B, P, 1]`` for targets without a channel dim), so that a 1x1 convolution and
+    ``Dropout2d`` (whole channels per image) act on it exactly as on the full map."""
+    g = flat[idx[:, None], pix]  # [B, P, C] or [B, P]
+    return g.permute(0, 2, 1)[..., None] if g.dim() == 3 else g[..., None]
+
+
 def train_probe(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -62,13 +88,23 @@ def train_probe(
     dropout: float = 0.5,
     ignore_index: int = 255,
     seed: int = 0,
+    pixels: Optional[int] = None,
+    class_weight: Optional[torch.Tensor] = None,
 ) -> LinearProbe:
     """Trains a :class:`LinearProbe` on frozen ``features [N, C, h, w]`` (Adam, FeatUp's lr 1e-3).
 
     ``task='seg'``: ``targets`` int labels ``[N, H, W]``, CE at the feature size (labels resized nearest);
     ``task='depth'``: float depth ``[N, H, W]``, L1 on log-depth at the feature size (area-averaged), which
     penalises relative errors uniformly across the depth range. The batch order comes from ``seed`` alone, so
-    probes on different features see the same images in the same order."""
+    probes on different features see the same images in the same order.
+
+    ``pixels``: when given and smaller than ``h * w``, each step's loss is over ``pixels`` pixels per image drawn
+    uniformly (with replacement) from a second generator seeded by ``seed`` alone (so every method with the same
+    feature size sees the same pixels in the same order, and the batch order is unchanged). A 1x1 probe is
+    per-pixel, so this is an unbiased estimate of the full-map loss (the dropout masks are per image and
+    channel, as on the full map) at ``pixels / (h * w)`` of the cost. ``None`` (or ``>= h * w``): full maps.
+    ``class_weight``: per-class CE weights for ``seg`` (default: none, FeatUp's plain CE; the benchmark uses
+    none, the analysis tool can try balanced weights)."""
     if task not in ('seg', 'depth'):
         raise ValueError(f"train_probe: task must be 'seg' or 'depth', got {task!r}")
     if features.dim() != 4 or targets.dim() != 3 or features.shape[0] != targets.shape[0]:
@@ -78,20 +114,29 @@ def train_probe(
         )
     if task == 'seg' and (num_classes is None or num_classes < 2):
         raise ValueError('train_probe: task seg needs num_classes >= 2')
+    if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1):
+        raise ValueError(f'train_probe: pixels must be None or an int >= 1, got {pixels!r}')
     torch.manual_seed(seed)
     probe = LinearProbe(features.shape[1], num_classes if task == 'seg' else 1, dropout)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     tgt = _targets_at(targets, features.shape[-2:], task)
     gen = torch.Generator().manual_seed(seed)
     n = features.shape[0]
+    hw = features.shape[-2] * features.shape[-1]
+    sampled = pixels is not None and pixels < hw
+    if sampled:
+        pix_gen = torch.Generator().manual_seed(seed + PIXEL_SEED_OFFSET)
+        flat = features.flatten(2).transpose(1, 2).contiguous()  # [N, h*w, C]: a pixel's channels contiguous
+        flat_tgt = tgt.flatten(1)
     probe.train()
     for _ in range(steps):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        out = probe(features[idx].float())
-        if task == 'seg':
-            loss = F.cross_entropy(out, tgt[idx], ignore_index=ignore_index)
+        if sampled:
+            pix = torch.randint(0, hw, (idx.numel(), pixels), generator=pix_gen)
+            out = probe(gather_pixels(flat, idx, pix).float())
+            loss = probe_loss(out, gather_pixels(flat_tgt, idx, pix), task, ignore_index, class_weight)
         else:
-            loss = (out[:, 0] - tgt[idx].clamp_min(1e-3).log()).abs().mean()
+            loss = probe_loss(probe(features[idx].float()), tgt[idx], task, ignore_index, class_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -33,7 +33,7 @@ from ..training.implicit import fit_implicit
 from ..training.losses import UncertaintyHead
 from ..training.multiview import clip_early_gradients, multiview_loss
 from ..upsamplers.downsamplers import build_downsampler
-from ..upsamplers.jbu import JBUStack, num_x2_stages, plan_stage_sizes
+from ..upsamplers.jbu import JBUStack, num_x2_stages, plan_stage_sizes, resize_guidance
 from .pretrain import load_pretrained, normalize_images, pretrain_seed
 from .probe import cam_drop_increase, depth_metrics, predict_probe, seg_metrics, train_probe
 
@@ -47,6 +47,9 @@ __all__ = [
     'train_upsampler',
     'upsample',
     'probe_order_digest',
+    'THIN_CLASSES',
+    'edge_alignment',
+    'jbu_kernel_stats',
     'run_probe_benchmark',
     'format_table',
 ]
@@ -74,6 +77,7 @@ class ProbeBenchConfig:
     probe_steps: int = 300
     probe_batch: int = 8
     probe_lr: float = 1e-3
+    probe_pixels: Optional[int] = 2048  # label-resolution pixels per image and step (None: full maps)
     implicit_steps: int = 50
     implicit_views: int = 4
     implicit_pca_views: int = 20
@@ -104,6 +108,10 @@ class ProbeBenchConfig:
         for name, (lo, v) in ints.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f'ProbeBenchConfig.{name} must be an int >= {lo}, got {v!r}')
+        if self.probe_pixels is not None and (
+            isinstance(self.probe_pixels, bool) or not isinstance(self.probe_pixels, int) or self.probe_pixels < 1
+        ):
+            raise ValueError(f'ProbeBenchConfig.probe_pixels must be None or an int >= 1, got {self.probe_pixels!r}')
         for name in ('upsampler_lr', 'probe_lr', 'max_zoom'):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -137,6 +145,7 @@ PRESETS: Dict[str, dict] = {
         upsampler_steps=8,
         upsampler_crop=32,
         probe_steps=30,
+        probe_pixels=512,
         implicit_steps=4,
         implicit_pca_views=6,
         implicit_pca_dim=16,
@@ -277,6 +286,108 @@ def probe_order_digest(n: int, steps: int, batch_size: int, seed: int) -> str:
     return hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:16]
 
 
+#: the generator's thin classes (a few px wide), where an upsampler's edges matter most
+THIN_CLASSES = ('wire', 'pole', 'vine')
+
+
+def _edge_masks(lab: torch.Tensor, ignore_index: int = 255):
+    """``(valid, edge, thin_edge)`` masks of a label map ``[H, W]``: labelled pixels, those whose right or lower
+    neighbour has another (labelled) class, and the edges with a thin class on one side."""
+    thin = torch.tensor([CLASSES.index(c) for c in THIN_CLASSES])
+    right = F.pad(lab[:, 1:], (0, 1), value=-1)
+    down = F.pad(lab[1:], (0, 0, 0, 1), value=-1)
+    valid = lab != ignore_index
+    edge = torch.zeros_like(valid)
+    edge_thin = torch.zeros_like(valid)
+    for nb in (right, down):
+        e = valid & (nb >= 0) & (nb != ignore_index) & (nb != lab)
+        edge |= e
+        edge_thin |= e & (torch.isin(lab, thin) | torch.isin(nb, thin))
+    return valid, edge, edge_thin
+
+
+@torch.no_grad()
+def jbu_kernel_stats(net: JBUStack, images: torch.Tensor, labels: torch.Tensor, lr_size, ignore_index: int = 255):
+    """Per stage of a trained :class:`JBUStack` on normalised ``images [N, 3, H, W]`` with ``labels [N, H, W]``
+    (resized nearest to each stage's size): the learned ``range_temp`` (exp) and ``sigma_spatial``, and of the
+    normalised range x spatial kernel (before the fixup) over the pixels of all / label-edge / thin-class-edge
+    pixels: ``entropy_*`` (normalised by log(k*k); the spatial kernel alone has ``entropy_spatial``) and
+    ``same_label_*``, the kernel mass on taps with the centre pixel's label (the spatial kernel alone:
+    ``same_label_spatial_*``). An edge-aware kernel puts more mass on the same label than the spatial one."""
+    out = []
+    sizes = plan_stage_sizes(tuple(lr_size), tuple(images.shape[-2:]), net.num_stages)
+    for stage, size in zip(net.stages, sizes):
+        spatial = stage.get_spatial_kernel().float()
+        spatial = spatial / spatial.sum(1, keepdim=True)
+        taps, r = spatial.shape[1], stage.radius
+        acc = {}
+        for img, lab in zip(images.split(4), labels.split(4)):
+            g = resize_guidance(img, size)
+            k = stage.get_range_kernel(g) * spatial
+            k = k / k.sum(1, keepdim=True).clamp_min(1e-12)
+            ent = -(k * k.clamp_min(1e-12).log()).sum(1) / math.log(taps)
+            lab_s = F.interpolate(lab[:, None].float(), size=size, mode='nearest')[:, 0].long()
+            win = F.unfold(F.pad(lab_s[:, None].float(), (r,) * 4, value=-1), stage.diameter).view(
+                lab_s.shape[0], taps, *size
+            )
+            same = (win == lab_s[:, None].float()).float()
+            mass, mass_sp = (k * same).sum(1), (spatial * same).sum(1)
+            for i in range(lab_s.shape[0]):
+                valid, edge, thin = _edge_masks(lab_s[i], ignore_index)
+                for name, m in (('all', valid), ('edge', edge), ('thin_edge', thin)):
+                    a = acc.setdefault(name, [0.0, 0.0, 0.0, 0])
+                    a[0] += float(ent[i][m].sum())
+                    a[1] += float(mass[i][m].sum())
+                    a[2] += float(mass_sp[i][m].sum())
+                    a[3] += int(m.sum())
+        rec = dict(
+            size=list(size),
+            range_temp=float(stage.range_temp.exp()),
+            sigma_spatial=float(stage.sigma_spatial),
+            entropy_spatial=float(-(spatial * spatial.log()).sum() / math.log(taps)),
+        )
+        for name, (e, ms, msp, n) in acc.items():
+            n = max(n, 1)
+            rec.update({f'entropy_{name}': e / n, f'same_label_{name}': ms / n, f'same_label_spatial_{name}': msp / n})
+        out.append(rec)
+    return out
+
+
+@torch.no_grad()
+def edge_alignment(features: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> Dict[str, float]:
+    """How much of the features' spatial change sits on the label edges: with ``G`` the per-pixel norm (over
+    channels) of the forward differences of ``features [N, C, H, W]`` (at the labels' size ``[N, H, W]``) and
+    ``E`` the pixels whose right or lower neighbour has another label, ``edge_ratio = mean(G on E) / mean(G)`` and
+    ``thin_edge_ratio`` the same over the edges with a thin class (:data:`THIN_CLASSES`) on one side. 1 means
+    the features change no more at label edges than anywhere; sharper, edge-aligned features give larger
+    values. Scale-free (a method's overall feature scale cancels)."""
+    if features.dim() != 4 or tuple(features.shape[-2:]) != tuple(labels.shape[-2:]):
+        raise ValueError(
+            f'edge_alignment: features [N, C, H, W] at the labels size, got {tuple(features.shape)} '
+            f'and {tuple(labels.shape)}'
+        )
+    g_all = g_edge = g_thin = 0.0
+    n_all = n_edge = n_thin = 0
+    for f, lab in zip(features, labels):
+        f = f.float()
+        dx = F.pad(f[:, :, 1:] - f[:, :, :-1], (0, 1))
+        dy = F.pad(f[:, 1:] - f[:, :-1], (0, 0, 0, 1))
+        g = (dx.square() + dy.square()).sum(0).sqrt()
+        valid, edge, edge_thin = _edge_masks(lab, ignore_index)
+        g_all += float(g[valid].sum())
+        n_all += int(valid.sum())
+        g_edge += float(g[edge].sum())
+        n_edge += int(edge.sum())
+        g_thin += float(g[edge_thin].sum())
+        n_thin += int(edge_thin.sum())
+    mean_all = g_all / max(n_all, 1)
+
+    def ratio(total, n):
+        return (total / n) / mean_all if n and mean_all > 0 else float('nan')
+
+    return dict(edge_ratio=ratio(g_edge, n_edge), thin_edge_ratio=ratio(g_thin, n_thin), edge_pixels=n_edge)
+
+
 def _implicit_features(images: torch.Tensor, extract_lr, cfg: ProbeBenchConfig, log) -> torch.Tensor:
     out = []
     t0 = time.perf_counter()
@@ -347,8 +458,9 @@ def run_probe_benchmark(
     log: Optional[Callable[[str], None]] = print,
 ) -> Dict[str, object]:
     """Runs the protocol (module docstring) and returns ``{'settings', 'pretrained', 'data', 'upsamplers',
-    'probe', 'methods', 'deltas_vs_bilinear', 'seconds'}``; ``methods[m] = {'seg': {miou, acc, bf}, 'depth':
-    {rmse, delta1}, 'cam': {ad, ai}}`` (percent, RMSE in metres)."""
+    'probe', 'methods', 'deltas_vs_bilinear', 'diagnostics', 'seconds'}`` (``diagnostics[m]``: the
+    :func:`edge_alignment` of each label-resolution method's val features); ``methods[m] = {'seg': {miou, acc,
+    bf}, 'depth': {rmse, delta1}, 'cam': {ad, ai}}`` (percent, RMSE in metres)."""
     cfg.validate()
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -385,14 +497,18 @@ def run_probe_benchmark(
             seconds=time.perf_counter() - t0,
         )
 
+    if learned:  # kept for later inspection (kernels, features); not read back by the benchmark
+        torch.save({k: m.state_dict() for k, m in learned.items()}, os.path.join(root, 'upsamplers.pth'))
+
     cam_img, cam_cls = _cam_pairs(val['classes'])
     order = probe_order_digest(cfg.num_train, cfg.probe_steps, cfg.probe_batch, cfg.seed)
-    methods, probe_info = {}, {}
+    methods, probe_info, diagnostics = {}, {}, {}
     for method in cfg.methods:
         t0 = time.perf_counter()
         f_train = _features(method, x_train, extract_lr, learned, cfg, log)
         f_val = _features(method, x_val, extract_lr, learned, cfg, log)
         t_feat = time.perf_counter() - t0
+        t1 = time.perf_counter()
         probes = {}
         for task, tgt in (('seg', train['labels']), ('depth', train['depth'])):
             probes[task] = train_probe(
@@ -404,8 +520,12 @@ def run_probe_benchmark(
                 batch_size=cfg.probe_batch,
                 lr=cfg.probe_lr,
                 seed=cfg.seed,
+                pixels=cfg.probe_pixels,
             )
+        t_probe = time.perf_counter() - t1
         size = tuple(val['labels'].shape[-2:])
+        if tuple(f_val.shape[-2:]) == size:
+            diagnostics[method] = edge_alignment(f_val, val['labels'])
         seg = seg_metrics(predict_probe(probes['seg'], f_val, size, 'seg'), val['labels'], k)
         depth = depth_metrics(predict_probe(probes['depth'], f_val, size, 'depth'), val['depth'])
         with torch.no_grad():
@@ -418,14 +538,30 @@ def run_probe_benchmark(
             batch_size=cfg.probe_batch,
             num_train=int(f_train.shape[0]),
             feature_size=list(f_train.shape[-2:]),
+            pixels_per_image=(
+                cfg.probe_pixels
+                if cfg.probe_pixels is not None and cfg.probe_pixels < f_train.shape[-2] * f_train.shape[-1]
+                else 'all'
+            ),
             order_digest=order,
             seconds_features=t_feat,
+            seconds_probes=t_probe,
             seconds=time.perf_counter() - t0,
         )
         if log is not None:
-            log(f'{method}: ' + ', '.join(f'{a}.{b} {v:.3f}' for a, d in methods[method].items() for b, v in d.items()))
+            log(
+                f'{method}: '
+                + ', '.join(f'{a}.{b} {v:.3f}' for a, d in methods[method].items() for b, v in d.items())
+                + f' (features {t_feat:.0f} s, probes {t_probe:.0f} s, total {probe_info[method]["seconds"]:.0f} s)'
+            )
         del f_train, f_val
 
+    if 'jbu' in learned:
+        lr_size = (cfg.image_size // stride, cfg.image_size // stride)
+        diagnostics['jbu_kernels'] = jbu_kernel_stats(learned['jbu'], x_val, val['labels'], lr_size)
+        if log is not None:
+            for i, rec in enumerate(diagnostics['jbu_kernels']):
+                log(f'jbu stage {i + 1} kernels: ' + ', '.join(f'{k} {v}' for k, v in rec.items()))
     deltas = {}
     if 'bilinear' in methods:
         base = methods['bilinear']
@@ -435,7 +571,8 @@ def run_probe_benchmark(
             if m != 'bilinear'
         }
     return dict(
-        settings=dataclasses.asdict(cfg) | dict(methods=list(cfg.methods), checkpoint=os.path.abspath(checkpoint)),
+        settings=dataclasses.asdict(cfg)
+        | dict(methods=list(cfg.methods), checkpoint=os.path.abspath(checkpoint), threads=torch.get_num_threads()),
         pretrained=dict(
             {key: pmeta.get(key) for key in ('model_name', 'model_kwargs', 'trained_on', 'val_map', 'seed')},
             stride=stride,
@@ -453,6 +590,7 @@ def run_probe_benchmark(
         probe=probe_info,
         methods=methods,
         deltas_vs_bilinear=deltas,
+        diagnostics=diagnostics,
         seconds=time.perf_counter() - t_start,
     )
 

@@ -11,7 +11,9 @@ from featup_plugin.evaluation.probe import (
     cam_drop_increase,
     cam_masks,
     depth_metrics,
+    gather_pixels,
     predict_probe,
+    probe_loss,
     seg_metrics,
     train_probe,
 )
@@ -69,6 +71,59 @@ def test_probes_learn_linearly_decodable_targets():
         train_probe(feats[:3], big, 'seg', num_classes=4)
     with pytest.raises(ValueError, match='dropout'):
         LinearProbe(4, 2, dropout=1.0)
+
+
+def test_gathered_pixels_give_the_full_map_loss():
+    # a 1x1 probe is per pixel: gathering every pixel (in any order) gives the full-map loss, dropout included
+    torch.manual_seed(1)
+    feats = torch.randn(3, 5, 6, 7)
+    labels = torch.randint(0, 4, (3, 6, 7))
+    labels[0, :2] = 255  # ignored pixels stay ignored
+    depth = torch.rand(3, 6, 7) * 4 + 0.5
+    flat = feats.flatten(2).transpose(1, 2).contiguous()
+    idx = torch.tensor([2, 0, 1])
+    pix = torch.stack([torch.randperm(42) for _ in range(3)])
+    for task, tgt, k in (('seg', labels, 4), ('depth', depth, 1)):
+        probe = LinearProbe(5, k, dropout=0.0)
+        full = probe_loss(probe(feats[idx]), tgt[idx], task)
+        sampled = probe_loss(probe(gather_pixels(flat, idx, pix)), gather_pixels(tgt.flatten(1), idx, pix), task)
+        assert torch.allclose(full, sampled, atol=1e-6), task
+    # Dropout2d drops whole channels per image: the same mask on a gathered map as on the full map
+    probe = LinearProbe(5, 4, dropout=0.5).train()
+    torch.manual_seed(7)
+    full = probe_loss(probe(feats[idx]), labels[idx], 'seg')
+    torch.manual_seed(7)
+    sampled = probe_loss(probe(gather_pixels(flat, idx, pix)), gather_pixels(labels.flatten(1), idx, pix), 'seg')
+    assert torch.allclose(full, sampled, atol=1e-6)
+
+
+def test_probe_loss_class_weight_is_a_weighted_mean():
+    torch.manual_seed(2)
+    out, tgt = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
+    tgt[0, 0, 0] = 255
+    w = torch.tensor([0.5, 2.0, 1.0])
+    nll = -out.log_softmax(1).gather(1, tgt.clamp_max(2)[:, None])[:, 0]
+    valid = tgt != 255
+    ref = (w[tgt.clamp_max(2)] * nll)[valid].sum() / w[tgt.clamp_max(2)][valid].sum()
+    assert torch.allclose(probe_loss(out, tgt, 'seg', class_weight=w), ref, atol=1e-6)
+
+
+def test_pixel_sampled_probe_learns_and_is_deterministic():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (12, 8, 8)).repeat_interleave(4, 1).repeat_interleave(4, 2)  # 32x32 maps
+    feats = F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 3
+    kw = dict(num_classes=4, steps=200, lr=5e-2, dropout=0.0, seed=3)
+    a = train_probe(feats, labels, 'seg', pixels=64, **kw)
+    b = train_probe(feats, labels, 'seg', pixels=64, **kw)
+    full = train_probe(feats, labels, 'seg', **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.conv.weight, full.conv.weight)  # 64 of 1024 pixels: another (noisier) estimate
+    assert seg_metrics(predict_probe(a, feats, (32, 32), 'seg'), labels, 4)['acc'] > 90
+    # pixels >= h * w: the full maps
+    c = train_probe(feats, labels, 'seg', pixels=32 * 32, **kw)
+    assert torch.equal(c.conv.weight, full.conv.weight)
+    with pytest.raises(ValueError, match='pixels'):
+        train_probe(feats, labels, 'seg', pixels=0, **kw)
 
 
 def test_cam_masks_and_average_drop_increase():

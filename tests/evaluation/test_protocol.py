@@ -95,6 +95,63 @@ def test_same_probe_budget_seed_and_data_order_for_all(tiny_results):
     assert protocol.probe_order_digest(3, 8, 2, 3) != protocol.probe_order_digest(3, 8, 2, 4)
 
 
+def test_probe_pixels_and_diagnostics_recorded(tiny_results):
+    probe = tiny_results['probe']
+    assert probe['lowres']['pixels_per_image'] == 'all'  # 6x6 < 2048: full maps
+    assert all(probe[m]['pixels_per_image'] == 2048 for m in protocol.METHODS[1:])  # 48x48 = 2304 > 2048
+    diag = dict(tiny_results['diagnostics'])
+    assert len(diag.pop('jbu_kernels')) == 3  # one record per JBU stage
+    assert set(diag) == set(protocol.METHODS) - {'lowres'}
+    for rec in diag.values():
+        assert rec['edge_pixels'] > 0 and rec['edge_ratio'] > 0
+
+
+def test_edge_alignment_prefers_features_that_change_at_label_edges():
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :, 8:] = 5  # wire (a thin class) on the right half
+    step = (labels[:, None].float() > 0).float().repeat(1, 3, 1, 1)  # changes exactly at the label edge
+    smooth = F.avg_pool2d(step, 7, stride=1, padding=3, count_include_pad=False)  # the same edge, blurred
+    sharp, blurred = protocol.edge_alignment(step, labels), protocol.edge_alignment(smooth, labels)
+    assert sharp['edge_pixels'] == 16
+    # every change of the step is on the edge: ratio = all pixels / edge pixels = 256 / 16
+    assert math.isclose(sharp['edge_ratio'], 16.0, rel_tol=1e-6)
+    assert math.isclose(sharp['thin_edge_ratio'], 16.0, rel_tol=1e-6)
+    assert 1.0 < blurred['edge_ratio'] < sharp['edge_ratio']
+    with pytest.raises(ValueError, match='labels size'):
+        protocol.edge_alignment(step[..., :8], labels)
+
+
+def test_jbu_kernel_stats_see_an_edge_aware_range_kernel():
+    torch.manual_seed(0)
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, :, 16:] = 6  # pole on the right half
+    images = torch.where(labels[:, None] > 0, -1.0, 1.0).repeat(1, 3, 1, 1)
+    net = protocol.JBUStack(4, num_stages=3).eval()
+    with torch.no_grad():
+        for stage in net.stages:  # a flat range kernel: logits 0, the spatial kernel alone
+            for m in stage.range_proj:
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.zero_()
+                    m.bias.zero_()
+    flat = protocol.jbu_kernel_stats(net, images, labels, (4, 4))
+    assert [r['size'] for r in flat] == [[8, 8], [16, 16], [32, 32]]
+    for r in flat:
+        assert math.isclose(r['entropy_all'], r['entropy_spatial'], rel_tol=1e-5)
+        assert math.isclose(r['same_label_edge'], r['same_label_spatial_edge'], rel_tol=1e-5)
+        assert r['same_label_edge'] < 1.0  # the spatial kernel reaches across the edge
+    with torch.no_grad():
+        for stage in net.stages:  # keys = GELU(5 * colour): pixels on the bright side attend to their own side
+            conv1, conv2 = stage.range_proj[0], stage.range_proj[3]
+            conv1.weight[:3, :, 0, 0] = 5 * torch.eye(3)
+            conv2.weight[:3, :3, 0, 0] = torch.eye(3)
+    sharp = protocol.jbu_kernel_stats(net, images, labels, (4, 4))
+    for r in sharp:
+        # the edge pixels (left of the edge, bright side) keep their kernel mass on their own label
+        assert r['same_label_edge'] > r['same_label_spatial_edge'] + 0.1
+        assert r['entropy_edge'] < r['entropy_spatial']
+        assert r['same_label_thin_edge'] == r['same_label_edge']  # every edge borders the pole
+
+
 def test_jbu_is_trained_by_the_multiview_loss(tiny_checkpoint):
     backbone, _, _ = pretrain.load_pretrained(tiny_checkpoint)
     imgs, _ = pretrain.pretraining_scenes(4, 48, seed=9)
@@ -157,12 +214,14 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         (['--out', str(tmp_path / 'r.json'), '--seed', '-2'], '--seed must be >= 0'),
         (['--out', str(tmp_path / 'r.json'), '--methods', 'jbu,foo'], '--methods must be'),
         (['--out', str(tmp_path / 'r.json'), '--threads', '0'], '--threads must be >= 1'),
+        (['--out', str(tmp_path / 'r.json'), '--upsampler-steps', '0'], '--upsampler-steps must be >= 1'),
         (['--out', str(tmp_path / 'r.json'), '--checkpoint', str(tmp_path)], 'is a directory'),
         (['--seed', '0'], '--out'),
     ):
         with pytest.raises(SystemExit):
             benchmark_probe.parse_args(argv)
         assert match in capsys.readouterr().err
+    assert benchmark_probe.parse_args(['--out', 'r.json', '--upsampler-steps', '400']).upsampler_steps == 400
 
 
 @pytest.mark.slow
@@ -170,7 +229,7 @@ def test_cli_quick_pretrains_when_missing(tmp_path):
     out, ckpt = tmp_path / 'r.json', tmp_path / 'ckpt.pth'
     res = subprocess.run(
         [sys.executable, 'tools/benchmark_probe.py', '--quick', '--out', str(out), '--checkpoint', str(ckpt),
-         '--work-dir', str(tmp_path / 'work'), '--methods', 'lowres,bilinear,jbu'],
+         '--work-dir', str(tmp_path / 'work'), '--methods', 'lowres,bilinear,jbu', '--upsampler-steps', '5'],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PYTHONPATH=ROOT),
     )  # fmt: skip
@@ -178,4 +237,28 @@ def test_cli_quick_pretrains_when_missing(tmp_path):
     assert ckpt.is_file() and 'is missing: pretraining' in res.stdout
     data = json.loads(out.read_text())
     assert list(data['methods']) == ['lowres', 'bilinear', 'jbu'] and data['settings']['preset'] == 'quick'
+    assert data['settings']['upsampler_steps'] == 5 and len(data['upsamplers']['jbu']['losses']) == 5
     assert '| jbu |' in res.stdout
+
+
+def test_per_class_tool_reproduces_the_run(tiny_results, tmp_path, capsys):
+    # tools/analysis_tools/probe_per_class.py reloads the saved upsamplers and retrains the seg probes: the
+    # recomputed mIoU must be the run's
+    import importlib.util
+
+    path = str(tmp_path / 'res.json')
+    with open(path, 'w') as f:
+        json.dump(tiny_results, f)
+    spec = importlib.util.spec_from_file_location(
+        'probe_per_class', os.path.join(ROOT, 'tools', 'analysis_tools', 'probe_per_class.py')
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([path, '--methods', 'bilinear,jbu']) == 0
+    out = capsys.readouterr().out
+    assert out.count('jbu stage ') == 3
+    rows = [line for line in out.splitlines() if line.startswith('| bilinear |') or line.startswith('| jbu |')]
+    assert len(rows) == 2
+    for row in rows:
+        recomputed, run = (float(v) for v in row.split('|')[-3].split('/'))
+        assert recomputed == pytest.approx(run, abs=1e-6), row
