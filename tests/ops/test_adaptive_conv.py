@@ -153,6 +153,39 @@ def test_every_cpu_code_path(isa):
         ext.set_cpu_isa('sse9')
 
 
+@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
+def test_correlation_blocks_overlap_and_accumulate(isa):
+    """The row-blocked correlation: overlapping last row / column blocks (H, W not multiples of the block), more
+    than one 64-channel tile (the blocks add into the output), tap groups of every size (k = 1..9), maps lower
+    than a row block or narrower than a vector; float64 against the unfold reference, every dtype."""
+    ext = _backend.get_ext()
+    if ext is None or not hasattr(ext, 'set_cpu_isa'):
+        pytest.skip('reference backend in use')
+    before = ext.cpu_isa()
+    try:
+        ext.set_cpu_isa(isa)
+    except RuntimeError:
+        pytest.skip(f'this CPU has no {isa} path')
+    torch.manual_seed(0)
+    try:
+        cases = [(1, 130, 9, 37, 5), (2, 70, 13, 21, 7), (1, 3, 1, 40, 3), (1, 65, 5, 8, 3), (1, 200, 7, 17, 9)]
+        cases += [(1, 5, 2, 16, 1), (1, 129, 11, 48, 3), (1, 9, 6, 5, 3)]
+        for b, c, h, w, k in cases:
+            g = torch.randn(b, c, h, w, dtype=torch.float64)
+            x = torch.randn(b, c, h + k - 1, w + k - 1, dtype=torch.float64)
+            for dtype, tol in [
+                (torch.float64, 1e-12),
+                (torch.float32, 1e-5),
+                (torch.bfloat16, 2e-2),
+                (torch.half, 2e-3),
+            ]:
+                ref = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
+                out = local_correlation(g.to(dtype), x.to(dtype)).double()
+                torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
+    finally:
+        ext.set_cpu_isa(before)
+
+
 def test_bfloat16_cpu_close_to_float32():
     x, f = make(1, 8, 9, 10, 3, dtype=torch.float32)
     out = adaptive_conv(x.bfloat16(), f.bfloat16())

@@ -4,7 +4,8 @@
 // at::parallel_for (ATen's OpenMP backend, so torch.set_num_threads applies). The loops are register-blocked.
 // Forward: CB channels x RB output rows x one vector of columns of accumulators; each loaded input vector feeds
 // the RB rows that use it and each kernel vector the CB channels (loads per FMA 1/RB + 1/CB instead of 1 + 1/CB).
-// Correlation: kJB taps x two vectors, the input vector of each channel reused by the taps.
+// Correlation: RB output rows x IB tap rows x JB taps x one vector; each input vector feeds every (output row, tap
+// row) pair of the block that reads it (maps narrower than a vector: kJB taps x two vectors, scalar tail).
 // Accumulation is in at::opmath_type (float for half/bf16).
 //
 // The kernels are compiled for several instruction sets (AVX-512, AVX2+FMA, baseline), each with block sizes that
@@ -41,12 +42,9 @@
 namespace featup {
 namespace {
 
-constexpr int kJB = 4;  // taps of one kernel row per register block (correlation)
-// Cache tiling: a task covers up to kTileC channels x kTileH output rows. Within it, a column block's data
-// (kTileC x k input rows x one block, plus k*k kernel vectors) fits in L1/L2, and the input rows of the tile are
-// reused by its kTileH output rows.
+constexpr int kJB = 4;  // taps of one kernel row per register block (one-row correlation, narrow maps)
+// The most channels of one correlation task's channel tile (its packed centre vectors; see corr_tiles).
 constexpr int64_t kTileC = 64;
-constexpr int64_t kTileH = 4;
 // Columns per register block: two vectors, so kCB (or kJB) x 2 = 8 vector accumulators.
 template <typename scalar_t, int VBYTES>
 constexpr int block_width() {
@@ -319,6 +317,147 @@ FEATUP_INLINE void corr_row_impl(const scalar_t* g, const scalar_t* x, scalar_t*
   }
 }
 
+// Row-blocked correlation: RB output rows x IB tap rows x JB taps x one vector of columns, acc[r][ii][jj] in
+// registers. For a channel the RB centre vectors g[c, h+r, w..] are loaded once (packed: gp[c][r][L]); then each
+// input vector x[c, h+i0+y, w+j0+jj] is loaded once and feeds every (output row r, tap row ii = y - r) pair of the
+// block, as the forward reuses an input vector across its output rows. Loads per FMA (RB + (RB+IB-1)*JB) /
+// (RB*IB*JB): 0.75 for 2 x 3 x 4 (AVX-512), 0.83 for 2 x 3 x 2 (AVX2 / baseline), against 1.25 for the one-row
+// two-vector block. Each accumulator sums its channels in ascending order and is then added to out (accumulate),
+// as the one-row kernel does, so the results are those of the plain loop.
+// Stores: only rows r in [r_lo, r_hi) and lanes >= lskip (the overlapping last row / column blocks recompute
+// outputs that an earlier block, or another task, stores).
+template <typename scalar_t, int VBYTES, int RB, int IB, int JB>
+FEATUP_INLINE void corr_tile_simd(const scalar_t* FEATUP_RESTRICT gp, const scalar_t* FEATUP_RESTRICT x, int64_t x_cs,
+                                  int64_t Wp, scalar_t* FEATUP_RESTRICT out, int64_t o_ts, int64_t W, int k, int64_t C,
+                                  bool accumulate, int r_lo, int r_hi, int lskip) {
+  using S = Simd<scalar_t, VBYTES>;
+  using vec = typename S::vec;
+  using acc_t = typename S::acc_t;
+  constexpr int L = S::lanes;
+  vec acc[RB][IB][JB];
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+    for (int ii = 0; ii < IB; ++ii)
+#pragma GCC unroll 4
+      for (int jj = 0; jj < JB; ++jj) acc[r][ii][jj] = vec{};
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* gc = gp + c * (RB * L);
+    const scalar_t* xc = x + c * x_cs;
+    vec gv[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) gv[r] = S::load(gc + r * L);
+#pragma GCC unroll 8
+    for (int y = 0; y < RB + IB - 1; ++y) {
+#pragma GCC unroll 4
+      for (int jj = 0; jj < JB; ++jj) {
+        const vec xv = S::load(xc + y * Wp + jj);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          const int ii = y - r;
+          if (ii < 0 || ii >= IB) continue;
+          acc[r][ii][jj] += gv[r] * xv;
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+    if (r < r_lo || r >= r_hi) continue;
+#pragma GCC unroll 4
+    for (int ii = 0; ii < IB; ++ii)
+#pragma GCC unroll 4
+      for (int jj = 0; jj < JB; ++jj) {
+        scalar_t* o = out + (ii * k + jj) * o_ts + r * W;
+        if (lskip == 0) {
+          vec v = acc[r][ii][jj];
+          if (accumulate) v += S::load(o);
+          S::store(o, v);
+        } else {
+          acc_t t[L];
+          std::memcpy(t, &acc[r][ii][jj], sizeof(t));
+          for (int l = lskip; l < L; ++l)
+            o[l] = static_cast<scalar_t>(accumulate ? static_cast<acc_t>(o[l]) + t[l] : t[l]);
+        }
+      }
+  }
+}
+
+// Picks the instantiation for a jb-tap group (1 <= jb <= JBM).
+template <typename scalar_t, int VBYTES, int RB, int IB, int JBM>
+FEATUP_INLINE void corr_tile_jb(int jb, const scalar_t* gp, const scalar_t* x, int64_t x_cs, int64_t Wp, scalar_t* out,
+                                int64_t o_ts, int64_t W, int k, int64_t C, bool accumulate, int r_lo, int r_hi,
+                                int lskip) {
+  if constexpr (JBM >= 4) {
+    if (jb == 4)
+      return corr_tile_simd<scalar_t, VBYTES, RB, IB, 4>(gp, x, x_cs, Wp, out, o_ts, W, k, C, accumulate, r_lo, r_hi,
+                                                         lskip);
+  }
+  if constexpr (JBM >= 3) {
+    if (jb == 3)
+      return corr_tile_simd<scalar_t, VBYTES, RB, IB, 3>(gp, x, x_cs, Wp, out, o_ts, W, k, C, accumulate, r_lo, r_hi,
+                                                         lskip);
+  }
+  if constexpr (JBM >= 2) {
+    if (jb == 2)
+      return corr_tile_simd<scalar_t, VBYTES, RB, IB, 2>(gp, x, x_cs, Wp, out, o_ts, W, k, C, accumulate, r_lo, r_hi,
+                                                         lskip);
+  }
+  corr_tile_simd<scalar_t, VBYTES, RB, IB, 1>(gp, x, x_cs, Wp, out, o_ts, W, k, C, accumulate, r_lo, r_hi, lskip);
+}
+
+// Splits n taps into ceil(n / m) groups of near-equal size (7 -> 4 + 3 for m = 4, 3 + 2 + 2 for m = 3).
+FEATUP_INLINE int tap_group(int n, int m, int g) {
+  const int ng = (n + m - 1) / m;
+  return n / ng + (g < n % ng ? 1 : 0);
+}
+
+// Output rows [h0, h1) of all k*k correlation maps summed over C channels (added to out if acc). g at (b, c0, 0, 0),
+// x at (b, c0, 0, 0), out at (b, 0, 0, 0). Row blocks of RB and column blocks of one vector; the last of each
+// overlaps the one before when H or W is not a multiple (its extra outputs are computed but not stored). Maps
+// narrower than one vector or lower than RB rows take the one-row kernel above.
+template <typename scalar_t, int VBYTES, int RB, int IBM, int JBM>
+FEATUP_INLINE void corr_rows_impl(const scalar_t* g, const scalar_t* x, scalar_t* out, int64_t C, int64_t H, int64_t W,
+                                  int64_t Hp, int64_t Wp, int64_t h0, int64_t h1, int k, bool acc) {
+  constexpr int L = Simd<scalar_t, VBYTES>::lanes;
+  const int64_t hw = H * W, x_cs = Hp * Wp;
+  if (W < L || H < RB) {
+    for (int64_t h = h0; h < h1; ++h)
+      corr_row_impl<scalar_t, VBYTES>(g + h * W, x, out + h * W, C, H, W, Hp, Wp, h, k, acc);
+    return;
+  }
+  alignas(64) scalar_t gp[kTileC * RB * L];
+  for (int64_t h = h0; h < h1; h += RB) {
+    const int64_t hs = std::min<int64_t>(h, H - RB);
+    const int r_lo = static_cast<int>(h - hs), r_hi = static_cast<int>(std::min<int64_t>(h1, hs + RB) - hs);
+    for (int64_t w0 = 0; w0 < W; w0 += L) {
+      const int64_t ws = std::min<int64_t>(w0, W - L);
+      const int lskip = static_cast<int>(w0 - ws);
+      for (int64_t c = 0; c < C; ++c)
+        for (int r = 0; r < RB; ++r)
+          std::memcpy(gp + (c * RB + r) * L, g + c * hw + (hs + r) * W + ws, L * sizeof(scalar_t));
+      for (int gi = 0, i0 = 0; i0 < k; i0 += tap_group(k, IBM, gi), ++gi) {
+        const int ib = tap_group(k, IBM, gi);
+        for (int gj = 0, j0 = 0; j0 < k; j0 += tap_group(k, JBM, gj), ++gj) {
+          const int jb = tap_group(k, JBM, gj);
+          const scalar_t* xb = x + (hs + i0) * Wp + ws + j0;
+          scalar_t* ob = out + (i0 * k + j0) * hw + hs * W + ws;
+          if constexpr (IBM >= 3) {
+            if (ib == 3) {
+              corr_tile_jb<scalar_t, VBYTES, RB, 3, JBM>(jb, gp, xb, x_cs, Wp, ob, hw, W, k, C, acc, r_lo, r_hi, lskip);
+              continue;
+            }
+          }
+          if (ib == 2)
+            corr_tile_jb<scalar_t, VBYTES, RB, 2, JBM>(jb, gp, xb, x_cs, Wp, ob, hw, W, k, C, acc, r_lo, r_hi, lskip);
+          else
+            corr_tile_jb<scalar_t, VBYTES, RB, 1, JBM>(jb, gp, xb, x_cs, Wp, ob, hw, W, k, C, acc, r_lo, r_hi, lskip);
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // transposed adaptive conv (the forward's input gradient; also the correlation's gradient w.r.t. its padded input):
 //   out[c, y, x] = sum_{i,j} kt[i*k+j, y-i, x-j] * g[c, y-i, x-j]   over taps with (y-i, x-j) in [0, H) x [0, W),
@@ -408,31 +547,31 @@ FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_
 }
 
 // ISA entry points: the same templates compiled for each instruction set with its own block width.
-#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES, CB, RB)                                                                \
-  template <typename T>                                                                                              \
-  ATTR void fwd_rows_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t nrows, int64_t H, int64_t W,         \
-                            int64_t Hp, int64_t Wp, int k) {                                                         \
-    fwd_rows_impl<T, VBYTES, CB, RB>(x, kt, out, C, nrows, H, W, Hp, Wp, k);                                         \
-  }                                                                                                                  \
-  template <typename T>                                                                                              \
-  ATTR void corr_row_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
-                            int64_t h, int k, bool acc) {                                                            \
-    corr_row_impl<T, VBYTES>(g, x, out, C, H, W, Hp, Wp, h, k, acc);                                                 \
-  }                                                                                                                  \
-  template <typename T>                                                                                              \
-  ATTR void tr_rows_##NAME(const T* g, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1, \
-                           int k) {                                                                                  \
-    tr_rows_impl<T, VBYTES, CB, RB>(g, kt, out, C, H, W, y0, y1, k);                                                 \
+#define FEATUP_DEFINE_ISA(NAME, ATTR, VBYTES, CB, RB, CRB, CIB, CJB)                                                  \
+  template <typename T>                                                                                               \
+  ATTR void fwd_rows_##NAME(const T* x, const T* kt, T* out, int64_t C, int64_t nrows, int64_t H, int64_t W,          \
+                            int64_t Hp, int64_t Wp, int k) {                                                          \
+    fwd_rows_impl<T, VBYTES, CB, RB>(x, kt, out, C, nrows, H, W, Hp, Wp, k);                                          \
+  }                                                                                                                   \
+  template <typename T>                                                                                               \
+  ATTR void corr_rows_##NAME(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, \
+                             int64_t h0, int64_t h1, int k, bool acc) {                                               \
+    corr_rows_impl<T, VBYTES, CRB, CIB, CJB>(g, x, out, C, H, W, Hp, Wp, h0, h1, k, acc);                             \
+  }                                                                                                                   \
+  template <typename T>                                                                                               \
+  ATTR void tr_rows_##NAME(const T* g, const T* kt, T* out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1,  \
+                           int k) {                                                                                   \
+    tr_rows_impl<T, VBYTES, CB, RB>(g, kt, out, C, H, W, y0, y1, k);                                                  \
   }
 
 // Forward register blocks: CB x RB vector accumulators plus CB input vectors and one kernel vector, within the
 // 16 vector registers of SSE / AVX2 and the 32 of AVX-512.
-FEATUP_DEFINE_ISA(base, , 16, 2, 4)
+FEATUP_DEFINE_ISA(base, , 16, 2, 4, 2, 3, 2)
 #if FEATUP_X86_DISPATCH
-FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32, 2, 4)
+FEATUP_DEFINE_ISA(avx2, FEATUP_TARGET("avx2,fma,tune=haswell"), 32, 2, 4, 2, 3, 2)
 FEATUP_DEFINE_ISA(
     avx512, FEATUP_TARGET("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,tune=skylake-avx512,prefer-vector-width=512"),
-    64, 4, 4)
+    64, 4, 4, 2, 3, 4)
 #endif
 #undef FEATUP_DEFINE_ISA
 
@@ -470,17 +609,17 @@ void fwd_rows(const T* x, const T* kt, T* out, int64_t C, int64_t nrows, int64_t
 }
 
 template <typename T>
-void corr_row(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t h, int k,
-              bool acc) {
+void corr_rows(const T* g, const T* x, T* out, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t h0,
+               int64_t h1, int k, bool acc) {
   switch (isa_in_use().load(std::memory_order_relaxed)) {
 #if FEATUP_X86_DISPATCH
     case kAvx512:
-      return corr_row_avx512<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+      return corr_rows_avx512<T>(g, x, out, C, H, W, Hp, Wp, h0, h1, k, acc);
     case kAvx2:
-      return corr_row_avx2<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+      return corr_rows_avx2<T>(g, x, out, C, H, W, Hp, Wp, h0, h1, k, acc);
 #endif
     default:
-      return corr_row_base<T>(g, x, out, C, H, W, Hp, Wp, h, k, acc);
+      return corr_rows_base<T>(g, x, out, C, H, W, Hp, Wp, h0, h1, k, acc);
   }
 }
 
@@ -502,7 +641,28 @@ struct Tiles {
   int64_t ct, ht;
 };
 
-Tiles choose_tiles(int64_t C, int64_t H) { return {std::min(C, kTileC), std::min(H, kTileH)}; }
+// Correlation tiles: kCorrTileC channels x up to kCorrTileH output rows (fewer when that leaves under 4 tasks per
+// thread). Small channel tiles keep a column block's input rows (channels x (RB + k - 1) rows) in L1 across its
+// tap groups and a task's input rows in L2 across its row blocks; at 224^2 (one thread, C = 384) 16 x 16 took
+// 8 / 29 ms (k = 3 / 7) against 15 / 45 ms for 64 x 4. The row tile does not change any output's summation order
+// (channels ascending, one channel tile after another), so results do not depend on the thread count. Tuning
+// knobs FEATUP_CORR_TILE_C (at most kTileC) / _H, read once; development only.
+constexpr int64_t kCorrTileC = 16;
+constexpr int64_t kCorrTileH = 16;
+Tiles corr_tiles(int64_t B, int64_t C, int64_t H) {
+  static const int64_t tc = [] {
+    const char* e = std::getenv("FEATUP_CORR_TILE_C");
+    return e ? std::max<int64_t>(1, std::min<int64_t>(kTileC, std::atoll(e))) : kCorrTileC;
+  }();
+  static const int64_t th0 = [] {
+    const char* e = std::getenv("FEATUP_CORR_TILE_H");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : kCorrTileH;
+  }();
+  int64_t th = th0;
+  const int64_t tasks_wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  while (th > 2 && B * ((H + th - 1) / th) < tasks_wanted) th /= 2;
+  return {std::min(C, tc), std::min(H, th)};
+}
 
 // Forward tiles (tuning knobs FEATUP_FWD_TILE_C / _H read once; development only).
 Tiles fwd_tiles(int64_t C, int64_t H) {
@@ -567,7 +727,7 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
   const int64_t B = center.size(0), C = center.size(1), H = center.size(2), W = center.size(3);
   const int64_t Hp = padded.size(2), Wp = padded.size(3);
   auto out = empty_output({B, k * k, H, W}, center.options());
-  const Tiles t = choose_tiles(C, H);
+  const Tiles t = corr_tiles(B, C, H);
   const int64_t nht = ceil_div(H, t.ht);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, center.scalar_type(), "local_correlation_forward_cpu", [&] {
     const scalar_t* g = center.const_data_ptr<scalar_t>();
@@ -579,9 +739,8 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
         const int64_t b = task / nht, h0 = (task % nht) * t.ht, h1 = std::min(H, h0 + t.ht);
         for (int64_t c0 = 0; c0 < C; c0 += t.ct) {
           const int64_t nc = std::min(t.ct, C - c0);
-          for (int64_t h = h0; h < h1; ++h)
-            corr_row(g + ((b * C + c0) * H + h) * W, x + (b * C + c0) * Hp * Wp, o + b * k * k * H * W + h * W, nc, H,
-                     W, Hp, Wp, h, static_cast<int>(k), c0 > 0);
+          corr_rows(g + (b * C + c0) * H * W, x + (b * C + c0) * Hp * Wp, o + b * k * k * H * W, nc, H, W, Hp, Wp, h0,
+                    h1, static_cast<int>(k), c0 > 0);
         }
       }
     });
