@@ -465,6 +465,7 @@ def test_transposed_op_equals_the_flipped_forward(isa):
         # narrow (W < k, W < one vector), exactly one vector of interior, odd sizes, channels not a multiple of CB
         shapes = [(1, 1, 1, 1, 3), (2, 3, 5, 6, 3), (1, 5, 4, 2, 7), (1, 7, 9, 23, 7), (2, 9, 13, 70, 5)]
         shapes += [(1, 3, 6, 40, 9), (1, 2, 3, 4, 1), (1, 6, 17, 33, 3)]
+        shapes += [(1, 2, 5, 10, 15), (1, 5, 3, 20, 5)]  # border blocks only (no interior vector); interior < 1 vector
         for b, c, h, w, k in shapes:
             grad = torch.randn(b, c, h, w, dtype=torch.float64)
             kern = torch.randn(b, k * k, h, w, dtype=torch.float64)
@@ -476,6 +477,9 @@ def test_transposed_op_equals_the_flipped_forward(isa):
             assert bf.dtype == torch.bfloat16
             ref_bf = _transpose_by_flip(grad.bfloat16().double(), kern.bfloat16().double(), k)
             torch.testing.assert_close(bf.double(), ref_bf, rtol=2e-2, atol=2e-2 * k)
+            half = op(grad.half(), kern.half())
+            ref_half = _transpose_by_flip(grad.half().double(), kern.half().double(), k)
+            torch.testing.assert_close(half.double(), ref_half, rtol=2e-3, atol=2e-3 * k)
     finally:
         ext.set_cpu_isa(before)
 

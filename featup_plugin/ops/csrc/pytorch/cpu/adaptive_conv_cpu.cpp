@@ -467,9 +467,10 @@ FEATUP_INLINE void corr_rows_impl(const scalar_t* g, const scalar_t* x, scalar_t
 // RB output rows (from y0) x CB channels x one vector of interior columns (from x), acc[rb][cb] in registers. For a
 // source row r and column shift j the CB vectors g[c, r, x-j..] are loaded once and used by every output row
 // y0+rb whose tap row i = y0+rb-r is in [0, k); each kernel vector kt[i*k+j, r, x-j..] by the CB channels (loads
-// per FMA 1/RB + 1/CB, as the forward). Rows y0+rb >= y_end are computed but not stored.
+// per FMA 1/RB + 1/CB, as the forward). The kernel vectors come packed (kp: vector (rb, i, j) at
+// ((rb * k + i) * k + j) * L, see tr_rows_impl). Rows y0+rb >= y_end are computed but not stored.
 template <typename scalar_t, int VBYTES, int CB, int RB>
-FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kt,
+FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kp,
                                 scalar_t* FEATUP_RESTRICT out, int64_t H, int64_t W, int64_t y0, int64_t y_end,
                                 int64_t x, int k) {
   using S = Simd<scalar_t, VBYTES>;
@@ -479,16 +480,16 @@ FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_
   for (int rb = 0; rb < RB; ++rb)
     for (int cb = 0; cb < CB; ++cb) acc[rb][cb] = vec{};
   const int64_t r_lo = std::max<int64_t>(0, y0 - (k - 1)), r_hi = std::min<int64_t>(H - 1, y0 + RB - 1);
+  constexpr int L = S::lanes;
   for (int64_t r = r_lo; r <= r_hi; ++r) {
     const scalar_t* FEATUP_RESTRICT gr = g + r * W + x;
-    const scalar_t* FEATUP_RESTRICT kr = kt + r * W + x;
     for (int j = 0; j < k; ++j) {
       vec gv[CB];
       for (int cb = 0; cb < CB; ++cb) gv[cb] = S::load(gr + cb * HW - j);
       for (int rb = 0; rb < RB; ++rb) {
         const int64_t i = y0 + rb - r;
         if (i < 0 || i >= k) continue;
-        const vec kv = S::load(kr + (i * k + j) * HW - j);
+        const vec kv = S::load(kp + ((rb * k + i) * k + j) * L);
         for (int cb = 0; cb < CB; ++cb) acc[rb][cb] += kv * gv[cb];
       }
     }
@@ -499,10 +500,50 @@ FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_
   }
 }
 
-// Output rows [y0, y1) of C channels; g at (b, c0, 0, 0), kt at (b, 0, 0, 0), out at (b, c0, 0, 0). Interior
-// columns x in [k-1, W) (every j valid) take tr_tile_simd (the last block overlaps the previous one); the k-1
-// border columns on each side, and rows whose interior is narrower than a vector, take the scalar loop with the
-// tap ranges clipped.
+// tr_tile_simd for a column block that reaches past the maps (the k-1 output columns on each side whose taps are
+// partly outside [0, W)): the packed kernel vectors hold zeros in those lanes (tr_rows_impl), and the g vectors
+// are read from zero-extended copies of the CB channels' source rows (gb: CB x (L + k - 1)), so no lane reads
+// outside the maps.
+template <typename scalar_t, int VBYTES, int CB, int RB>
+FEATUP_INLINE void tr_tile_edge(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kp,
+                                scalar_t* FEATUP_RESTRICT out, scalar_t* FEATUP_RESTRICT gb, int64_t H, int64_t W,
+                                int64_t y0, int64_t y_end, int64_t x, int k) {
+  using S = Simd<scalar_t, VBYTES>;
+  using vec = typename S::vec;
+  constexpr int L = S::lanes;
+  const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
+  const int E = L + k - 1;  // gb[t] = g[c, r, x - (k - 1) + t]
+  vec acc[RB][CB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int cb = 0; cb < CB; ++cb) acc[rb][cb] = vec{};
+  const int64_t r_lo = std::max<int64_t>(0, y0 - (k - 1)), r_hi = std::min<int64_t>(H - 1, y0 + RB - 1);
+  for (int64_t r = r_lo; r <= r_hi; ++r) {
+    for (int cb = 0; cb < CB; ++cb)
+      for (int t = 0; t < E; ++t) {
+        const int64_t q = x - (k - 1) + t;
+        gb[cb * E + t] = (q >= 0 && q < W) ? g[cb * HW + r * W + q] : scalar_t(0);
+      }
+    for (int j = 0; j < k; ++j) {
+      vec gv[CB];
+      for (int cb = 0; cb < CB; ++cb) gv[cb] = S::load(gb + cb * E + (k - 1 - j));
+      for (int rb = 0; rb < RB; ++rb) {
+        const int64_t i = y0 + rb - r;
+        if (i < 0 || i >= k) continue;
+        const vec kv = S::load(kp + ((rb * k + i) * k + j) * L);
+        for (int cb = 0; cb < CB; ++cb) acc[rb][cb] += kv * gv[cb];
+      }
+    }
+  }
+  for (int rb = 0; rb < RB; ++rb) {
+    if (y0 + rb >= y_end) break;
+    for (int cb = 0; cb < CB; ++cb) S::store(out + cb * P + (y0 + rb) * Wp + x, acc[rb][cb]);
+  }
+}
+
+// Output rows [y0, y1) of C channels; g at (b, c0, 0, 0), kt at (b, 0, 0, 0), out at (b, c0, 0, 0). Column blocks
+// one vector wide over [0, W+k-1) (the last overlapping the one before): blocks inside [k-1, W), where every
+// column shift is in range, take tr_tile_simd; the blocks over the k-1 border columns on each side tr_tile_edge.
+// Maps narrower than one vector take the scalar loop with the tap ranges clipped.
 template <typename scalar_t, int VBYTES, int CB, int RB>
 FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kt,
                                 scalar_t* FEATUP_RESTRICT out, int64_t C, int64_t H, int64_t W, int64_t y0, int64_t y1,
@@ -510,26 +551,55 @@ FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int L = Simd<scalar_t, VBYTES>::lanes;
   const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
-  const int64_t x_lo = k - 1, x_hi = W;  // interior columns [x_lo, x_hi)
-  const bool simd = x_hi - x_lo >= L;
-  if (simd) {
-    for (int64_t xb = x_lo; xb < x_hi; xb += L) {
-      const int64_t x = std::min(xb, x_hi - L);
+  if (Wp >= L) {
+    // The RB*k*k kernel vectors of a (column block, row group), packed contiguous and cache-line aligned and reused
+    // by all channel groups: in the tap-major kernel the taps lie H*W apart, at 224^2 a multiple of 4 KiB, so
+    // unpacked they fall into one L1 set (as in the forward). Lanes whose source column is outside the map: 0.
+    const int E = L + k - 1;
+    std::vector<scalar_t> buf(static_cast<size_t>(RB * k * k * L + CB * E) + 64 / sizeof(scalar_t));
+    scalar_t* kp = buf.data();
+    while (reinterpret_cast<uintptr_t>(kp) % 64) ++kp;
+    scalar_t* gb = kp + RB * k * k * L;
+    for (int64_t xb = 0; xb < Wp; xb += L) {
+      const int64_t x = std::min(xb, Wp - L);
+      const bool inside = x >= k - 1 && x + L <= W;
       for (int64_t y = y0; y < y1; y += RB) {
+        for (int rb = 0; rb < RB; ++rb)
+          for (int i = 0; i < k; ++i) {
+            const int64_t r = y + rb - i;
+            if (r < 0 || r >= H) continue;  // never read by the tiles
+            for (int j = 0; j < k; ++j) {
+              scalar_t* dst = kp + ((rb * k + i) * k + j) * L;
+              const scalar_t* src = kt + (i * k + j) * HW + r * W;
+              if (inside) {
+                std::memcpy(dst, src + x - j, L * sizeof(scalar_t));
+              } else {
+                for (int l = 0; l < L; ++l) {
+                  const int64_t q = x + l - j;
+                  dst[l] = (q >= 0 && q < W) ? src[q] : scalar_t(0);
+                }
+              }
+            }
+          }
         int64_t c = 0;
-        for (; c + CB <= C; c += CB)
-          tr_tile_simd<scalar_t, VBYTES, CB, RB>(g + c * HW, kt, out + c * P, H, W, y, y1, x, k);
-        for (; c < C; ++c) tr_tile_simd<scalar_t, VBYTES, 1, RB>(g + c * HW, kt, out + c * P, H, W, y, y1, x, k);
+        if (inside) {
+          for (; c + CB <= C; c += CB)
+            tr_tile_simd<scalar_t, VBYTES, CB, RB>(g + c * HW, kp, out + c * P, H, W, y, y1, x, k);
+          for (; c < C; ++c) tr_tile_simd<scalar_t, VBYTES, 1, RB>(g + c * HW, kp, out + c * P, H, W, y, y1, x, k);
+        } else {
+          for (; c + CB <= C; c += CB)
+            tr_tile_edge<scalar_t, VBYTES, CB, RB>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
+          for (; c < C; ++c) tr_tile_edge<scalar_t, VBYTES, 1, RB>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
+        }
       }
     }
+    return;
   }
   for (int64_t y = y0; y < y1; ++y) {
     const int i_lo = static_cast<int>(std::max<int64_t>(0, y - (H - 1)));
     const int i_hi = static_cast<int>(std::min<int64_t>(k - 1, y));
     scalar_t* FEATUP_RESTRICT orow = out + y * Wp;
     for (int64_t x = 0; x < Wp; ++x) {
-      if (simd && x == x_lo) x = x_hi;  // the interior is done
-      if (x >= Wp) break;
       const int j_lo = static_cast<int>(std::max<int64_t>(0, x - (W - 1)));
       const int j_hi = static_cast<int>(std::min<int64_t>(k - 1, x));
       for (int64_t c = 0; c < C; ++c) {
