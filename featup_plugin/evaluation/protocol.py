@@ -410,6 +410,14 @@ def _implicit_features(images: torch.Tensor, extract_lr, cfg: ProbeBenchConfig, 
     return torch.cat(out)
 
 
+def probe_settings(cfg) -> dict:
+    """The run's :func:`~featup_plugin.evaluation.probe.train_probe` budget (steps, batch, lr, seed, sampled
+    pixels): the same for every method, and what tools/analysis_tools/probe_per_class.py replays."""
+    return dict(
+        steps=cfg.probe_steps, batch_size=cfg.probe_batch, lr=cfg.probe_lr, seed=cfg.seed, pixels=cfg.probe_pixels
+    )
+
+
 def _features(method, images, extract_lr, learned, cfg, log, batch: int = 8) -> torch.Tensor:
     if method == 'implicit':
         return _implicit_features(images, extract_lr, cfg, log)
@@ -511,17 +519,7 @@ def run_probe_benchmark(
         t1 = time.perf_counter()
         probes = {}
         for task, tgt in (('seg', train['labels']), ('depth', train['depth'])):
-            probes[task] = train_probe(
-                f_train,
-                tgt,
-                task,
-                num_classes=k,
-                steps=cfg.probe_steps,
-                batch_size=cfg.probe_batch,
-                lr=cfg.probe_lr,
-                seed=cfg.seed,
-                pixels=cfg.probe_pixels,
-            )
+            probes[task] = train_probe(f_train, tgt, task, num_classes=k, **probe_settings(cfg))
         t_probe = time.perf_counter() - t1
         size = tuple(val['labels'].shape[-2:])
         if tuple(f_val.shape[-2:]) == size:

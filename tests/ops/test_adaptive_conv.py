@@ -124,66 +124,58 @@ def test_tap_loop_reference_equals_unfold_reference():
     torch.testing.assert_close(local_correlation_taps(g, x), local_correlation_unfold(g, x))
 
 
-@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
-def test_every_cpu_code_path(isa):
+@pytest.fixture(params=['avx512', 'avx2', 'baseline'])
+def cpu_code_path(request):
+    """Runs the test with the compiled CPU kernels forced to one instruction set (restored after); skips where
+    the CPU lacks it or no compiled module is loaded."""
     ext = _backend.get_ext()
     if ext is None or not hasattr(ext, 'set_cpu_isa'):
         pytest.skip('reference backend in use')
     before = ext.cpu_isa()
     try:
-        ext.set_cpu_isa(isa)
+        ext.set_cpu_isa(request.param)
     except RuntimeError as exc:
         assert 'does not support' in str(exc)
-        pytest.skip(f'this CPU has no {isa} path')
-    try:
-        for dtype in (torch.float32, torch.float64, torch.bfloat16):
-            for b, c, h, w, k in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
-                x, f = make(b, c, h, w, k, dtype=torch.float64)
-                ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double())
-                tol = 1e-10 if dtype == torch.float64 else 1e-3 if dtype == torch.float32 else 0.5
-                torch.testing.assert_close(adaptive_conv(x.to(dtype), f.to(dtype)).double(), ref, rtol=tol, atol=tol)
-                g = torch.randn(b, c, h, w, dtype=torch.float64)
-                refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
-                torch.testing.assert_close(
-                    local_correlation(g.to(dtype), x.to(dtype)).double(), refc, rtol=tol, atol=tol * c
-                )
-    finally:
-        ext.set_cpu_isa(before)
+        pytest.skip(f'this CPU has no {request.param} path')
+    yield ext
+    ext.set_cpu_isa(before)
+
+
+def test_every_cpu_code_path(cpu_code_path):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for b, c, h, w, k in [(2, 9, 13, 70, 7), (1, 4, 33, 16, 3), (1, 5, 5, 8, 5)]:
+            x, f = make(b, c, h, w, k, dtype=torch.float64)
+            ref = adaptive_conv_unfold(x.to(dtype).double(), f.to(dtype).double())
+            tol = 1e-10 if dtype == torch.float64 else 1e-3 if dtype == torch.float32 else 0.5
+            torch.testing.assert_close(adaptive_conv(x.to(dtype), f.to(dtype)).double(), ref, rtol=tol, atol=tol)
+            g = torch.randn(b, c, h, w, dtype=torch.float64)
+            refc = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
+            torch.testing.assert_close(
+                local_correlation(g.to(dtype), x.to(dtype)).double(), refc, rtol=tol, atol=tol * c
+            )
     with pytest.raises(RuntimeError, match='unknown CPU code path'):
-        ext.set_cpu_isa('sse9')
+        cpu_code_path.set_cpu_isa('sse9')
 
 
-@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
-def test_correlation_blocks_overlap_and_accumulate(isa):
+def test_correlation_blocks_overlap_and_accumulate(cpu_code_path):
     """The row-blocked correlation: overlapping last row / column blocks (H, W not multiples of the block), more
     than one 64-channel tile (the blocks add into the output), tap groups of every size (k = 1..9), maps lower
     than a row block or narrower than a vector; float64 against the unfold reference, every dtype."""
-    ext = _backend.get_ext()
-    if ext is None or not hasattr(ext, 'set_cpu_isa'):
-        pytest.skip('reference backend in use')
-    before = ext.cpu_isa()
-    try:
-        ext.set_cpu_isa(isa)
-    except RuntimeError:
-        pytest.skip(f'this CPU has no {isa} path')
     torch.manual_seed(0)
-    try:
-        cases = [(1, 130, 9, 37, 5), (2, 70, 13, 21, 7), (1, 3, 1, 40, 3), (1, 65, 5, 8, 3), (1, 200, 7, 17, 9)]
-        cases += [(1, 5, 2, 16, 1), (1, 129, 11, 48, 3), (1, 9, 6, 5, 3)]
-        for b, c, h, w, k in cases:
-            g = torch.randn(b, c, h, w, dtype=torch.float64)
-            x = torch.randn(b, c, h + k - 1, w + k - 1, dtype=torch.float64)
-            for dtype, tol in [
-                (torch.float64, 1e-12),
-                (torch.float32, 1e-5),
-                (torch.bfloat16, 2e-2),
-                (torch.half, 2e-3),
-            ]:
-                ref = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
-                out = local_correlation(g.to(dtype), x.to(dtype)).double()
-                torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
-    finally:
-        ext.set_cpu_isa(before)
+    cases = [(1, 130, 9, 37, 5), (2, 70, 13, 21, 7), (1, 3, 1, 40, 3), (1, 65, 5, 8, 3), (1, 200, 7, 17, 9)]
+    cases += [(1, 5, 2, 16, 1), (1, 129, 11, 48, 3), (1, 9, 6, 5, 3)]
+    for b, c, h, w, k in cases:
+        g = torch.randn(b, c, h, w, dtype=torch.float64)
+        x = torch.randn(b, c, h + k - 1, w + k - 1, dtype=torch.float64)
+        for dtype, tol in [
+            (torch.float64, 1e-12),
+            (torch.float32, 1e-5),
+            (torch.bfloat16, 2e-2),
+            (torch.half, 2e-3),
+        ]:
+            ref = local_correlation_unfold(g.to(dtype).double(), x.to(dtype).double())
+            out = local_correlation(g.to(dtype), x.to(dtype)).double()
+            torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 def test_bfloat16_cpu_close_to_float32():
@@ -452,36 +444,26 @@ def _transposed_op():
     return torch.ops.featup.adaptive_conv_transpose
 
 
-@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'baseline'])
-def test_transposed_op_equals_the_flipped_forward(isa):
+def test_transposed_op_equals_the_flipped_forward(cpu_code_path):
     op = _transposed_op()
-    ext = _backend.get_ext()
-    before = ext.cpu_isa()
-    try:
-        ext.set_cpu_isa(isa)
-    except RuntimeError:
-        pytest.skip(f'this CPU has no {isa} path')
-    try:
-        # narrow (W < k, W < one vector), exactly one vector of interior, odd sizes, channels not a multiple of CB
-        shapes = [(1, 1, 1, 1, 3), (2, 3, 5, 6, 3), (1, 5, 4, 2, 7), (1, 7, 9, 23, 7), (2, 9, 13, 70, 5)]
-        shapes += [(1, 3, 6, 40, 9), (1, 2, 3, 4, 1), (1, 6, 17, 33, 3)]
-        shapes += [(1, 2, 5, 10, 15), (1, 5, 3, 20, 5)]  # border blocks only (no interior vector); interior < 1 vector
-        for b, c, h, w, k in shapes:
-            grad = torch.randn(b, c, h, w, dtype=torch.float64)
-            kern = torch.randn(b, k * k, h, w, dtype=torch.float64)
-            ref = _transpose_by_flip(grad, kern, k)
-            torch.testing.assert_close(op(grad, kern), ref, rtol=1e-12, atol=1e-12)
-            tol = 1e-5 * k * k
-            torch.testing.assert_close(op(grad.float(), kern.float()).double(), ref, rtol=tol, atol=tol)
-            bf = op(grad.bfloat16(), kern.bfloat16())
-            assert bf.dtype == torch.bfloat16
-            ref_bf = _transpose_by_flip(grad.bfloat16().double(), kern.bfloat16().double(), k)
-            torch.testing.assert_close(bf.double(), ref_bf, rtol=2e-2, atol=2e-2 * k)
-            half = op(grad.half(), kern.half())
-            ref_half = _transpose_by_flip(grad.half().double(), kern.half().double(), k)
-            torch.testing.assert_close(half.double(), ref_half, rtol=2e-3, atol=2e-3 * k)
-    finally:
-        ext.set_cpu_isa(before)
+    # narrow (W < k, W < one vector), exactly one vector of interior, odd sizes, channels not a multiple of CB
+    shapes = [(1, 1, 1, 1, 3), (2, 3, 5, 6, 3), (1, 5, 4, 2, 7), (1, 7, 9, 23, 7), (2, 9, 13, 70, 5)]
+    shapes += [(1, 3, 6, 40, 9), (1, 2, 3, 4, 1), (1, 6, 17, 33, 3)]
+    shapes += [(1, 2, 5, 10, 15), (1, 5, 3, 20, 5)]  # border blocks only (no interior vector); interior < 1 vector
+    for b, c, h, w, k in shapes:
+        grad = torch.randn(b, c, h, w, dtype=torch.float64)
+        kern = torch.randn(b, k * k, h, w, dtype=torch.float64)
+        ref = _transpose_by_flip(grad, kern, k)
+        torch.testing.assert_close(op(grad, kern), ref, rtol=1e-12, atol=1e-12)
+        tol = 1e-5 * k * k
+        torch.testing.assert_close(op(grad.float(), kern.float()).double(), ref, rtol=tol, atol=tol)
+        bf = op(grad.bfloat16(), kern.bfloat16())
+        assert bf.dtype == torch.bfloat16
+        ref_bf = _transpose_by_flip(grad.bfloat16().double(), kern.bfloat16().double(), k)
+        torch.testing.assert_close(bf.double(), ref_bf, rtol=2e-2, atol=2e-2 * k)
+        half = op(grad.half(), kern.half())
+        ref_half = _transpose_by_flip(grad.half().double(), kern.half().double(), k)
+        torch.testing.assert_close(half.double(), ref_half, rtol=2e-3, atol=2e-3 * k)
 
 
 def test_transposed_op_checks_and_non_contiguous_inputs():

@@ -104,18 +104,7 @@ def main(argv=None) -> int:
         f_train = P._features(method, x_train, extract_lr, learned, cfg, None)
         f_val = P._features(method, x_val, extract_lr, learned, cfg, None)
         for tag, w in (('', None), (' (balanced CE)', weight)) if args.balanced else (('', None),):
-            probe = train_probe(
-                f_train,
-                train['labels'],
-                'seg',
-                num_classes=k,
-                steps=cfg.probe_steps,
-                batch_size=cfg.probe_batch,
-                lr=cfg.probe_lr,
-                seed=cfg.seed,
-                pixels=cfg.probe_pixels,
-                class_weight=w,
-            )
+            probe = train_probe(f_train, train['labels'], 'seg', num_classes=k, class_weight=w, **P.probe_settings(cfg))
             pred = predict_probe(probe, f_val, tuple(gt.shape[-2:]), 'seg')
             valid = gt != 255
             ious = []

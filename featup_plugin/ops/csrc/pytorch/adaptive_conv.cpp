@@ -42,13 +42,19 @@ void check_common(const at::Tensor& a, const char* an, const at::Tensor& b, cons
   TORCH_CHECK(a.numel() > 0 && b.numel() > 0, an, " and ", bn, " must not be empty");
 }
 
+// k of a tap-major kernel [B, k*k, H, W] (odd k), or an error naming the tap count.
+int64_t window_of(const at::Tensor& kernel) {
+  const int64_t taps = kernel.size(1);
+  const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
+  TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
+  return k;
+}
+
 }  // namespace
 
 at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel) {
   check_common(input, "input", kernel, "kernel");
-  const int64_t taps = kernel.size(1);
-  const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
-  TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
+  const int64_t k = window_of(kernel);
   TORCH_CHECK(input.size(2) == kernel.size(2) + k - 1 && input.size(3) == kernel.size(3) + k - 1,
               "input spatial size must be kernel size + k - 1: input ", input.sizes(), ", kernel ", kernel.sizes());
   auto x = input.contiguous();
@@ -84,9 +90,7 @@ at::Tensor local_correlation_forward(const at::Tensor& center, const at::Tensor&
 
 at::Tensor adaptive_conv_transpose(const at::Tensor& grad, const at::Tensor& kernel) {
   check_common(grad, "grad", kernel, "kernel");
-  const int64_t taps = kernel.size(1);
-  const int64_t k = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(taps))));
-  TORCH_CHECK(k * k == taps && k % 2 == 1, "kernel must have k*k taps for an odd k, got ", taps);
+  const int64_t k = window_of(kernel);
   TORCH_CHECK(grad.size(2) == kernel.size(2) && grad.size(3) == kernel.size(3),
               "grad and kernel must have the same spatial size: grad ", grad.sizes(), ", kernel ", kernel.sizes());
   auto g = grad.contiguous();

@@ -464,68 +464,39 @@ FEATUP_INLINE void corr_rows_impl(const scalar_t* g, const scalar_t* x, scalar_t
 // out [C, H+k-1, W+k-1]. Gather form: each output pixel sums its own taps (no atomics, any thread count gives the
 // same bits), reading the taps where they lie: no flipped copy of the kernel and no padded copy of g.
 // ---------------------------------------------------------------------------------------------
-// RB output rows (from y0) x CB channels x one vector of interior columns (from x), acc[rb][cb] in registers. For a
-// source row r and column shift j the CB vectors g[c, r, x-j..] are loaded once and used by every output row
-// y0+rb whose tap row i = y0+rb-r is in [0, k); each kernel vector kt[i*k+j, r, x-j..] by the CB channels (loads
-// per FMA 1/RB + 1/CB, as the forward). The kernel vectors come packed (kp: vector (rb, i, j) at
-// ((rb * k + i) * k + j) * L, see tr_rows_impl). Rows y0+rb >= y_end are computed but not stored.
-template <typename scalar_t, int VBYTES, int CB, int RB>
+// RB output rows (from y0) x CB channels x one vector of columns (from x), acc[rb][cb] in registers. For a source
+// row r and column shift j the CB vectors g[c, r, x-j..] are loaded once and used by every output row y0+rb whose
+// tap row i = y0+rb-r is in [0, k); each kernel vector kt[i*k+j, r, x-j..] by the CB channels (loads per FMA
+// 1/RB + 1/CB, as the forward). The kernel vectors come packed (kp: vector (rb, i, j) at ((rb * k + i) * k + j) * L,
+// see tr_rows_impl). EDGE: the block reaches past the maps (the k-1 output columns on each side whose taps are
+// partly outside [0, W)); the packed kernel lanes outside hold zeros and the g vectors are read from zero-extended
+// copies of the CB channels' source rows (gb: CB x (L + k - 1)), so no lane reads outside the maps. Rows
+// y0+rb >= y_end are computed but not stored.
+template <typename scalar_t, int VBYTES, int CB, int RB, bool EDGE>
 FEATUP_INLINE void tr_tile_simd(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kp,
-                                scalar_t* FEATUP_RESTRICT out, int64_t H, int64_t W, int64_t y0, int64_t y_end,
-                                int64_t x, int k) {
-  using S = Simd<scalar_t, VBYTES>;
-  using vec = typename S::vec;
-  const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
-  vec acc[RB][CB];
-  for (int rb = 0; rb < RB; ++rb)
-    for (int cb = 0; cb < CB; ++cb) acc[rb][cb] = vec{};
-  const int64_t r_lo = std::max<int64_t>(0, y0 - (k - 1)), r_hi = std::min<int64_t>(H - 1, y0 + RB - 1);
-  constexpr int L = S::lanes;
-  for (int64_t r = r_lo; r <= r_hi; ++r) {
-    const scalar_t* FEATUP_RESTRICT gr = g + r * W + x;
-    for (int j = 0; j < k; ++j) {
-      vec gv[CB];
-      for (int cb = 0; cb < CB; ++cb) gv[cb] = S::load(gr + cb * HW - j);
-      for (int rb = 0; rb < RB; ++rb) {
-        const int64_t i = y0 + rb - r;
-        if (i < 0 || i >= k) continue;
-        const vec kv = S::load(kp + ((rb * k + i) * k + j) * L);
-        for (int cb = 0; cb < CB; ++cb) acc[rb][cb] += kv * gv[cb];
-      }
-    }
-  }
-  for (int rb = 0; rb < RB; ++rb) {
-    if (y0 + rb >= y_end) break;
-    for (int cb = 0; cb < CB; ++cb) S::store(out + cb * P + (y0 + rb) * Wp + x, acc[rb][cb]);
-  }
-}
-
-// tr_tile_simd for a column block that reaches past the maps (the k-1 output columns on each side whose taps are
-// partly outside [0, W)): the packed kernel vectors hold zeros in those lanes (tr_rows_impl), and the g vectors
-// are read from zero-extended copies of the CB channels' source rows (gb: CB x (L + k - 1)), so no lane reads
-// outside the maps.
-template <typename scalar_t, int VBYTES, int CB, int RB>
-FEATUP_INLINE void tr_tile_edge(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kp,
                                 scalar_t* FEATUP_RESTRICT out, scalar_t* FEATUP_RESTRICT gb, int64_t H, int64_t W,
                                 int64_t y0, int64_t y_end, int64_t x, int k) {
   using S = Simd<scalar_t, VBYTES>;
   using vec = typename S::vec;
   constexpr int L = S::lanes;
   const int64_t HW = H * W, Wp = W + k - 1, P = (H + k - 1) * Wp;
-  const int E = L + k - 1;  // gb[t] = g[c, r, x - (k - 1) + t]
+  const int E = L + k - 1;  // EDGE: gb[cb * E + t] = g[cb, r, x - (k - 1) + t] (0 outside the map)
   vec acc[RB][CB];
   for (int rb = 0; rb < RB; ++rb)
     for (int cb = 0; cb < CB; ++cb) acc[rb][cb] = vec{};
   const int64_t r_lo = std::max<int64_t>(0, y0 - (k - 1)), r_hi = std::min<int64_t>(H - 1, y0 + RB - 1);
   for (int64_t r = r_lo; r <= r_hi; ++r) {
-    for (int cb = 0; cb < CB; ++cb)
-      for (int t = 0; t < E; ++t) {
-        const int64_t q = x - (k - 1) + t;
-        gb[cb * E + t] = (q >= 0 && q < W) ? g[cb * HW + r * W + q] : scalar_t(0);
-      }
+    if constexpr (EDGE) {
+      for (int cb = 0; cb < CB; ++cb)
+        for (int t = 0; t < E; ++t) {
+          const int64_t q = x - (k - 1) + t;
+          gb[cb * E + t] = (q >= 0 && q < W) ? g[cb * HW + r * W + q] : scalar_t(0);
+        }
+    }
+    const scalar_t* FEATUP_RESTRICT gr = g + r * W + x;
     for (int j = 0; j < k; ++j) {
       vec gv[CB];
-      for (int cb = 0; cb < CB; ++cb) gv[cb] = S::load(gb + cb * E + (k - 1 - j));
+      for (int cb = 0; cb < CB; ++cb) gv[cb] = EDGE ? S::load(gb + cb * E + (k - 1 - j)) : S::load(gr + cb * HW - j);
       for (int rb = 0; rb < RB; ++rb) {
         const int64_t i = y0 + rb - r;
         if (i < 0 || i >= k) continue;
@@ -540,9 +511,20 @@ FEATUP_INLINE void tr_tile_edge(const scalar_t* FEATUP_RESTRICT g, const scalar_
   }
 }
 
+// One (column block, row group) over all C channels: groups of CB, then the rest one at a time.
+template <typename scalar_t, int VBYTES, int CB, int RB, bool EDGE>
+FEATUP_INLINE void tr_channels(const scalar_t* g, const scalar_t* kp, scalar_t* out, scalar_t* gb, int64_t C, int64_t H,
+                               int64_t W, int64_t y, int64_t y1, int64_t x, int k) {
+  const int64_t HW = H * W, P = (H + k - 1) * (W + k - 1);
+  int64_t c = 0;
+  for (; c + CB <= C; c += CB)
+    tr_tile_simd<scalar_t, VBYTES, CB, RB, EDGE>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
+  for (; c < C; ++c) tr_tile_simd<scalar_t, VBYTES, 1, RB, EDGE>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
+}
+
 // Output rows [y0, y1) of C channels; g at (b, c0, 0, 0), kt at (b, 0, 0, 0), out at (b, c0, 0, 0). Column blocks
 // one vector wide over [0, W+k-1) (the last overlapping the one before): blocks inside [k-1, W), where every
-// column shift is in range, take tr_tile_simd; the blocks over the k-1 border columns on each side tr_tile_edge.
+// column shift is in range, read g in place; the blocks over the k-1 border columns on each side are EDGE blocks.
 // Maps narrower than one vector take the scalar loop with the tap ranges clipped.
 template <typename scalar_t, int VBYTES, int CB, int RB>
 FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_t* FEATUP_RESTRICT kt,
@@ -581,16 +563,10 @@ FEATUP_INLINE void tr_rows_impl(const scalar_t* FEATUP_RESTRICT g, const scalar_
               }
             }
           }
-        int64_t c = 0;
-        if (inside) {
-          for (; c + CB <= C; c += CB)
-            tr_tile_simd<scalar_t, VBYTES, CB, RB>(g + c * HW, kp, out + c * P, H, W, y, y1, x, k);
-          for (; c < C; ++c) tr_tile_simd<scalar_t, VBYTES, 1, RB>(g + c * HW, kp, out + c * P, H, W, y, y1, x, k);
-        } else {
-          for (; c + CB <= C; c += CB)
-            tr_tile_edge<scalar_t, VBYTES, CB, RB>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
-          for (; c < C; ++c) tr_tile_edge<scalar_t, VBYTES, 1, RB>(g + c * HW, kp, out + c * P, gb, H, W, y, y1, x, k);
-        }
+        if (inside)
+          tr_channels<scalar_t, VBYTES, CB, RB, false>(g, kp, out, gb, C, H, W, y, y1, x, k);
+        else
+          tr_channels<scalar_t, VBYTES, CB, RB, true>(g, kp, out, gb, C, H, W, y, y1, x, k);
       }
     }
     return;
