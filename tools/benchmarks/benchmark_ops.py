@@ -36,6 +36,8 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     dev = spec['device']
+    if spec.get('cpu_cache'):  # featup_plugin.ops.enable_cpu_cache: freed large blocks reused, not faulted in again
+        ops.enable_cpu_cache()
 
     if spec['kind'] == 'ratios':
         return ratio_worker(spec)
@@ -232,11 +234,22 @@ def print_ratios(args) -> None:
     """Issue 16 §3: op and stack throughput as ratios of the SGEMM rate measured in this run."""
     s = 112 if args.quick else 224
     channels = [64] if args.quick else [64, 384]
-    res = run_case(__file__, dict(kind='ratios', device=args.device, repeats=args.repeats, size=s, channels=channels))
+    res = run_case(
+        __file__,
+        dict(
+            kind='ratios',
+            device=args.device,
+            repeats=args.repeats,
+            size=s,
+            channels=channels,
+            cpu_cache=args.cpu_cache,
+        ),
+    )
     sgemm = max(res['sgemm'])
     print(
         f'\nSGEMM (torch.mm 2048², {res["threads"]} threads): {sgemm:.0f} GFLOP/s '
-        f'(before / after the op cases: {res["sgemm"][0]:.0f} / {res["sgemm"][1]:.0f}); op backend: {res["backend"]}\n'
+        f'(before / after the op cases: {res["sgemm"][0]:.0f} / {res["sgemm"][1]:.0f}); op backend: {res["backend"]}; '
+        f'op cases with the caching CPU allocator: {"yes" if args.cpu_cache else "no"}\n'
     )
     print(
         f'memory: a 256 MiB copy moves {res["copy"]:.1f} GB/s (read + write). "fwd at 50%": the forward time at '
@@ -267,17 +280,19 @@ def print_ratios(args) -> None:
     print(', '.join(f'{name} {v / 1e9:.3f}' for name, v in items.items()) + f'; total {total / 1e9:.2f} GFLOP')
     print(f'floor at {sgemm:.0f} GFLOP/s: forward {fmt_t(floor)}, forward+backward (3× the forward) {fmt_t(3 * floor)}')
     print()
-    print('| pass | time | × FLOP floor | target | peak extra |')
-    print('|---|---|---|---|---|')
+    print('| pass | CPU allocator | time | × FLOP floor | target | peak extra |')
+    print('|---|---|---|---|---|---|')
+    caches = (False, True) if args.device == 'cpu' else (False,)
     for mode, mult, target in (('fwd', 1, 3), ('fwd+bwd', 3, 4)):
-        spec = dict(kind='stack', C=c, mode=mode, device=args.device, impl='ours', repeats=args.repeats)
-        r = run_case(__file__, spec)
-        x = r['seconds'] / (mult * floor)
-        print(
-            f'| {mode} | {fmt_t(r["seconds"])} | {x:.1f}× | ≤ {target}× {"met" if x <= target else "not met"} | '
-            f'{r["peak_mib"]:.0f} MiB |',
-            flush=True,
-        )
+        for cache in caches:
+            spec = dict(kind='stack', C=c, mode=mode, device=args.device, impl='ours', repeats=args.repeats)
+            r = run_case(__file__, dict(spec, cpu_cache=cache))
+            x = r['seconds'] / (mult * floor)
+            print(
+                f'| {mode} | {"caching (enable_cpu_cache)" if cache else "default"} | {fmt_t(r["seconds"])} | '
+                f'{x:.1f}× | ≤ {target}× {"met" if x <= target else "not met"} | {r["peak_mib"]:.0f} MiB |',
+                flush=True,
+            )
 
 
 def print_transpose(args) -> None:
@@ -324,6 +339,11 @@ def main() -> None:
     ap.add_argument('--quick', action='store_true', help='C=64 at 112^2 and a 64-channel stack only')
     ap.add_argument('--no-reference', action='store_true', help='time ours only')
     ap.add_argument('--only', choices=['ratios', 'op', 'stack', 'transpose'], help='run one of the tables')
+    ap.add_argument(
+        '--cpu-cache',
+        action='store_true',
+        help="run the ratio table's op cases with featup_plugin.ops.enable_cpu_cache() (the stack rows show both)",
+    )
     ap.add_argument('--worker', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
