@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from featup_plugin.ops import _backend
 from featup_plugin.ops.upsample import _fusable, upsample_bicubic_pad, upsample_bicubic_pad_plain
 from featup_plugin.upsamplers import JBUStack
+from tests.ops.test_adaptive_conv import cpu_code_path  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.skipif(
     os.environ.get('FEATUP_OPS', 'auto') == 'reference'
@@ -80,6 +81,22 @@ def test_the_backward_op_equals_pytorchs_backward_float64(shape, p):
     torch.testing.assert_close(torch.ops.featup.upsample2x_bicubic_pad_backward(g, p), want, rtol=0, atol=1e-12)
     res = torch.library.opcheck(torch.ops.featup.upsample2x_bicubic_pad_backward.default, (g.requires_grad_(), p))
     assert all(v == 'SUCCESS' for v in res.values()), res
+
+
+@pytest.mark.usefixtures('cpu_code_path')
+@pytest.mark.parametrize('shape, p', [((2, 3, 7, 9), 3), ((1, 2, 13, 40), 3), ((1, 1, 2, 3), 3), ((1, 1, 5, 4), 6)])
+def test_every_cpu_code_path_forward_and_backward(shape, p):
+    # the gather-form backward: the interior 8-tap filter, the clamped border columns, rows fed by reflected rows
+    x = torch.randn(*shape, dtype=D, requires_grad=True)
+    out = _plain(x, p)
+    torch.testing.assert_close(torch.ops.featup.upsample2x_bicubic_pad(x.detach(), p), out, rtol=0, atol=1e-13)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(out, x, g)[0]
+    torch.testing.assert_close(torch.ops.featup.upsample2x_bicubic_pad_backward(g, p), want, rtol=0, atol=1e-12)
+    x32, g32 = x.detach().float(), g.float()
+    got = torch.ops.featup.upsample2x_bicubic_pad_backward(g32, p)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.ops.featup.upsample2x_bicubic_pad(x32, p).double(), out, rtol=0, atol=1e-5)
 
 
 def test_the_cpp_entry_point_checks_its_arguments():

@@ -727,6 +727,8 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+int cpu_isa_level() { return isa_in_use().load(std::memory_order_relaxed); }
+
 std::string cpu_isa() {
   static const char* names[] = {"baseline", "avx2", "avx512"};
   return names[isa_in_use().load()];

@@ -5,8 +5,9 @@
 // again: on a JBUStack(384) forward+backward that was a third of the time in the kernel's page-fault path. This
 // allocator, installed as c10's CPU allocator, keeps freed blocks of at least `min_bytes` (size classes: 64 KiB
 // steps below 32 MiB, 2 MiB above) and hands them out again (best fit, at most 1.25x the request's class), up to
-// `max_cached` bytes of free blocks (beyond that the smallest cached blocks are unmapped). New blocks of 2 MiB or more are 2 MiB-aligned and, if asked, advised
-// for transparent huge pages once. Smaller requests go to the allocator that was installed before.
+// `max_cached` bytes of free blocks (beyond that the smallest cached blocks are unmapped). New blocks of 2 MiB or more
+// are 2 MiB-aligned and, if asked, advised for transparent huge pages once. Smaller requests go to the allocator that
+// was installed before.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <pthread.h>
@@ -46,9 +47,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     return prev_->allocate(n);
   }
   c10::DeleterFnPtr raw_deleter() const override { return &CachingCpuAllocator::deleter; }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 
   static CachingCpuAllocator& get() {
     static CachingCpuAllocator* a = [] {
@@ -93,7 +92,8 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t> stats() {
     std::lock_guard<std::mutex> g(mu_);
-    return {enabled_.load(), static_cast<int64_t>(cached_), static_cast<int64_t>(live_bytes_), hits_, misses_, evictions_};
+    return {enabled_.load(), static_cast<int64_t>(cached_), static_cast<int64_t>(live_bytes_), hits_, misses_,
+            evictions_};
   }
 
  private:

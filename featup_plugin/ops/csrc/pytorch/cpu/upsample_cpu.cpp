@@ -14,11 +14,19 @@
 
 #if defined(__GNUC__)
 #define FEATUP_RESTRICT __restrict__
+#define FEATUP_INLINE inline __attribute__((always_inline))
 #else
 #define FEATUP_RESTRICT
+#define FEATUP_INLINE inline
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FEATUP_NO_ISA_DISPATCH)
+#define FEATUP_UP_X86 1
+#else
+#define FEATUP_UP_X86 0
 #endif
 
 namespace featup {
+int cpu_isa_level();  // adaptive_conv_cpu.cpp: 0 baseline, 1 AVX2, 2 AVX-512 (set_cpu_isa applies)
 namespace {
 
 // PyTorch's cubic convolution weights (A = -0.75) for fraction t: taps at floor-1 .. floor+2.
@@ -38,7 +46,8 @@ inline int64_t clampi(int64_t v, int64_t n) { return std::min(std::max(v, int64_
 inline int64_t reflecti(int64_t v, int64_t n) { return v < 0 ? -v : (v >= n ? 2 * (n - 1) - v : v); }
 
 template <typename T>
-void upsample_plane(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p, const T* we, const T* wo) {
+FEATUP_INLINE void upsample_plane_impl(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p, const T* we,
+                                       const T* wo) {
   const int64_t H = 2 * h, W = 2 * w, Wp = W + 2 * p;
   // Pass 1, along W: tmp[y, X] for all input rows y.
   for (int64_t y = 0; y < h; ++y) {
@@ -95,42 +104,135 @@ void upsample_plane(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p,
   }
 }
 
-// The transpose of upsample_plane (the input gradient): fold the reflected columns of each padded row into its
-// row, scatter the row into the 4 buffered rows it was formed from (transposed pass 2), then scatter each buffered
-// row into the input columns (transposed pass 1).
+// The transpose of upsample_plane (the input gradient), in gather form: each buffered row t[y] (the transposed
+// pass 2) is the weighted sum of the padded gradient rows that were formed from it (`rows`, the same for every
+// plane), with the reflected columns of each folded in; each input gradient dx[y, n] (the transposed pass 1) is
+// then an 8-tap stride-2 filter of t[y]: even outputs 2m used taps m-2..m+1 (weights we), odd ones m-1..m+2 (wo),
+// so dx[n] = sum_a we[a] t[2(n+2-a)] + wo[a] t[2(n+1-a)+1] inside; the two columns at each side, where the
+// forward clamped its taps, are summed tap by tap. Every output is written once (no scatter, no
+// read-modify-write passes); the sums are those of the scatter form in another order.
 template <typename T>
-void upsample_plane_backward(const T* g, T* dx, T* tmp, T* u, int64_t h, int64_t w, int64_t p, const T* we,
-                             const T* wo) {
-  const int64_t H = 2 * h, W = 2 * w, Wp = W + 2 * p;
-  std::fill(tmp, tmp + h * W, T(0));
-  for (int64_t py = 0; py < H + 2 * p; ++py) {
-    const T* gr = g + py * Wp;
-    for (int64_t X = 0; X < W; ++X) u[X] = gr[p + X];
-    for (int64_t q = 1; q <= p; ++q) {
-      u[q] += gr[p - q];
-      u[W - 1 - q] += gr[p + W - 1 + q];
+struct RowTerm {
+  int64_t row;
+  T weight;
+};
+
+template <typename T>
+FEATUP_INLINE T dx_border(const T* t, int64_t w, int64_t n, const T* we, const T* wo) {
+  T acc = T(0);
+  for (int64_t m = std::max<int64_t>(0, n - 3); m < std::min<int64_t>(w, n + 4); ++m)
+    for (int a = 0; a < 4; ++a) {
+      if (clampi(m - 2 + a, w) == n) acc += we[a] * t[2 * m];
+      if (clampi(m - 1 + a, w) == n) acc += wo[a] * t[2 * m + 1];
     }
+  return acc;
+}
+
+template <typename T>
+FEATUP_INLINE void upsample_plane_backward_impl(const T* g, T* dx, T* t, int64_t h, int64_t w, int64_t p, const T* we,
+                                                const T* wo, const std::vector<RowTerm<T>>* rows) {
+  const int64_t W = 2 * w, Wp = W + 2 * p;
+  // dx[n] = sum_d c[d + 3] * t[2n + d], d = -3..4
+  const T c[8] = {wo[3], we[3], wo[2], we[2], wo[1], we[1], wo[0], we[0]};
+  for (int64_t y = 0; y < h; ++y) {
+    const std::vector<RowTerm<T>>& terms = rows[y];
+    T* FEATUP_RESTRICT tr = t;
+    if (terms.empty()) {  // not reached (every buffered row feeds some output row); kept for safety
+      std::fill(tr, tr + W, T(0));
+    } else {
+      const T* FEATUP_RESTRICT g0 = g + terms[0].row * Wp + p;
+      const T w0 = terms[0].weight;
+      for (int64_t X = 0; X < W; ++X) tr[X] = w0 * g0[X];
+    }
+    for (size_t l = 1; l < terms.size(); ++l) {
+      const T* FEATUP_RESTRICT gl = g + terms[l].row * Wp + p;
+      const T wl = terms[l].weight;
+      for (int64_t X = 0; X < W; ++X) tr[X] += wl * gl[X];
+    }
+    for (const RowTerm<T>& term : terms) {  // the reflected columns: padded column p - q is column q, and so on
+      const T* gr = g + term.row * Wp;
+      for (int64_t q = 1; q <= p; ++q) {
+        tr[q] += term.weight * gr[p - q];
+        tr[W - 1 - q] += term.weight * gr[p + W - 1 + q];
+      }
+    }
+    T* FEATUP_RESTRICT xr = dx + y * w;
+    const int64_t lo = std::min<int64_t>(2, w), hi = std::max<int64_t>(lo, w - 2);
+    for (int64_t n = 0; n < lo; ++n) xr[n] = dx_border(t, w, n, we, wo);
+    for (int64_t n = lo; n < hi; ++n) {
+      const T* FEATUP_RESTRICT s = t + 2 * n - 3;
+      T acc = c[0] * s[0];
+      for (int d = 1; d < 8; ++d) acc += c[d] * s[d];
+      xr[n] = acc;
+    }
+    for (int64_t n = hi; n < w; ++n) xr[n] = dx_border(t, w, n, we, wo);
+  }
+}
+
+// For each buffered row y, the padded rows formed from it and their weights (pass 2 of the forward, transposed).
+template <typename T>
+std::vector<std::vector<RowTerm<T>>> backward_rows(int64_t h, int64_t p, const T* we, const T* wo) {
+  const int64_t H = 2 * h;
+  std::vector<std::vector<RowTerm<T>>> rows(static_cast<size_t>(h));
+  for (int64_t py = 0; py < H + 2 * p; ++py) {
     const int64_t Y = reflecti(py - p, H), m = Y / 2;
     const T* wy = (Y % 2 == 0) ? we : wo;
     const int64_t y0 = (Y % 2 == 0) ? m - 2 : m - 1;
-    for (int a = 0; a < 4; ++a) {
-      T* FEATUP_RESTRICT tr = tmp + clampi(y0 + a, h) * W;
-      const T wa = wy[a];
-      for (int64_t X = 0; X < W; ++X) tr[X] += wa * u[X];
-    }
+    for (int a = 0; a < 4; ++a) rows[clampi(y0 + a, h)].push_back({py, wy[a]});
   }
-  for (int64_t y = 0; y < h; ++y) {
-    const T* tr = tmp + y * W;
-    T* xr = dx + y * w;
-    std::fill(xr, xr + w, T(0));
-    for (int64_t m = 0; m < w; ++m) {
-      const T e = tr[2 * m], o = tr[2 * m + 1];
-      for (int a = 0; a < 4; ++a) {
-        xr[clampi(m - 2 + a, w)] += we[a] * e;
-        xr[clampi(m - 1 + a, w)] += wo[a] * o;
-      }
-    }
+  return rows;
+}
+
+// ISA entry points (the same templates compiled for AVX-512 / AVX2 + FMA / the baseline; the path in use is the
+// one the adaptive-conv kernels use, so set_cpu_isa covers these too).
+#define FEATUP_UPSAMPLE_ISA(NAME, ATTR)                                                                           \
+  template <typename T>                                                                                           \
+  ATTR void upsample_plane_##NAME(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p, const T* we,       \
+                                  const T* wo) {                                                                  \
+    upsample_plane_impl<T>(x, out, tmp, h, w, p, we, wo);                                                         \
+  }                                                                                                               \
+  template <typename T>                                                                                           \
+  ATTR void upsample_plane_backward_##NAME(const T* g, T* dx, T* t, int64_t h, int64_t w, int64_t p, const T* we, \
+                                           const T* wo, const std::vector<RowTerm<T>>* rows) {                    \
+    upsample_plane_backward_impl<T>(g, dx, t, h, w, p, we, wo, rows);                                             \
   }
+FEATUP_UPSAMPLE_ISA(base, )
+#if FEATUP_UP_X86
+FEATUP_UPSAMPLE_ISA(avx2, __attribute__((target("avx2,fma"))))
+FEATUP_UPSAMPLE_ISA(avx512,
+                    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512"))))
+#endif
+#undef FEATUP_UPSAMPLE_ISA
+
+template <typename T>
+void upsample_plane(const T* x, T* out, T* tmp, int64_t h, int64_t w, int64_t p, const T* we, const T* wo) {
+#if FEATUP_UP_X86
+  switch (cpu_isa_level()) {
+    case 2:
+      return upsample_plane_avx512<T>(x, out, tmp, h, w, p, we, wo);
+    case 1:
+      return upsample_plane_avx2<T>(x, out, tmp, h, w, p, we, wo);
+    default:
+      break;
+  }
+#endif
+  upsample_plane_base<T>(x, out, tmp, h, w, p, we, wo);
+}
+
+template <typename T>
+void upsample_plane_backward(const T* g, T* dx, T* t, int64_t h, int64_t w, int64_t p, const T* we, const T* wo,
+                             const std::vector<RowTerm<T>>* rows) {
+#if FEATUP_UP_X86
+  switch (cpu_isa_level()) {
+    case 2:
+      return upsample_plane_backward_avx512<T>(g, dx, t, h, w, p, we, wo, rows);
+    case 1:
+      return upsample_plane_backward_avx2<T>(g, dx, t, h, w, p, we, wo, rows);
+    default:
+      break;
+  }
+#endif
+  upsample_plane_backward_base<T>(g, dx, t, h, w, p, we, wo, rows);
 }
 
 }  // namespace
@@ -189,11 +291,12 @@ at::Tensor upsample2x_bicubic_pad_backward_cpu(const at::Tensor& grad_, int64_t 
     cubic_weights<scalar_t>(wo, scalar_t(0.25));
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* o = dx.mutable_data_ptr<scalar_t>();
+    const auto rows = backward_rows<scalar_t>(h, pad, we, wo);
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> tmp(static_cast<size_t>(h * 2 * w)), u(static_cast<size_t>(2 * w));
+      std::vector<scalar_t> t(static_cast<size_t>(2 * w));
       for (int64_t plane = begin; plane < end; ++plane)
-        upsample_plane_backward<scalar_t>(g + plane * Hp * Wp, o + plane * h * w, tmp.data(), u.data(), h, w, pad, we,
-                                          wo);
+        upsample_plane_backward<scalar_t>(g + plane * Hp * Wp, o + plane * h * w, t.data(), h, w, pad, we, wo,
+                                          rows.data());
     });
   });
   return dx;
