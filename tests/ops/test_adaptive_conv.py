@@ -178,12 +178,12 @@ def test_pixel_major_kernel_is_read_in_place_and_bitwise_equal(cpu_code_path):
     which the CPU kernels read without a transposed copy: forward, input gradient (the transposed op on the same
     saved view) and filter gradient equal those of the contiguous tap-major kernel bit for bit, on every code path,
     for W a multiple of every vector width (32), not (37) and narrower than a vector (10), H not a multiple of the
-    row block, channels not a multiple of the channel block and more than one 64-channel tile (where the transposed
-    op makes one contiguous copy instead of gathering per tile)."""
+    row block, channels not a multiple of the channel block and 2 or 3 64-channel tiles (where, at some k, the ops
+    make one contiguous copy instead of gathering per tile: pixel_major_in_place)."""
     torch.manual_seed(0)
     for dtype in PIXEL_MAJOR_DTYPES:
         for k in (1, 3, 5, 7):
-            for b, c, h, w in [(2, 5, 9, 32), (2, 6, 7, 37), (2, 3, 5, 10), (2, 70, 5, 37)]:
+            for b, c, h, w in [(2, 5, 9, 32), (2, 6, 7, 37), (2, 3, 5, 10), (2, 70, 5, 37), (2, 140, 3, 21)]:
                 x, f = make(b, c, h, w, k, dtype=dtype)
                 ft = _tap_major_filters(f)
                 kv = f.permute(0, 3, 4, 1, 2).reshape(b, k * k, h, w)
@@ -200,7 +200,7 @@ def test_pixel_major_kernel_is_read_in_place_and_bitwise_equal(cpu_code_path):
                 if dtype == torch.float64:
                     torch.testing.assert_close(out, adaptive_conv_unfold(x, f), rtol=1e-12, atol=1e-12)
     # and no copy of the kernel: the pixel-major view goes to the kernels as is (the transposed op too, at k >= 5
-    # with one channel tile)
+    # and up to two channel tiles)
     x, f = make(2, 70, 9, 37, 7)
     kv = f.permute(0, 3, 4, 1, 2).reshape(2, 49, 9, 37)
     grad = torch.randn(2, 4, 9, 37, dtype=torch.float64)

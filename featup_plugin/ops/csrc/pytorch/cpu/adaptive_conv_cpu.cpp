@@ -20,6 +20,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pytorch_cpp_helper.hpp"
@@ -784,6 +785,24 @@ KernelStrides checked_kernel_strides(const at::Tensor& kernel) {
   return ks;
 }
 
+// Whether a pixel-major kernel is read in place (gathered by the packing once per channel tile) or made contiguous
+// once per call. Measured at 224^2, one thread (AVX-512, float): the copy (.contiguous(), a transposition) costs
+// 0.3 / 2.7 / 6.2 ms at k = 3 / 5 / 7 (its writes to k*k planes H*W apart alias in L1); the forward's gather 0.15 /
+// 0.25 / 0.45 ms per 64-channel tile, the transposed op's 0.4 / 1.0 / 1.8 ms. The same values either way.
+bool pixel_major_in_place(int64_t k, int64_t channel_tiles, bool transposed) {
+  if (transposed) return k >= 5 && channel_tiles <= 2;
+  return channel_tiles == 1 || (k >= 5 && channel_tiles <= 8);
+}
+
+// The kernel the CPU code reads (contiguous or pixel-major) and its strides.
+std::pair<at::Tensor, KernelStrides> cpu_kernel(const at::Tensor& kernel, int64_t k, int64_t channel_tiles,
+                                                bool transposed) {
+  KernelStrides ks = checked_kernel_strides(kernel);
+  if (ks.c == 1 || pixel_major_in_place(k, channel_tiles, transposed)) return {kernel, ks};
+  at::Tensor kc = kernel.contiguous();
+  return {kc, checked_kernel_strides(kc)};
+}
+
 }  // namespace
 
 std::string cpu_isa() {
@@ -799,14 +818,16 @@ void set_cpu_isa(const std::string& name) {
   isa_in_use().store(want);
 }
 
-at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& kernel, int64_t k) {
+at::Tensor adaptive_conv_forward_cpu(const at::Tensor& input, const at::Tensor& kernel_in, int64_t k) {
   FEATUP_CHECK_CPU_INPUT(input);
-  const KernelStrides ks = checked_kernel_strides(kernel);
   const int64_t B = input.size(0), C = input.size(1), Hp = input.size(2), Wp = input.size(3);
-  const int64_t H = kernel.size(2), W = kernel.size(3);
+  const int64_t H = kernel_in.size(2), W = kernel_in.size(3);
   auto out = empty_output({B, C, H, W}, input.options());
   const Tiles t = fwd_tiles(C, H);
   const int64_t nct = ceil_div(C, t.ct), nht = ceil_div(H, t.ht);
+  const auto read = cpu_kernel(kernel_in, k, nct, false);
+  const at::Tensor& kernel = read.first;
+  const KernelStrides ks = read.second;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "adaptive_conv_forward_cpu", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* kt = kernel.const_data_ptr<scalar_t>();
@@ -855,20 +876,14 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& center, const at::Ten
 
 at::Tensor adaptive_conv_transpose_cpu(const at::Tensor& grad, const at::Tensor& kernel_in, int64_t k) {
   FEATUP_CHECK_CPU_INPUT(grad);
-  KernelStrides ks = checked_kernel_strides(kernel_in);
   const int64_t B = grad.size(0), C = grad.size(1), H = grad.size(2), W = grad.size(3);
   const int64_t Hp = H + k - 1, Wp = W + k - 1;
   auto out = empty_output({B, C, Hp, Wp}, grad.options());
   const Tiles t = fwd_tiles(C, Hp);
   const int64_t nct = ceil_div(C, t.ct), nht = ceil_div(Hp, t.ht);
-  // A pixel-major kernel is gathered by tr_pack_kernel once per channel tile, at about 3x the cost of the
-  // forward's gather (224^2, one thread: k = 7 ~2 ms a tile against 7 ms for the transposed copy, k = 3 0.4 ms
-  // against 0.3 ms): with more than one channel tile, or k = 3, one contiguous copy is cheaper. Same values.
-  at::Tensor kernel = kernel_in;
-  if (ks.c != 1 && (nct > 1 || k <= 3)) {
-    kernel = kernel_in.contiguous();
-    ks = checked_kernel_strides(kernel);
-  }
+  const auto read = cpu_kernel(kernel_in, k, nct, true);
+  const at::Tensor& kernel = read.first;
+  const KernelStrides ks = read.second;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "adaptive_conv_transpose_cpu", [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* kt = kernel.const_data_ptr<scalar_t>();
