@@ -157,6 +157,101 @@ def test_every_cpu_code_path(cpu_code_path):
         cpu_code_path.set_cpu_isa('sse9')
 
 
+def _tap_major_filters(f):
+    """The same filters [B, H, W, k, k] as a view of a contiguous tap-major [B, k*k, H, W] tensor (the JBU
+    upsampler's layout: the op's kernel view is then contiguous)."""
+    return f.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+
+
+def _copies_in(fn):
+    """Names of the copying aten ops that fn dispatches (the op entry's ``.contiguous()`` is a clone + copy_)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name in ('aten::clone', 'aten::copy_', 'aten::contiguous')}
+
+
+PIXEL_MAJOR_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_pixel_major_kernel_is_read_in_place_and_bitwise_equal(cpu_code_path):
+    """FeatUp's filters [B, H, W, k, k] reach the op as a pixel-major kernel view (the k*k taps of a pixel adjacent),
+    which the CPU kernels read without a transposed copy: forward, input gradient (the transposed op on the same
+    saved view) and filter gradient equal those of the contiguous tap-major kernel bit for bit, on every code path,
+    for W a multiple of every vector width (32), not (37) and narrower than a vector (10), H not a multiple of the
+    row block, channels not a multiple of the channel block and 2 or 3 64-channel tiles (where, at some k, the ops
+    make one contiguous copy instead of gathering per tile: pixel_major_in_place)."""
+    torch.manual_seed(0)
+    for dtype in PIXEL_MAJOR_DTYPES:
+        for k in (1, 3, 5, 7):
+            for b, c, h, w in [(2, 5, 9, 32), (2, 6, 7, 37), (2, 3, 5, 10), (2, 70, 5, 37), (2, 140, 3, 21)]:
+                x, f = make(b, c, h, w, k, dtype=dtype)
+                ft = _tap_major_filters(f)
+                kv = f.permute(0, 3, 4, 1, 2).reshape(b, k * k, h, w)
+                assert kv.stride() == (h * w * k * k, 1, w * k * k, k * k) or k == 1
+                out = adaptive_conv(x, f)
+                assert torch.equal(out, adaptive_conv(x, ft)), (dtype, k, h, w)
+                xa, fa = x.clone().requires_grad_(), f.clone().requires_grad_()
+                xb, fb = x.clone().requires_grad_(), ft.detach().requires_grad_()
+                go = torch.randn(out.shape, dtype=dtype)
+                gxa, gfa = torch.autograd.grad(adaptive_conv(xa, fa), (xa, fa), go)
+                gxb, gfb = torch.autograd.grad(adaptive_conv(xb, fb), (xb, fb), go)
+                assert torch.equal(gxa, gxb), (dtype, k, h, w)
+                assert torch.equal(gfa, gfb), (dtype, k, h, w)
+                if dtype == torch.float64:
+                    torch.testing.assert_close(out, adaptive_conv_unfold(x, f), rtol=1e-12, atol=1e-12)
+    # and no copy of the kernel: the pixel-major view goes to the kernels as is (the transposed op too, at k >= 5
+    # and up to two channel tiles)
+    x, f = make(2, 70, 9, 37, 7)
+    kv = f.permute(0, 3, 4, 1, 2).reshape(2, 49, 9, 37)
+    grad = torch.randn(2, 4, 9, 37, dtype=torch.float64)
+    assert not _copies_in(lambda: torch.ops.featup.adaptive_conv(x, kv))
+    assert not _copies_in(lambda: torch.ops.featup.adaptive_conv_transpose(grad, kv))
+    assert _copies_in(lambda: torch.ops.featup.adaptive_conv(x, kv.transpose(2, 3).contiguous().transpose(2, 3)))
+
+
+def test_kernels_in_neither_layout_are_made_contiguous(cpu_code_path):
+    """Filters whose kernel view is neither contiguous nor pixel-major (H and W transposed, taps sliced out of a
+    wider window or tap axis, batch-sliced) still give the reference's answer, forward and gradients; size-1
+    dimensions (B = 1, H = 1, W = 1, k = 1) with arbitrary strides are read as the layout they are."""
+    torch.manual_seed(0)
+    b, c, h, w, k = 2, 5, 9, 37, 5
+    t = k * k
+    views = {  # name: (base shape, filters [b, h, w, k, k] as a view of the base)
+        'hw_transposed': ((b, w, h, k, k), lambda f: f.transpose(1, 2)),
+        'window_sliced': ((b, h, w, k + 2, k + 2), lambda f: f[..., 1 : k + 1, 1 : k + 1]),
+        'pixel_taps_sliced': ((b, h, w, t + 3), lambda f: f[..., :t].unflatten(-1, (k, k))),
+        'tap_major_sliced': ((b, t + 2, h, w), lambda f: f[:, 1 : t + 1].unflatten(1, (k, k)).permute(0, 3, 4, 1, 2)),
+        'batch_sliced': ((2 * b, h, w, k, k), lambda f: f[::2]),
+    }
+    x = torch.randn(b, c, h + k - 1, w + k - 1, dtype=torch.float64)
+    go = torch.randn(b, c, h, w, dtype=torch.float64)
+    for name, (shape, view) in views.items():
+        base = torch.randn(shape, dtype=torch.float64)
+        f = view(base)
+        assert f.shape == (b, h, w, k, k), name
+        ref = adaptive_conv_unfold(x, f)
+        assert torch.equal(adaptive_conv(x, f), adaptive_conv(x, f.contiguous())), name
+        torch.testing.assert_close(adaptive_conv(x, f), ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(adaptive_conv(x.float(), f.float()).double(), ref, rtol=1e-4, atol=1e-4)
+        xa, ba = x.clone().requires_grad_(), base.clone().requires_grad_()
+        xr, br = x.clone().requires_grad_(), base.clone().requires_grad_()
+        ga = torch.autograd.grad(adaptive_conv(xa, view(ba)), (xa, ba), go)
+        gr = torch.autograd.grad(adaptive_conv_unfold(xr, view(br)), (xr, br), go)
+        for a, r in zip(ga, gr):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    for b, c, h, w, k in [(1, 3, 1, 20, 3), (2, 3, 4, 1, 3), (1, 2, 6, 17, 1), (1, 3, 5, 19, 3)]:
+        x, f = make(b, c, h, w, k)
+        t = k * k
+        cases = [f, _tap_major_filters(f)]
+        if b == 1:  # the batch stride never steps
+            cases.append(f.as_strided(f.shape, (12345, w * t, t, k, 1)))
+        kern = torch.randn(h, w, t, b, dtype=torch.float64).permute(3, 2, 0, 1)  # batch stride 1: neither layout
+        for f2 in cases + [kern.unflatten(1, (k, k)).permute(0, 3, 4, 1, 2)]:
+            ref = adaptive_conv_unfold(x, f2)
+            torch.testing.assert_close(adaptive_conv(x, f2), ref, rtol=1e-12, atol=1e-12)
+            assert torch.equal(adaptive_conv(x, f2), adaptive_conv(x, f2.contiguous()))
+
+
 def test_correlation_blocks_overlap_and_accumulate(cpu_code_path):
     """The row-blocked correlation: overlapping last row / column blocks (H, W not multiples of the block), more
     than one 64-channel tile (the blocks add into the output), tap groups of every size (k = 1..9), maps lower

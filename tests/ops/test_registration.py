@@ -56,6 +56,12 @@ def _acc_args(requires_grad):
     return x, kern
 
 
+def _pixel_major_kernel(requires_grad):
+    kern = torch.randn(2, 5, 6, 9, dtype=D).permute(0, 3, 1, 2).detach().requires_grad_(requires_grad)
+    assert kern.shape == (2, 9, 5, 6) and kern.stride() == (270, 1, 54, 9)
+    return kern
+
+
 def _pac_args(requires_grad, with_weight=True, with_bias=True):
     x = torch.randn(2, 3, 7, 6, dtype=D, requires_grad=requires_grad)
     geom = [3, 5, 2, 1, 1, 2, 1, 1]
@@ -74,6 +80,12 @@ OPCHECK_CASES = {
         torch.randn(2, 3, 5, 6, dtype=D, requires_grad=g),
         torch.randn(2, 9, 5, 6, dtype=D, requires_grad=g),
     ),
+    # FeatUp's filters [B, H, W, k, k] viewed tap-major: the CPU kernels read this pixel-major layout in place
+    'adaptive_conv_pixel_major': lambda g: (_acc_args(g)[0], _pixel_major_kernel(g)),
+    'adaptive_conv_transpose_pixel_major': lambda g: (
+        torch.randn(2, 3, 5, 6, dtype=D, requires_grad=g),
+        _pixel_major_kernel(g),
+    ),
     'pac_forward_conv': lambda g: _pac_args(g),
     'pac_forward_conv_no_bias': lambda g: _pac_args(g, with_bias=False),
     'pac_forward_pool': lambda g: _pac_args(g, with_weight=False),
@@ -85,7 +97,7 @@ OPCHECK_CASES = {
     [(c, True) for c in sorted(OPCHECK_CASES)] + [('adaptive_conv', False), ('pac_forward_conv', False)],
 )
 def test_opcheck(case, requires_grad):
-    name = 'pac_forward' if case.startswith('pac_forward') else case.split('_k1')[0]
+    name = 'pac_forward' if case.startswith('pac_forward') else case.split('_k1')[0].split('_pixel_major')[0]
     args = OPCHECK_CASES[case](requires_grad)
     results = torch.library.opcheck(_op(name), args)
     assert results and all(v == 'SUCCESS' for v in results.values()), results

@@ -30,6 +30,32 @@ struct AdaptiveConvShape {
   int64_t B, C, H, W, k, Hp, Wp;
 };
 
+// Element strides (batch, tap, row, column) of a kernel [B, T, H, W] (T = k*k taps) in one of the two layouts the
+// CPU kernels read in place:
+//   contiguous (tap-major):  (T*H*W, H*W, W, 1)
+//   pixel-major:             (T*H*W, 1, W*T, T)  the memory of a contiguous [B, H, W, k, k] (FeatUp's filters)
+//                                                 viewed as [B, k*k, H, W], the k*k taps of a pixel adjacent
+// Returns false for any other layout (the caller makes the kernel contiguous). Strides of size-1 dimensions are not
+// compared (they never step), so the strides returned are the canonical ones above.
+struct KernelStrides {
+  int64_t b, t, r, c;
+};
+
+inline bool kernel_strides(const at::Tensor& kernel, KernelStrides* out) {
+  if (kernel.dim() != 4) return false;
+  const int64_t T = kernel.size(1), H = kernel.size(2), W = kernel.size(3);
+  if (kernel.is_contiguous()) {
+    *out = {T * H * W, H * W, W, 1};
+    return true;
+  }
+  const KernelStrides pm = {T * H * W, 1, W * T, T};
+  const int64_t want[4] = {pm.b, pm.t, pm.r, pm.c};
+  for (int d = 0; d < 4; ++d)
+    if (kernel.size(d) != 1 && kernel.stride(d) != want[d]) return false;
+  *out = pm;
+  return true;
+}
+
 }  // namespace featup
 
 #if defined(__linux__)

@@ -50,6 +50,15 @@ int64_t window_of(const at::Tensor& kernel) {
   return k;
 }
 
+// The kernel as the device code reads it: the CPU kernels take a contiguous or a pixel-major kernel in place
+// (KernelStrides; adaptive_conv() passes FeatUp's [B, H, W, k, k] filters as a pixel-major view, which would cost a
+// full transposition per call), any other layout is made contiguous; CUDA: contiguous.
+at::Tensor kernel_for_device(const at::Tensor& kernel) {
+  KernelStrides ks;
+  if (kernel.is_cpu() && kernel_strides(kernel, &ks)) return kernel;
+  return kernel.contiguous();
+}
+
 }  // namespace
 
 at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kernel) {
@@ -58,7 +67,7 @@ at::Tensor adaptive_conv_forward(const at::Tensor& input, const at::Tensor& kern
   TORCH_CHECK(input.size(2) == kernel.size(2) + k - 1 && input.size(3) == kernel.size(3) + k - 1,
               "input spatial size must be kernel size + k - 1: input ", input.sizes(), ", kernel ", kernel.sizes());
   auto x = input.contiguous();
-  auto kt = kernel.contiguous();
+  auto kt = kernel_for_device(kernel);
   if (x.is_cuda()) {
 #ifdef WITH_CUDA
     return adaptive_conv_forward_cuda(x, kt, k);
@@ -94,7 +103,7 @@ at::Tensor adaptive_conv_transpose(const at::Tensor& grad, const at::Tensor& ker
   TORCH_CHECK(grad.size(2) == kernel.size(2) && grad.size(3) == kernel.size(3),
               "grad and kernel must have the same spatial size: grad ", grad.sizes(), ", kernel ", kernel.sizes());
   auto g = grad.contiguous();
-  auto kt = kernel.contiguous();
+  auto kt = kernel_for_device(kernel);
   if (g.is_cuda()) {
 #ifdef WITH_CUDA
     return adaptive_conv_transpose_cuda(g, kt, k);
