@@ -40,8 +40,9 @@ def faults(fn):
     return out, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
 
 # a result before the allocator is installed, to compare with one computed on cached (reused, dirty) blocks
-x = torch.randn(1, 24, 70, 70, dtype=torch.float64, requires_grad=True)
-f = torch.softmax(torch.randn(1, 64, 64, 49, dtype=torch.float64), -1).view(1, 64, 64, 7, 7).requires_grad_()
+# (the output and both gradients are 3.5-3.8 MB: cached blocks)
+x = torch.randn(1, 48, 102, 102, dtype=torch.float64, requires_grad=True)
+f = torch.softmax(torch.randn(1, 96, 96, 49, dtype=torch.float64), -1).view(1, 96, 96, 7, 7).requires_grad_()
 def step():
     out = ops.adaptive_conv(x, f)
     gx, gf = torch.autograd.grad(out.square().sum(), (x, f))
@@ -86,7 +87,7 @@ def test_cached_blocks_are_reused_without_page_faults_and_results_unchanged():
     assert r['small_after']['hits'] == r['small_before']['hits']
     assert r['small_after']['misses'] == r['small_before']['misses'], 'a 4 KB request must go to the previous allocator'
     assert r['same'], 'results on reused (dirty) blocks differ from those before the cache was installed'
-    assert r['stats']['hits'] >= 3
+    assert r['stats']['hits'] >= 6  # runs 2 and 3 reuse the blocks of the output and both gradients
     assert r['emptied']['cached_bytes'] == 0 and r['emptied']['enabled']
     assert not r['disabled']['enabled']
     assert r['total'] == 30.0

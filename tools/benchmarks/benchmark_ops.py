@@ -287,7 +287,10 @@ def print_ratios(args) -> None:
     print()
     print('| pass | CPU allocator | time | × FLOP floor | target | peak extra |')
     print('|---|---|---|---|---|---|')
-    caches = (False, True) if args.device == 'cpu' else (False,)
+    import featup_plugin.ops as ops
+
+    # (a tree from before the caching allocator has no enable_cpu_cache: its default rows only)
+    caches = (False, True) if args.device == 'cpu' and hasattr(ops, 'enable_cpu_cache') else (False,)
     for mode, mult, target in (('fwd', 1, 3), ('fwd+bwd', 3, 4)):
         for cache in caches:
             spec = dict(kind='stack', C=c, mode=mode, device=args.device, impl='ours', repeats=args.repeats)
