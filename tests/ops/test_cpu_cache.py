@@ -12,12 +12,15 @@ import pytest
 import featup_plugin.ops as ops
 from featup_plugin.ops import _backend
 
-pytestmark = pytest.mark.skipif(
-    _backend.get_ext() is None
-    or not hasattr(_backend.get_ext(), 'cpu_cache_enable')
-    or not sys.platform.startswith('linux'),
-    reason='needs the compiled extension (current sources) on Linux',
-)
+pytestmark = [
+    pytest.mark.slow,  # each test runs a fresh interpreter
+    pytest.mark.skipif(
+        _backend.get_ext() is None
+        or not hasattr(_backend.get_ext(), 'cpu_cache_enable')
+        or not sys.platform.startswith('linux'),
+        reason='needs the compiled extension (current sources) on Linux',
+    ),
+]
 
 
 def _run(code: str, env: dict | None = None, timeout: float = 120) -> dict:
