@@ -172,20 +172,10 @@ def get_ext() -> Optional[ModuleType]:
 
 
 def _apply_env_cpu_cache(ext) -> None:
-    """FEATUP_CPU_CACHE (cpu_cache.enable_from_env) once the extension is loaded."""
-    if os.environ.get('FEATUP_CPU_CACHE', '').strip() in ('', '0'):
-        return
-    if ext is None or not hasattr(ext, 'cpu_cache_enable'):
-        warnings.warn(
-            'featup_plugin: FEATUP_CPU_CACHE is set but the loaded backend has no caching CPU allocator '
-            '(it needs the compiled extension built from current sources); ignored',
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return
+    """FEATUP_CPU_CACHE once the extension is loaded (parsing and warnings: cpu_cache.enable_from_env)."""
     from .cpu_cache import enable_from_env
 
-    enable_from_env()
+    enable_from_env(ext)
 
 
 @torch.compiler.assume_constant_result

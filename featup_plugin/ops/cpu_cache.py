@@ -12,6 +12,7 @@ trade-offs: docs/ops.md#the-caching-cpu-allocator.
 from __future__ import annotations
 
 import os
+import warnings
 
 from ._backend import get_ext
 
@@ -71,9 +72,10 @@ def cpu_cache_stats() -> dict:
     return dict(zip(keys, _ext_with_cache().cpu_cache_stats()))
 
 
-def enable_from_env() -> None:
+def enable_from_env(ext=None) -> None:
     """``FEATUP_CPU_CACHE=1`` (default limit) or ``=<MiB>`` (the limit) enables the cache when the extension
-    loads; unset, empty or ``0`` leaves the allocator alone."""
+    ``ext`` loads; unset, empty or ``0`` leaves the allocator alone. Without a compiled module that has the cache
+    (the reference backend, an old build) it warns and does nothing."""
     value = os.environ.get(_ENV, '').strip()
     if value in ('', '0'):
         return
@@ -81,4 +83,12 @@ def enable_from_env() -> None:
         limit = 2048.0 if value == '1' else float(value)
     except ValueError:
         raise ValueError(f'{_ENV} must be 0, 1 or a limit in MiB, got {value!r}') from None
+    if ext is None or not hasattr(ext, 'cpu_cache_enable'):
+        warnings.warn(
+            f'featup_plugin: {_ENV} is set but the loaded backend has no caching CPU allocator '
+            '(it needs the compiled extension built from current sources); ignored',
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return
     enable_cpu_cache(max_cached_mib=limit)
